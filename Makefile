@@ -1,0 +1,103 @@
+# pg-sfs-agent: `make demo` runs the local demo cluster, `make test` runs every check.
+# Both work on a fresh Debian 12 as root: they install what they need first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+# A real Python 3.9 (the image's Debian 11 python3) from pyenv, for the compatibility runs.
+PY39 ?= $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/3.9*/bin/python3.9)))
+VENV := .venv
+VENV39 := .venv39
+VENV39MIN := .venv39-min
+APT_PACKAGES := postgresql-15 bind9 bind9-utils bind9-dnsutils unbound iproute2 util-linux procps
+IMAGE ?= pg-sfs-agent:14.5
+PG_VERSION ?= 14.5
+NAMESPACE ?= pg
+
+.PHONY: help deps install lint test test-unit test-static test-integration test-e2e test-py39 \
+        test-lower-bounds demo cluster-up cluster-status cluster-down image deploy logs clean e2e-clean
+
+help: ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+deps: ## install the Debian packages the tests and the demo need (as root)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.done: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test,lint]'
+	touch $@
+
+$(VENV39)/.done: pyproject.toml
+	@test -n "$(PY39)" || { echo "no Python 3.9 found under ~/.pyenv/versions (set PY39=/path/to/python3.9)"; exit 1; }
+	$(PY39) -m venv $(VENV39)
+	$(VENV39)/bin/pip install -q -e '.[test]'
+	touch $@
+
+$(VENV39MIN)/.done: pyproject.toml constraints/lower-bounds.txt
+	@test -n "$(PY39)" || { echo "no Python 3.9 found under ~/.pyenv/versions (set PY39=/path/to/python3.9)"; exit 1; }
+	$(PY39) -m venv $(VENV39MIN)
+	$(VENV39MIN)/bin/pip install -q -c constraints/lower-bounds.txt -e '.[test]'
+	touch $@
+
+install: deps $(VENV)/.done $(VENV39)/.done $(VENV39MIN)/.done ## Debian packages and the three virtualenvs
+
+lint: $(VENV)/.done ## ruff, mypy --strict, and vermin proving Python 3.9 suffices
+	$(VENV)/bin/ruff check agent tests
+	$(VENV)/bin/mypy agent
+	$(VENV)/bin/vermin --no-tips --violations --target=3.9- --eval-annotations --backport typing agent
+
+test-unit: $(VENV)/.done ## unit and property tests (fast)
+	$(VENV)/bin/python -m pytest tests/unit -q
+
+test-static: $(VENV)/.done ## image and manifests, offline: hadolint, kustomize, schemas
+	$(VENV)/bin/python -m pytest tests/static -q
+
+test-integration: deps $(VENV)/.done ## the agent against real PostgreSQL 15 (root; private namespaces)
+	$(VENV)/bin/python -m pytest tests/integration -q
+
+test-e2e: deps $(VENV)/.done ## the emulated StatefulSet: real BIND, namespaces, PostgreSQL (root)
+	$(VENV)/bin/python -m pytest tests/e2e -q
+
+test-py39: deps $(VENV39)/.done ## unit + integration tests under Python 3.9 (the image's Python)
+	$(VENV39)/bin/python -m pytest tests/unit -q -p no:cacheprovider
+	$(VENV39)/bin/python -m pytest tests/integration -q -p no:cacheprovider
+
+test-lower-bounds: deps $(VENV39MIN)/.done ## unit tests with exactly the declared lowest dependency versions
+	$(VENV39MIN)/bin/python -c 'import dns.version, psycopg, tenacity, structlog, importlib.metadata as m; print("lower bounds:", *(f"{p}=={m.version(p)}" for p in ("dnspython","psycopg","tenacity","structlog")))'
+	$(VENV39MIN)/bin/python -m pytest tests/unit -q -p no:cacheprovider
+	$(VENV39MIN)/bin/python -m pytest tests/integration -q -p no:cacheprovider
+
+test: install lint test-unit test-static test-integration test-py39 test-lower-bounds test-e2e ## everything CI runs
+
+demo: deps $(VENV)/.done ## bring up the 3-pod StatefulSet from k8s/ locally, show replication, tear down
+	$(VENV)/bin/python -m tests.emulator demo
+
+cluster-up: deps $(VENV)/.done ## start the emulated cluster in the background
+	$(VENV)/bin/python -m tests.emulator up
+
+cluster-status: $(VENV)/.done ## pods, roles, readiness of the emulated cluster
+	$(VENV)/bin/python -m tests.emulator status
+
+cluster-down: $(VENV)/.done ## stop the emulated cluster and remove everything it made
+	$(VENV)/bin/python -m tests.emulator down
+
+e2e-clean: $(VENV)/.done ## remove namespaces and processes left by crashed emulator runs
+	$(VENV)/bin/python -c "from tests.emulator.network import Network; print(Network.cleanup_stale())"
+
+image: ## docker build (needs a Docker engine)
+	docker build -f docker/Dockerfile --build-arg PG_VERSION=$(PG_VERSION) -t $(IMAGE) .
+
+deploy: ## kubectl apply -k k8s/ to the current cluster
+	kubectl apply -k k8s/
+
+logs: ## the agents' startup logs from a real cluster, merged and aligned
+	kubectl -n $(NAMESPACE) logs --prefix --tail=-1 -l app.kubernetes.io/name=postgresql | $(VENV)/bin/pg-sfs-agent logs
+
+clean: ## remove virtualenvs and caches
+	rm -rf $(VENV) $(VENV39) $(VENV39MIN) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info

@@ -1,0 +1,586 @@
+"""Carrying out the plan: the effects at the edge (DNS, the primary, initdb, clone, files, exec)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from agent import discovery, replication
+from agent.config import Config
+from agent.errors import AgentError, DataDirConflict, PrimaryVolumeLost, SystemIdentifierMismatch
+from agent.files import fix_tree_ownership, fsync_dir, write_atomic
+from agent.heartbeat import Heartbeat
+from agent.pgdata import WORK_MARKER, DataDirState, inspect, work_dir_for
+from agent.plan import (
+    CLONE,
+    INIT,
+    PASSFILE_NAME,
+    REFUSE,
+    SECRETS_STATE_NAME,
+    START,
+    Plan,
+    make_plan,
+)
+from agent.postgres import (
+    TempServer,
+    basebackup,
+    child_env,
+    initdb,
+    initdb_scripts,
+    run_initdb_script,
+    server_major,
+)
+from agent.render import (
+    CONF_NAME,
+    passfile_line,
+    primary_conninfo,
+    scram_verifier,
+    settings_file,
+    verifier_matches,
+    with_hba_block,
+    with_include,
+)
+from agent.runner import RunAs, Runner
+from agent.waits import Clock, Sleep
+
+POSTGRES_USER_NAME = "postgres"
+
+
+@dataclass
+class World:
+    """The effects bootstrap needs, injectable for tests: programs, DNS, the primary, time."""
+
+    runner: Runner
+    lookup: discovery.Lookup
+    identify: Callable[[replication.Endpoint, float], replication.Attempt] = replication.try_identify
+    ensure_slot: Callable[[replication.Endpoint, str], bool] = replication.ensure_slot
+    clock: Clock = time.monotonic
+    sleep: Sleep = time.sleep
+    heartbeat: Heartbeat | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def beat(self, phase: str | None = None) -> None:
+        """Tell the startup probe we are alive."""
+        if self.heartbeat is not None:
+            self.heartbeat.beat(phase)
+
+
+def postgres_account() -> RunAs | None:
+    """The account PostgreSQL runs as when the agent is root; None when not root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(POSTGRES_USER_NAME)
+    except KeyError as exc:
+        raise DataDirConflict(
+            "running as root but there is no 'postgres' user to run PostgreSQL as",
+            hint="use an image based on the official postgres image (user postgres, uid 999)",
+        ) from exc
+    return RunAs(uid=entry.pw_uid, gid=entry.pw_gid, home=entry.pw_dir)
+
+
+def secrets_applied(config: Config) -> bool | None:
+    """Whether the primary already holds the current passwords (per the agent's own record)."""
+    try:
+        record = json.loads((config.state_dir / SECRETS_STATE_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict):
+        return False
+    return verifier_matches(str(record.get("superuser", "")), config.superuser_password.reveal()) and (
+        verifier_matches(str(record.get("replication", "")), config.replication_password.reveal())
+    )
+
+
+def observe_and_plan(config: Config, runner: Runner) -> tuple[Plan, DataDirState]:
+    """Read the local world (PGDATA, the server version, applied secrets) and decide."""
+    state = inspect(config.pgdata)
+    applied = secrets_applied(config) if state.initialised and config.identity.role == "primary" else None
+    plan = make_plan(config, state, server_major=server_major(runner), secrets_applied=applied)
+    return plan, state
+
+
+class Bootstrap:
+    """Carries out one plan, logging one line per phase with its duration."""
+
+    def __init__(self, config: Config, plan: Plan, world: World, log: Any) -> None:
+        self.config = config
+        self.plan = plan
+        self.world = world
+        self.log = log
+        self.account = world.runner.run_as
+        self.owner = (self.account.uid, self.account.gid) if self.account else None
+        self.pgdata = config.pgdata
+        self.work = work_dir_for(config.pgdata)
+        self.primary_info: replication.SystemInfo | None = None
+        self.primary_address: str | None = None
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _phase(self, name: str, started: float, **fields: Any) -> None:
+        self.log.info(name, duration_s=round(self.world.clock() - started, 3), **fields)
+
+    def _endpoint(self, host: str, hostaddr: str | None) -> replication.Endpoint:
+        return replication.Endpoint(
+            host=host.rstrip("."),
+            hostaddr=hostaddr,
+            port=self.config.port,
+            user=self.config.replication_user,
+            password=self.config.replication_password.reveal(),
+            application_name=f"{self.config.identity.pod_name}-agent",
+        )
+
+    def _mkdir_owned(self, path: Path, mode: int = 0o700) -> None:
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
+        os.chmod(path, mode)
+        if self.owner is not None:
+            os.chown(path, *self.owner)
+
+    # -- the steps ---------------------------------------------------------------------------
+    def run(self) -> None:
+        """Everything up to (not including) exec of postgres."""
+        if self.plan.action == REFUSE:
+            assert self.plan.refusal is not None
+            raise self.plan.refusal.to_error()
+        self._mkdir_owned(self.config.state_dir)
+        self.world.beat(self.plan.action)
+        if self.plan.remove_leftover:
+            self.remove_leftover(Path(self.plan.remove_leftover))
+        if self.plan.action == INIT:
+            self.init_primary()
+        elif self.plan.action == CLONE:
+            self.clone_replica()
+        elif self.plan.action == START:
+            self.restart()
+        self.fix_ownership()
+
+    def remove_leftover(self, path: Path) -> None:
+        """Remove an unfinished init or clone that is provably ours (never used, never started)."""
+        started = self.world.clock()
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+        shutil.rmtree(path)
+        fsync_dir(path.parent)
+        self._phase("leftover_removed", started, path=str(path), size_mb=round(size / 1048576, 1))
+
+    def _start_work(self, kind: str) -> Path:
+        self._mkdir_owned(self.work)
+        marker = {
+            "kind": kind,
+            "pgdata": str(self.pgdata),
+            "pod": self.config.identity.pod_name,
+            "pid": os.getpid(),
+            "started": time.time(),
+        }
+        write_atomic(self.work / WORK_MARKER, json.dumps(marker), mode=0o600, owner=self.owner)
+        return self.work / "data"
+
+    def _move_into_place(self, built: Path) -> None:
+        started = self.world.clock()
+        # rename(2) atomically replaces a missing or empty PGDATA; then make the rename durable.
+        os.rename(built, self.pgdata)
+        fsync_dir(self.pgdata.parent)
+        shutil.rmtree(self.work)
+        fsync_dir(self.pgdata.parent)
+        self._phase("moved_into_place", started, pgdata=str(self.pgdata))
+
+    # -- primary ----------------------------------------------------------------------------
+    def check_peers_for_data(self) -> None:
+        """Refuse to initialise when another member still runs a cluster: our volume was lost."""
+        started = self.world.clock()
+        deadline = started + self.config.peer_check_timeout
+        cfg = self.config
+        names: list[str] = []
+        srv, _, outcome = discovery.service_srv(self.world.lookup, cfg.srv_fqdn, cfg.service_fqdn)
+        names += [r.target if r.target.endswith(".") else r.target + "." for r in srv]
+        names += [cfg.pod_fqdn(cfg.identity.peer_pod(n)) for n in range(0, 5)]
+        own = cfg.pod_fqdn(cfg.identity.pod_name)
+        checked: list[str] = []
+        holders: list[dict[str, Any]] = []
+        dns_down = "no nameserver answered the SRV query" if outcome == discovery.DNS_UNREACHABLE else ""
+        for name in dict.fromkeys(n.lower() for n in names):
+            if name == own or self.world.clock() >= deadline or dns_down:
+                continue
+            answer = self.world.lookup(name, "A")
+            if answer.outcome == discovery.DNS_UNREACHABLE:
+                # Without DNS nothing can be checked; a fresh cluster must still be able to start.
+                dns_down = answer.detail
+                continue
+            if not answer.found:
+                continue
+            checked.append(name)
+            budget = max(1.0, min(3.0, deadline - self.world.clock()))
+            attempt = self.world.identify(self._endpoint(name, answer.records[0]), budget)
+            if attempt.info is not None or attempt.outcome in (*replication.AUTH_FAILURES, replication.STARTING):
+                holders.append(
+                    {
+                        "member": name.rstrip("."),
+                        "outcome": attempt.outcome,
+                        "system_identifier": str(attempt.info.system_identifier) if attempt.info else None,
+                    }
+                )
+        self._phase(
+            "peer_check", started, members_answering=len(checked), holding_data=holders, allow_reinit=cfg.allow_reinit
+        )
+        if holders and not cfg.allow_reinit:
+            who = ", ".join(h["member"] for h in holders)
+            raise PrimaryVolumeLost(
+                f"PGDATA is empty on the primary ordinal, but {who} still run(s) a cluster: this pod's "
+                "volume was probably lost or replaced; initialising would start a new cluster that the "
+                "replicas cannot follow",
+                hint="recover by restoring the primary's volume, or by copying a replica's data "
+                "(pg_basebackup from it into this pod's PGDATA, then remove standby.signal); to start a "
+                "new, empty cluster anyway set PGSFS_ALLOW_REINIT=true (the replicas will then refuse "
+                "to follow and must be re-cloned)",
+                holders=holders,
+            )
+
+    def init_primary(self) -> None:
+        """initdb, configure, role, database and initdb.d scripts, all beside PGDATA."""
+        cfg = self.config
+        self.check_peers_for_data()
+        self.world.beat("initdb")
+        datadir = self._start_work("init")
+        started = self.world.clock()
+        pwfile = self.work / "superuser.pw"
+        write_atomic(pwfile, cfg.superuser_password.reveal(), mode=0o600, owner=self.owner)
+        try:
+            initdb(self.world.runner, datadir, superuser=cfg.superuser, pwfile=pwfile, args=cfg.initdb_args)
+        finally:
+            pwfile.unlink(missing_ok=True)
+        self._phase("initdb", started, checksums=True)
+        self.write_config(datadir, standby=False)
+        started = self.world.clock()
+        sockdir = Path(tempfile.mkdtemp(prefix="pgsfs-"))
+        if self.owner is not None:
+            os.chown(sockdir, *self.owner)
+        server = TempServer(self.world.runner, datadir, sockdir, cfg.port, cfg.superuser)
+        try:
+            server.start()
+            self.world.beat("initdb_setup")
+            self._setup_roles(server, create=True)
+            self._run_initdb_scripts(server)
+            server.stop()
+        finally:
+            if server.proc is not None:
+                self.world.runner.stop(server.proc, grace=1.0)
+            shutil.rmtree(sockdir, ignore_errors=True)
+        self._record_applied_secrets()
+        self._phase("initdb_setup", started, database=cfg.database, replication_user=cfg.replication_user)
+        self._move_into_place(datadir)
+
+    def _setup_roles(self, server: TempServer, *, create: bool) -> None:
+        """Replication role and passwords as SCRAM verifiers, so no plain password is ever sent."""
+        import psycopg
+        from psycopg import sql
+
+        cfg = self.config
+        with psycopg.connect(**server.conninfo("postgres", cfg.superuser), autocommit=True) as conn:
+            repl = sql.Identifier(cfg.replication_user)
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (cfg.replication_user,)).fetchone()
+            verb = sql.SQL("ALTER ROLE") if exists else sql.SQL("CREATE ROLE")
+            conn.execute(
+                sql.SQL("{} {} WITH REPLICATION LOGIN PASSWORD {}").format(
+                    verb, repl, sql.Literal(scram_verifier(cfg.replication_password.reveal()))
+                )
+            )
+            conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(cfg.superuser),
+                    sql.Literal(scram_verifier(cfg.superuser_password.reveal())),
+                )
+            )
+            if create and cfg.database != "postgres":
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(cfg.database)))
+
+    def _run_initdb_scripts(self, server: TempServer) -> None:
+        cfg = self.config
+        scripts = initdb_scripts(cfg.initdb_dir)
+        env = child_env(
+            {
+                "PGHOST": str(server.sockdir),
+                "PGPORT": str(cfg.port),
+                "PGUSER": cfg.superuser,
+                "PGDATABASE": cfg.database,
+                "PGDATA": str(server.datadir),
+            },
+            keep_secrets=True,
+        )
+        env.pop("PGSFS_REPLICATION_PASSWORD", None)
+        for script in scripts:
+            started = self.world.clock()
+            self.world.beat("initdb_scripts")
+            run_initdb_script(self.world.runner, script, env)
+            self._phase("initdb_script", started, script=script.name)
+
+    def _record_applied_secrets(self) -> None:
+        record = {
+            "superuser": scram_verifier(self.config.superuser_password.reveal()),
+            "replication": scram_verifier(self.config.replication_password.reveal()),
+        }
+        write_atomic(self.config.state_dir / SECRETS_STATE_NAME, json.dumps(record), mode=0o600, owner=self.owner)
+
+    def apply_passwords(self) -> None:
+        """The Secret changed since the last start: set the new passwords before serving."""
+        started = self.world.clock()
+        sockdir = Path(tempfile.mkdtemp(prefix="pgsfs-"))
+        if self.owner is not None:
+            os.chown(sockdir, *self.owner)
+            fix_tree_ownership(self.pgdata, *self.owner)
+        server = TempServer(self.world.runner, self.pgdata, sockdir, self.config.port, self.config.superuser)
+        server.logfile = self.config.state_dir / "temporary-server.log"
+        try:
+            server.start()
+            self._setup_roles(server, create=False)
+            server.stop()
+        finally:
+            if server.proc is not None:
+                self.world.runner.stop(server.proc, grace=1.0)
+            shutil.rmtree(sockdir, ignore_errors=True)
+        self._record_applied_secrets()
+        self._phase("passwords_applied", started, users=[self.config.superuser, self.config.replication_user])
+
+    # -- replica ----------------------------------------------------------------------------
+    def wait_for_primary_record(self) -> str:
+        """Wait for the primary's per-pod A record, then cross-check the Service's SRV records."""
+        cfg = self.config
+        self.world.beat("dns_wait")
+        waited = discovery.wait_for_record(
+            self.world.lookup,
+            cfg.primary_fqdn,
+            timeout=cfg.wait_timeout,
+            log=self.log,
+            clock=self.world.clock,
+            sleep=self.world.sleep,
+            on_poll=self.world.beat,
+        )
+        assert waited.answer is not None
+        address = waited.answer.records[0]
+        srv, srv_name, _ = discovery.service_srv(self.world.lookup, cfg.srv_fqdn, cfg.service_fqdn)
+        primary_target = cfg.primary_fqdn.lower()
+        listed = [r for r in srv if (r.target if r.target.endswith(".") else r.target + ".") == primary_target]
+        self.log.info(
+            "srv_check",
+            srv_name=srv_name.rstrip(".") or None,
+            members=len(srv),
+            primary_listed=bool(listed),
+            srv_port=listed[0].port if listed else None,
+        )
+        if listed and listed[0].port != cfg.port:
+            self.log.warning(
+                "srv_port_mismatch",
+                srv_port=listed[0].port,
+                pgport=cfg.port,
+                hint="PGPORT differs from the Service's named port; using PGPORT",
+            )
+        self.primary_address = address
+        return address
+
+    def wait_for_primary(self, address: str, timeout: float | None = None) -> replication.SystemInfo:
+        """Wait until the primary answers IDENTIFY_SYSTEM as a primary (not in recovery)."""
+        cfg = self.config
+        self.world.beat("primary_wait")
+        endpoint = self._endpoint(cfg.primary_fqdn, address)
+        info = replication.wait_for_primary(
+            lambda: self.world.identify(endpoint, 3.0),
+            timeout=timeout if timeout is not None else cfg.wait_timeout,
+            auth_attempts=cfg.auth_attempts,
+            user=cfg.replication_user,
+            target=cfg.primary_fqdn.rstrip("."),
+            log=self.log,
+            clock=self.world.clock,
+            sleep=self.world.sleep,
+            on_poll=self.world.beat,
+        )
+        self.primary_info = info
+        return info
+
+    def ensure_slot(self, address: str) -> None:
+        """The replica's own physical slot on the primary, so the primary keeps its WAL."""
+        started = self.world.clock()
+        created = self.world.ensure_slot(
+            self._endpoint(self.config.primary_fqdn, address), self.config.identity.slot_name
+        )
+        self._phase("slot_ready", started, slot=self.config.identity.slot_name, created=created)
+
+    def write_passfile(self) -> Path:
+        """The 0600 passfile primary_conninfo and pg_basebackup read: never the password inline."""
+        path = self.config.state_dir / PASSFILE_NAME
+        write_atomic(
+            path,
+            passfile_line(self.config.replication_user, self.config.replication_password.reveal()),
+            mode=0o600,
+            owner=self.owner,
+        )
+        return path
+
+    def clone_replica(self) -> None:
+        """Wait for the primary, make sure our slot exists, clone beside PGDATA, configure, move."""
+        cfg = self.config
+        address = self.wait_for_primary_record()
+        self.wait_for_primary(address)
+        self.ensure_slot(address)
+        passfile = self.write_passfile()
+        datadir = self._start_work("clone")
+        self.world.beat("clone")
+        started = self.world.clock()
+        self.log.info(
+            "clone_started",
+            primary=cfg.primary_fqdn.rstrip("."),
+            slot=cfg.identity.slot_name,
+            max_rate=cfg.clone_max_rate,
+        )
+        result = basebackup(
+            self.world.runner,
+            target=datadir,
+            host=cfg.primary_fqdn.rstrip("."),
+            hostaddr=address,
+            port=cfg.port,
+            user=cfg.replication_user,
+            passfile=passfile,
+            slot=cfg.identity.slot_name,
+            application_name=f"{cfg.identity.pod_name}-clone",
+            max_rate=cfg.clone_max_rate,
+            on_progress=lambda fields: self.log.info("clone_progress", **fields),
+            on_tick=self.world.beat,
+            clock=self.world.clock,
+        )
+        self._phase("clone", started, **{k: v for k, v in result.items() if k != "elapsed_s"})
+        self.write_config(datadir, standby=True)
+        self._move_into_place(datadir)
+
+    def restart(self) -> None:
+        """Existing PGDATA: refresh managed files; a replica checks the primary briefly."""
+        if self.config.identity.role == "primary":
+            self.write_config(self.pgdata, standby=False)
+            if "apply_passwords" in self.plan.steps:
+                self.apply_passwords()
+            return
+        # Check first: data of another cluster must be left exactly as it was.
+        self.check_primary()
+        self.write_config(self.pgdata, standby=True)
+
+    def check_primary(self) -> None:
+        """A bounded look at the primary: refuse on a different cluster, go on when it is away."""
+        cfg = self.config
+        started = self.world.clock()
+        budget = cfg.restart_check_timeout
+        local = inspect(self.pgdata).system_identifier
+        try:
+            answer = discovery.wait_for_record(
+                self.world.lookup,
+                cfg.primary_fqdn,
+                timeout=budget / 2,
+                log=self.log,
+                clock=self.world.clock,
+                sleep=self.world.sleep,
+                on_poll=self.world.beat,
+            )
+            assert answer.answer is not None
+            address = answer.answer.records[0]
+            remaining = max(1.0, budget - (self.world.clock() - started))
+            info = self.wait_for_primary(address, timeout=remaining)
+        except AgentError as exc:
+            self._phase(
+                "primary_check_skipped",
+                started,
+                reason=exc.event,
+                detail=exc.message,
+                note="starting as a standby anyway: postgres reconnects by itself",
+            )
+            return
+        if local is not None and info.system_identifier != local:
+            raise SystemIdentifierMismatch(
+                f"this replica's data belongs to cluster {local} but the primary "
+                f"{cfg.primary_fqdn.rstrip('.')} runs cluster {info.system_identifier}: the primary was "
+                "re-initialised; the data here was left untouched",
+                hint="if the primary's new cluster is the right one, move this pod's PGDATA aside (or delete "
+                "its PersistentVolumeClaim) so it clones again; otherwise restore the primary",
+                local_system_identifier=str(local),
+                primary_system_identifier=str(info.system_identifier),
+            )
+        try:
+            self.ensure_slot(address)
+        except Exception as exc:
+            self.log.warning("slot_check_failed", detail=str(exc))
+        self._phase("primary_check", started, system_identifier=str(info.system_identifier))
+
+    # -- configuration and exec -------------------------------------------------------------
+    def write_config(self, datadir: Path, *, standby: bool) -> None:
+        """The managed files: settings file and its include, pg_hba block, standby settings."""
+        cfg = self.config
+        started = self.world.clock()
+        standby_settings: dict[str, str] | None = None
+        written = [CONF_NAME, "postgresql.conf", "pg_hba.conf"]
+        if standby:
+            passfile = self.write_passfile()
+            standby_settings = {
+                "primary_conninfo": primary_conninfo(
+                    host=cfg.primary_fqdn.rstrip("."),
+                    port=cfg.port,
+                    user=cfg.replication_user,
+                    passfile=str(passfile),
+                    application_name=cfg.identity.pod_name,
+                ),
+                "primary_slot_name": cfg.identity.slot_name,
+            }
+        settings = settings_file(
+            port=cfg.port,
+            max_wal_senders=cfg.max_wal_senders,
+            max_replication_slots=cfg.max_replication_slots,
+            wal_keep_size=cfg.wal_keep_size,
+            max_slot_wal_keep_size=cfg.max_slot_wal_keep_size,
+            standby=standby_settings,
+        )
+        write_atomic(datadir / CONF_NAME, settings, mode=0o600, owner=self.owner)
+        conf = datadir / "postgresql.conf"
+        write_atomic(conf, with_include(conf.read_text() if conf.exists() else ""), mode=0o600, owner=self.owner)
+        hba = datadir / "pg_hba.conf"
+        write_atomic(
+            hba,
+            with_hba_block(hba.read_text() if hba.exists() else "", cfg.replication_user),
+            mode=0o600,
+            owner=self.owner,
+        )
+        if standby:
+            write_atomic(datadir / "standby.signal", "", mode=0o600, owner=self.owner)
+            written.append("standby.signal")
+        # postgresql.auto.conf from a clone may carry the primary's ALTER SYSTEM settings; that is
+        # wanted, but a primary_conninfo there (someone ran pg_basebackup -R) would win over ours.
+        self._phase("config_written", started, datadir=str(datadir), files=written, standby=standby)
+
+    def fix_ownership(self) -> None:
+        """PGDATA owned by postgres with mode 0700, as postgres insists."""
+        st = os.stat(self.pgdata)
+        if self.owner is not None:
+            changed = fix_tree_ownership(self.pgdata, *self.owner)
+            fix_tree_ownership(self.config.state_dir, *self.owner)
+            if changed:
+                self.log.info("ownership_fixed", pgdata=str(self.pgdata), entries=changed)
+        elif st.st_uid != os.geteuid():
+            raise DataDirConflict(
+                f"PGDATA {self.pgdata} is owned by uid {st.st_uid}, but the agent runs as uid {os.geteuid()} "
+                "and cannot fix it",
+                hint="run the container as root (the agent drops to postgres itself), or set the pod's "
+                "securityContext.fsGroup and runAsUser to the owner",
+            )
+        if st.st_mode & 0o077:
+            os.chmod(self.pgdata, 0o700)
+            self.log.info("mode_fixed", pgdata=str(self.pgdata), was=oct(st.st_mode & 0o777))
+
+
+def exec_postgres(args: list[str], account: RunAs | None) -> None:
+    """Become postgres: drop to its user, strip secrets from the environment, replace this process."""
+    env = child_env()
+    if account is not None:
+        env["HOME"] = account.home
+        env["USER"] = env["LOGNAME"] = POSTGRES_USER_NAME
+        os.setgroups([])
+        os.setgid(account.gid)
+        os.setuid(account.uid)
+    os.execvpe("postgres", ["postgres", *args], env)

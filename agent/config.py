@@ -1,0 +1,378 @@
+"""Configuration: every setting read from the environment and validated at once, before any effect."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from agent.errors import ConfigError
+from agent.identity import Identity, parse_pod_name
+from agent.secret import Secret
+
+SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+RESOLV_CONF = Path("/etc/resolv.conf")
+
+_DNS_LABEL = re.compile(r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$")
+_DOMAIN = re.compile(r"^(?:[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$")
+_PORT_NAME = re.compile(r"^[a-z0-9](?:[-a-z0-9]{0,13}[a-z0-9])?$")
+_ROLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_SIZE = re.compile(r"^(?:-1|[0-9]+(?:kB|MB|GB|TB)?)$")
+# pg_basebackup --max-rate: kB/s, or with a k or M suffix; 32 kB/s .. 1 GB/s.
+_RATE = re.compile(r"^(?P<n>[0-9]+)(?P<unit>[kM]?)$")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+SECRET_VARIABLES = (
+    "POSTGRES_PASSWORD",
+    "PGSFS_REPLICATION_PASSWORD",
+    "PGPASSWORD",
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the agent needs to know, validated; secrets wrapped so they never print."""
+
+    identity: Identity
+    namespace: str
+    service_name: str
+    cluster_domain: str
+    port_name: str
+    port: int
+    pgdata: Path
+    state_dir: Path
+    initdb_dir: Path
+    superuser: str
+    superuser_password: Secret
+    database: str
+    initdb_args: tuple[str, ...]
+    replication_user: str
+    replication_password: Secret
+    wait_timeout: float
+    restart_check_timeout: float
+    peer_check_timeout: float
+    auth_attempts: int
+    clone_max_rate: str | None
+    allow_reinit: bool
+    max_wal_senders: int
+    max_replication_slots: int
+    wal_keep_size: str
+    max_slot_wal_keep_size: str
+    log_format: str
+    log_level: str
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def pod_fqdn(self, pod: str) -> str:
+        """Absolute per-pod DNS name, as the headless Service publishes it."""
+        return f"{pod}.{self.service_name}.{self.namespace}.svc.{self.cluster_domain}."
+
+    @property
+    def primary_fqdn(self) -> str:
+        """Absolute DNS name of the primary's pod."""
+        return self.pod_fqdn(self.identity.primary_pod)
+
+    @property
+    def service_fqdn(self) -> str:
+        """Absolute DNS name of the headless Service."""
+        return f"{self.service_name}.{self.namespace}.svc.{self.cluster_domain}."
+
+    @property
+    def srv_fqdn(self) -> str:
+        """Absolute SRV name of the Service's named port."""
+        return f"_{self.port_name}._tcp.{self.service_fqdn}"
+
+
+class _Problems:
+    """Collects every configuration problem so they are reported together."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, name: str, value: str | None, expected: str, *, secret: bool = False) -> None:
+        shown = "(hidden)" if secret else repr(value)
+        self.items.append(f"{name}={shown}: expected {expected}")
+
+
+def _search_domains(resolv_conf: Path) -> list[str]:
+    try:
+        text = resolv_conf.read_text()
+    except OSError:
+        return []
+    domains: list[str] = []
+    for line in text.splitlines():
+        parts = line.split()
+        if parts and parts[0] in ("search", "domain"):
+            domains = [d.rstrip(".").lower() for d in parts[1:]]
+    return domains
+
+
+def namespace_and_domain_from_search(domains: list[str]) -> tuple[str | None, str | None]:
+    """Namespace and cluster domain from a kubelet search list (`<ns>.svc.<domain> svc.<domain> ...`)."""
+    for entry in domains:
+        labels = entry.split(".")
+        if len(labels) >= 3 and labels[1] == "svc" and f"svc.{'.'.join(labels[2:])}" in domains:
+            return labels[0], ".".join(labels[2:])
+    for entry in domains:
+        if entry.startswith("svc.") and len(entry) > 4:
+            return None, entry[4:]
+    return None, None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, problems: _Problems, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        problems.add(name, raw, f"a whole number from {lo} to {hi}")
+        return default
+    if not lo <= value <= hi:
+        problems.add(name, raw, f"a whole number from {lo} to {hi}")
+        return default
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, problems: _Problems) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 7 * 86400 or math.isnan(value):
+        problems.add(name, raw, "a number of seconds greater than 0 (at most 604800)")
+        return default
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, problems: _Problems) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw not in _FALSE:
+        problems.add(name, env.get(name), "true or false")
+    return False
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...], problems: _Problems) -> str:
+    raw = env.get(name, "").strip().lower() or default
+    if raw not in choices:
+        problems.add(name, env.get(name), "one of " + ", ".join(choices))
+        return default
+    return raw
+
+
+def _matching(
+    env: Mapping[str, str],
+    name: str,
+    default: str,
+    pattern: re.Pattern[str],
+    expected: str,
+    problems: _Problems,
+) -> str:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if not pattern.match(raw):
+        problems.add(name, raw, expected)
+        return default
+    return raw
+
+
+def _secret(env: Mapping[str, str], name: str, problems: _Problems, *, required: bool) -> Secret:
+    """Read X or X_FILE (never both); a file's trailing newlines go, as in the official image."""
+    file_name = f"{name}_FILE"
+    direct = env.get(name)
+    path = env.get(file_name)
+    if direct is not None and path is not None:
+        problems.add(f"{name} and {file_name}", "(both set)", "only one of them", secret=False)
+        return Secret("")
+    if path is not None:
+        try:
+            value = Path(path).read_text().rstrip("\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.add(
+                file_name, path, f"a readable file holding the password ({getattr(exc, 'strerror', None) or exc})"
+            )
+            return Secret("")
+        if not value:
+            problems.add(file_name, path, "a file holding a non-empty password")
+        return Secret(value)
+    if direct is None or direct == "":
+        if required:
+            problems.add(name, direct, f"a non-empty password (or {file_name}: a file holding one)")
+        return Secret("")
+    return Secret(direct)
+
+
+def _max_rate(env: Mapping[str, str], problems: _Problems) -> str | None:
+    raw = env.get("PGSFS_CLONE_MAX_RATE", "").strip()
+    if not raw:
+        return None
+    match = _RATE.match(raw)
+    if match is not None:
+        kb = int(match.group("n")) * (1024 if match.group("unit") == "M" else 1)
+        if 32 <= kb <= 1024 * 1024:
+            return raw
+    problems.add(
+        "PGSFS_CLONE_MAX_RATE",
+        raw,
+        "a rate for pg_basebackup --max-rate: 32 to 1048576 (kB/s), or with a k or M suffix",
+    )
+    return None
+
+
+def load_config(
+    env: Mapping[str, str],
+    *,
+    hostname: Callable[[], str] = socket.gethostname,
+    resolv_conf: Path = RESOLV_CONF,
+    sa_namespace_file: Path = SA_NAMESPACE_FILE,
+) -> Config:
+    """Validate the environment into a Config, or raise ConfigError listing every problem."""
+    problems = _Problems()
+
+    pod_name = env.get("POD_NAME") or env.get("HOSTNAME") or hostname()
+    parsed = parse_pod_name(pod_name)
+    if parsed is None:
+        problems.add("POD_NAME", pod_name, "a StatefulSet pod name <statefulset>-<ordinal>, like postgresql-sfs-0")
+        parsed = ("invalid", 0)
+    primary_ordinal = _int(env, "PGSFS_PRIMARY_ORDINAL", 0, problems, 0, 999_999_999)
+
+    domains = _search_domains(resolv_conf)
+    search_ns, search_domain = namespace_and_domain_from_search(domains)
+    namespace = env.get("POD_NAMESPACE", "").strip()
+    if not namespace:
+        try:
+            namespace = sa_namespace_file.read_text().strip()
+        except OSError:
+            namespace = search_ns or ""
+    if not namespace:
+        problems.add(
+            "POD_NAMESPACE", None, "the pod's namespace (set it from the downward API: fieldRef metadata.namespace)"
+        )
+    elif not _DNS_LABEL.match(namespace):
+        problems.add("POD_NAMESPACE", namespace, "a DNS label (lower case letters, digits, '-')")
+
+    service = _matching(
+        env, "PGSFS_SERVICE_NAME", "postgresql-svc", _DNS_LABEL, "a DNS label, the headless Service's name", problems
+    )
+    domain = (env.get("PGSFS_CLUSTER_DOMAIN") or search_domain or "cluster.local").rstrip(".").lower()
+    if not _DOMAIN.match(domain):
+        problems.add("PGSFS_CLUSTER_DOMAIN", env.get("PGSFS_CLUSTER_DOMAIN"), "a DNS domain like cluster.local")
+    port_name = _matching(
+        env,
+        "PGSFS_PORT_NAME",
+        "postgresql-port",
+        _PORT_NAME,
+        "a port name (at most 15 lower case letters, digits, '-')",
+        problems,
+    )
+    port = _int(env, "PGPORT", 5432, problems, 1, 65535)
+
+    pgdata_raw = env.get("PGDATA", "/var/lib/postgresql/data")
+    pgdata = Path(pgdata_raw)
+    if not pgdata.is_absolute() or pgdata == Path("/") or ".." in pgdata.parts:
+        problems.add("PGDATA", pgdata_raw, "an absolute path to the data directory, a subdirectory of the volume")
+    state_raw = env.get("PGSFS_STATE_DIR") or str(pgdata.parent / ".pg-sfs-agent")
+    state_dir = Path(state_raw)
+    if not state_dir.is_absolute() or state_dir == pgdata or pgdata in state_dir.parents:
+        problems.add("PGSFS_STATE_DIR", state_raw, "an absolute path outside PGDATA")
+    initdb_dir = Path(env.get("PGSFS_INITDB_DIR", "/docker-entrypoint-initdb.d"))
+
+    superuser = _matching(
+        env, "POSTGRES_USER", "postgres", _ROLE_NAME, "a role name (letters, digits, '_', at most 63)", problems
+    )
+    database = env.get("POSTGRES_DB") or superuser
+    if len(database) > 63 or "\x00" in database:
+        problems.add("POSTGRES_DB", database, "a database name of at most 63 characters")
+    try:
+        initdb_args = tuple(shlex.split(env.get("POSTGRES_INITDB_ARGS", "")))
+    except ValueError as exc:
+        problems.add("POSTGRES_INITDB_ARGS", env.get("POSTGRES_INITDB_ARGS"), f"arguments in shell syntax ({exc})")
+        initdb_args = ()
+    for arg in initdb_args:
+        if arg.startswith(("--pwfile", "-D", "--pgdata", "-U", "--username", "--auth")):
+            problems.add(
+                "POSTGRES_INITDB_ARGS", env.get("POSTGRES_INITDB_ARGS"), f"no {arg.split('=')[0]} (the agent sets it)"
+            )
+    host_auth = env.get("POSTGRES_HOST_AUTH_METHOD", "")
+    if host_auth not in ("", "scram-sha-256"):
+        problems.add(
+            "POSTGRES_HOST_AUTH_METHOD", host_auth, "unset or scram-sha-256 (no trust or md5 over the network)"
+        )
+
+    superuser_password = _secret(env, "POSTGRES_PASSWORD", problems, required=True)
+    replication_user = _matching(
+        env,
+        "PGSFS_REPLICATION_USER",
+        "replicator",
+        _ROLE_NAME,
+        "a role name (letters, digits, '_', at most 63)",
+        problems,
+    )
+    if replication_user == superuser:
+        problems.add("PGSFS_REPLICATION_USER", replication_user, "a role other than POSTGRES_USER")
+    replication_password = _secret(env, "PGSFS_REPLICATION_PASSWORD", problems, required=True)
+
+    wait_timeout = _seconds(env, "PGSFS_WAIT_TIMEOUT", 600.0, problems)
+    restart_check_timeout = _seconds(env, "PGSFS_RESTART_CHECK_TIMEOUT", 10.0, problems)
+    peer_check_timeout = _seconds(env, "PGSFS_PEER_CHECK_TIMEOUT", 5.0, problems)
+    auth_attempts = _int(env, "PGSFS_AUTH_ATTEMPTS", 3, problems, 1, 100)
+    max_rate = _max_rate(env, problems)
+    allow_reinit = _bool(env, "PGSFS_ALLOW_REINIT", problems)
+    max_wal_senders = _int(env, "PGSFS_MAX_WAL_SENDERS", 10, problems, 2, 1000)
+    max_slots = _int(env, "PGSFS_MAX_REPLICATION_SLOTS", 10, problems, 2, 1000)
+    size_expected = "a size like 512MB or 1GB (units kB, MB, GB, TB), or -1"
+    wal_keep = _matching(env, "PGSFS_WAL_KEEP_SIZE", "1GB", _SIZE, size_expected, problems)
+    slot_keep = _matching(env, "PGSFS_MAX_SLOT_WAL_KEEP_SIZE", "10GB", _SIZE, size_expected, problems)
+    log_format = _choice(env, "PGSFS_LOG_FORMAT", "auto", ("auto", "json", "console"), problems)
+    log_level = _choice(env, "PGSFS_LOG_LEVEL", "info", ("debug", "info", "warning", "error"), problems)
+
+    if problems.items:
+        raise ConfigError(problems.items)
+
+    sts, ordinal = parsed
+    return Config(
+        identity=Identity(pod_name, sts, ordinal, primary_ordinal),
+        namespace=namespace,
+        service_name=service,
+        cluster_domain=domain,
+        port_name=port_name,
+        port=port,
+        pgdata=pgdata,
+        state_dir=state_dir,
+        initdb_dir=initdb_dir,
+        superuser=superuser,
+        superuser_password=superuser_password,
+        database=database,
+        initdb_args=initdb_args,
+        replication_user=replication_user,
+        replication_password=replication_password,
+        wait_timeout=wait_timeout,
+        restart_check_timeout=restart_check_timeout,
+        peer_check_timeout=peer_check_timeout,
+        auth_attempts=auth_attempts,
+        clone_max_rate=max_rate,
+        allow_reinit=allow_reinit,
+        max_wal_senders=max_wal_senders,
+        max_replication_slots=max_slots,
+        wal_keep_size=wal_keep,
+        max_slot_wal_keep_size=slot_keep,
+        log_format=log_format,
+        log_level=log_level,
+    )
+
+
+def environ() -> Mapping[str, str]:
+    """The process environment (a seam for tests)."""
+    return os.environ

@@ -1,0 +1,97 @@
+"""The agent's one exception hierarchy; the CLI maps each class to its exit code."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class AgentError(Exception):
+    """Base of every failure the agent reports on purpose: a message and what to do."""
+
+    exit_code: ClassVar[int] = 1
+    event: ClassVar[str] = "agent_failed"
+
+    def __init__(self, message: str, *, hint: str = "", **fields: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.fields = fields
+
+
+class ConfigError(AgentError):
+    """One or more settings are invalid; every problem is listed at once."""
+
+    exit_code = 2
+    event = "config_invalid"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(
+            f"{len(problems)} configuration problem(s): " + "; ".join(problems),
+            hint="fix the listed environment variables; nothing was touched",
+        )
+        self.problems = problems
+
+
+class DiscoveryTimeout(AgentError):
+    """The primary's DNS record did not appear within PGSFS_WAIT_TIMEOUT."""
+
+    exit_code = 3
+    event = "dns_wait_timeout"
+
+
+class PrimaryUnavailable(AgentError):
+    """The primary's record resolved but it never accepted a replication connection in time."""
+
+    exit_code = 4
+    event = "primary_wait_timeout"
+
+
+class AuthenticationFailed(AgentError):
+    """The primary rejected us: bad password, no pg_hba entry, or no REPLICATION privilege."""
+
+    exit_code = 5
+    event = "primary_auth_failed"
+
+
+class DataDirConflict(AgentError):
+    """PGDATA contradicts the role this pod's ordinal gives it, or is not ours to use."""
+
+    exit_code = 6
+    event = "pgdata_conflict"
+
+
+class SystemIdentifierMismatch(AgentError):
+    """This replica's data belongs to another cluster than the primary's."""
+
+    exit_code = 7
+    event = "system_identifier_mismatch"
+
+
+class PrimaryVolumeLost(AgentError):
+    """The primary has an empty PGDATA while other members still hold a cluster's data."""
+
+    exit_code = 8
+    event = "primary_volume_lost"
+
+
+class CommandFailed(AgentError):
+    """A PostgreSQL program (initdb, pg_basebackup, postgres, psql) failed."""
+
+    exit_code = 9
+    event = "command_failed"
+
+
+class SecretInArgv(AgentError):
+    """A command line would have carried a secret, visible to anyone running ps."""
+
+    exit_code = 10
+    event = "secret_in_argv_refused"
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; carries the exit code 128 + signum (130, 143)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.exit_code = 128 + signum

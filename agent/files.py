@@ -1,0 +1,44 @@
+"""Durable file operations: atomic writes, fsync of directories, ownership."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename or create inside it survives a crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, content: str, *, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
+    """Write beside, fsync, rename over, fsync the directory: readers see old or new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.write(fd, content.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fix_tree_ownership(root: Path, uid: int, gid: int) -> int:
+    """chown every entry under root that is not uid:gid; returns how many were changed."""
+    changed = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [".", *dirnames, *filenames]:
+            full = os.path.join(dirpath, name) if name != "." else dirpath
+            st = os.lstat(full)
+            if st.st_uid != uid or st.st_gid != gid:
+                os.lchown(full, uid, gid)
+                changed += 1
+    return changed

@@ -1,0 +1,115 @@
+"""Reading the data directory into plain data: what is there, and what of it is the agent's."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+WORK_SUFFIX = ".pgsfs-work"
+WORK_MARKER = "pg-sfs-agent-work.json"
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """An unfinished init or clone beside PGDATA, and whether it is provably the agent's own."""
+
+    path: str
+    kind: str
+    ours: bool
+
+
+@dataclass(frozen=True)
+class DataDirState:
+    """What PGDATA holds, as far as the decision needs to know."""
+
+    path: str
+    exists: bool
+    empty: bool
+    is_mountpoint: bool
+    pg_version: str | None
+    standby_signal: bool
+    recovery_signal: bool
+    system_identifier: int | None
+    sample_entries: tuple[str, ...]
+    owner_uid: int | None
+    mode: int | None
+    leftover: Leftover | None
+
+    @property
+    def initialised(self) -> bool:
+        """PGDATA holds a cluster (PG_VERSION present)."""
+        return self.pg_version is not None
+
+
+def work_dir_for(pgdata: Path) -> Path:
+    """Where an init or clone is built before it is moved into place (same filesystem)."""
+    return pgdata.with_name(pgdata.name + WORK_SUFFIX)
+
+
+def read_system_identifier(pgdata: Path) -> int | None:
+    """The cluster's system identifier: the first 8 bytes of global/pg_control."""
+    try:
+        with open(pgdata / "global" / "pg_control", "rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return None
+    if len(head) != 8:
+        return None
+    return int(struct.unpack("<Q", head)[0])
+
+
+def read_leftover(pgdata: Path) -> Leftover | None:
+    """The work directory beside PGDATA, if any; ours only when its marker names this PGDATA."""
+    work = work_dir_for(pgdata)
+    if not work.exists():
+        return None
+    try:
+        marker = json.loads((work / WORK_MARKER).read_text())
+        ours = isinstance(marker, dict) and marker.get("pgdata") == str(pgdata)
+        kind = str(marker.get("kind", "unknown")) if isinstance(marker, dict) else "unknown"
+    except (OSError, ValueError):
+        ours, kind = False, "unknown"
+    return Leftover(path=str(work), kind=kind, ours=ours)
+
+
+def inspect(pgdata: Path) -> DataDirState:
+    """Look at PGDATA without changing anything."""
+    try:
+        st = os.stat(pgdata)
+        exists = True
+    except FileNotFoundError:
+        st = None
+        exists = False
+    entries: list[str] = []
+    if exists and pgdata.is_dir():
+        try:
+            with os.scandir(pgdata) as it:
+                for entry in it:
+                    entries.append(entry.name)
+        except OSError:
+            entries = ["(unreadable)"]
+    elif exists:
+        entries = ["(not a directory)"]
+    pg_version: str | None = None
+    if "PG_VERSION" in entries:
+        try:
+            pg_version = (pgdata / "PG_VERSION").read_text().strip()
+        except OSError:
+            pg_version = "(unreadable)"
+    return DataDirState(
+        path=str(pgdata),
+        exists=exists,
+        empty=not entries,
+        is_mountpoint=exists and os.path.ismount(pgdata),
+        pg_version=pg_version,
+        standby_signal="standby.signal" in entries,
+        recovery_signal="recovery.signal" in entries,
+        system_identifier=read_system_identifier(pgdata) if pg_version else None,
+        sample_entries=tuple(sorted(entries)[:8]),
+        owner_uid=st.st_uid if st else None,
+        mode=(st.st_mode & 0o7777) if st else None,
+        leftover=read_leftover(pgdata),
+    )

@@ -1,0 +1,213 @@
+"""The decision: from the config and what PGDATA holds, a plan of what bootstrap will do and why."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from agent.config import Config
+from agent.errors import AgentError, DataDirConflict
+from agent.identity import PRIMARY
+from agent.pgdata import DataDirState
+from agent.render import CONF_NAME
+
+INIT = "init"
+CLONE = "clone"
+START = "start"
+REFUSE = "refuse"
+
+PASSFILE_NAME = "replication.pgpass"
+SECRETS_STATE_NAME = "applied-secrets.json"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the agent will not go on, as the error it will raise."""
+
+    event: str
+    exit_code: int
+    message: str
+    hint: str
+
+    def to_error(self) -> AgentError:
+        """The exception the bootstrap raises for this refusal."""
+        return DataDirConflict(self.message, hint=self.hint)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `pg-sfs-agent postgres` will do, in order; `pg-sfs-agent plan` prints it."""
+
+    pod: str
+    ordinal: int
+    role: str
+    action: str
+    reason: str
+    steps: tuple[str, ...]
+    pgdata: str
+    files: tuple[str, ...]
+    remove_leftover: str | None
+    primary: str | None
+    slot: str | None
+    server_major: int | None
+    data_major: int | None
+    refusal: Refusal | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (lists instead of tuples)."""
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, tuple):
+                data[key] = list(value)
+        return data
+
+
+def _major(version: str | None) -> int | None:
+    if version is None:
+        return None
+    try:
+        return int(version.split(".")[0])
+    except ValueError:
+        return None
+
+
+def _refusal(state: DataDirState, config: Config, server_major: int | None) -> Refusal | None:
+    """The contradiction in PGDATA that makes starting unsafe, if any."""
+    role = config.identity.role
+    pgdata = state.path
+    code, event = DataDirConflict.exit_code, DataDirConflict.event
+
+    def refuse(message: str, hint: str) -> Refusal:
+        return Refusal(event=event, exit_code=code, message=message, hint=hint)
+
+    if state.exists and state.sample_entries == ("(not a directory)",):
+        return refuse(f"PGDATA {pgdata} exists but is not a directory", "point PGDATA at a directory")
+    if not state.empty and not state.initialised:
+        return refuse(
+            f"PGDATA {pgdata} is not empty but holds no PostgreSQL cluster (no PG_VERSION; "
+            f"found {', '.join(state.sample_entries)})",
+            "the agent never deletes data it does not own: inspect it, move it away, then restart the pod",
+        )
+    if state.initialised:
+        data_major = _major(state.pg_version)
+        if server_major is not None and data_major != server_major:
+            return refuse(
+                f"PGDATA {pgdata} was made by PostgreSQL {state.pg_version} but this image runs "
+                f"PostgreSQL {server_major}",
+                "run an image of the data's major version, or upgrade the data with pg_upgrade first",
+            )
+        if role == PRIMARY and state.standby_signal:
+            return refuse(
+                f"pod {config.identity.pod_name} holds the primary ordinal but PGDATA {pgdata} is a "
+                "standby (standby.signal present)",
+                "automatic promotion is not supported: if this pod should be the primary, remove "
+                "standby.signal by hand after checking no other primary runs; otherwise fix PGSFS_PRIMARY_ORDINAL",
+            )
+        if role != PRIMARY and not state.standby_signal:
+            return refuse(
+                f"pod {config.identity.pod_name} is a replica ordinal but PGDATA {pgdata} is not a "
+                "standby (no standby.signal): it was a primary, and starting it would make two",
+                "if its data is not needed, move PGDATA aside so the pod clones again; if it is the "
+                "real primary, fix PGSFS_PRIMARY_ORDINAL",
+            )
+        return None
+    if state.is_mountpoint:
+        return refuse(
+            f"PGDATA {pgdata} is the volume's mount point; the agent builds the cluster beside it "
+            "and moves it into place",
+            "set PGDATA to a subdirectory of the volume, like /var/lib/postgresql/data/pgdata",
+        )
+    if state.leftover is not None and not state.leftover.ours:
+        return refuse(
+            f"{state.leftover.path} exists but is not provably an unfinished init or clone of this PGDATA",
+            "inspect it and move it away; the agent does not delete what it cannot prove is its own",
+        )
+    return None
+
+
+def make_plan(
+    config: Config,
+    state: DataDirState,
+    *,
+    server_major: int | None,
+    secrets_applied: bool | None = None,
+) -> Plan:
+    """Decide what to do; pure, so `plan` and `postgres` always agree for the same inputs."""
+    ident = config.identity
+    is_primary = ident.role == PRIMARY
+    conf_files = (
+        f"{state.path}/{CONF_NAME}",
+        f"{state.path}/postgresql.conf",
+        f"{state.path}/pg_hba.conf",
+    )
+    passfile = str(config.state_dir / PASSFILE_NAME)
+    secrets_state = str(config.state_dir / SECRETS_STATE_NAME)
+    leftover = state.leftover.path if state.leftover is not None and state.leftover.ours else None
+    refusal = _refusal(state, config, server_major)
+    primary = None if is_primary else config.primary_fqdn
+    slot = None if is_primary else ident.slot_name
+
+    steps: tuple[str, ...]
+    files: tuple[str, ...]
+    if refusal is not None:
+        action, reason, steps, files, leftover = REFUSE, refusal.message, (), (), None
+    elif state.initialised:
+        action = START
+        if is_primary:
+            reason = "PGDATA holds a primary's cluster: refresh the managed files and start"
+            rotate = () if secrets_applied else ("apply_passwords",)
+            steps = ("write_config", *rotate, "fix_ownership", "exec_postgres")
+            files = (*conf_files, secrets_state) if rotate else conf_files
+        else:
+            reason = "PGDATA holds a standby: refresh the managed files, check the primary briefly, start"
+            steps = ("check_primary", "write_config", "fix_ownership", "exec_postgres")
+            files = (*conf_files, f"{state.path}/standby.signal", passfile)
+    elif is_primary:
+        action = INIT
+        reason = "empty PGDATA on the primary ordinal: initialise a new cluster beside it, then move it into place"
+        steps = (
+            "check_peers_for_data",
+            "initdb",
+            "write_config",
+            "start_temporary_server",
+            "create_replication_role",
+            "create_database",
+            "run_initdb_scripts",
+            "stop_temporary_server",
+            "move_into_place",
+            "fix_ownership",
+            "exec_postgres",
+        )
+        files = (*conf_files, secrets_state)
+    else:
+        action = CLONE
+        reason = "empty PGDATA on a replica ordinal: clone the primary beside it, then move it into place"
+        steps = (
+            "wait_for_primary_record",
+            "wait_for_primary",
+            "ensure_slot",
+            "clone",
+            "write_config",
+            "move_into_place",
+            "fix_ownership",
+            "exec_postgres",
+        )
+        files = (*conf_files, f"{state.path}/standby.signal", passfile)
+    if leftover is not None:
+        steps = ("remove_leftover", *steps)
+    return Plan(
+        pod=ident.pod_name,
+        ordinal=ident.ordinal,
+        role=ident.role,
+        action=action,
+        reason=reason,
+        steps=steps,
+        pgdata=state.path,
+        files=files,
+        remove_leftover=leftover,
+        primary=primary,
+        slot=slot,
+        server_major=server_major,
+        data_major=_major(state.pg_version),
+        refusal=refusal,
+    )

@@ -1,0 +1,299 @@
+"""PostgreSQL's own programs, driven for the agent: version, initdb, a temporary server, clone."""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import os
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any, Callable
+
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
+
+from agent.config import SECRET_VARIABLES
+from agent.errors import CommandFailed
+from agent.runner import Runner
+
+_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)")
+_PROGRESS = re.compile(r"(\d+)/(\d+) kB \((\d+)%\)")
+PROGRESS_INTERVAL = 5.0
+
+
+def child_env(extra: Mapping[str, str] | None = None, *, keep_secrets: bool = False) -> dict[str, str]:
+    """The environment for a child: ours without secrets (unless asked), plus `extra`."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if keep_secrets or (key not in SECRET_VARIABLES and not key.endswith("_PASSWORD_FILE"))
+    }
+    env.update(extra or {})
+    return env
+
+
+def _tail(data: bytes, limit: int = 800) -> str:
+    text = data.decode("utf-8", "replace").strip()
+    return text[-limit:]
+
+
+def server_major(runner: Runner) -> int | None:
+    """The major version of the `postgres` binary on PATH, or None if it cannot be run."""
+    try:
+        done = runner.run(["postgres", "-V"], env=child_env(), timeout=30)
+    except OSError:
+        return None
+    match = _VERSION.search(done.stdout.decode("utf-8", "replace"))
+    return int(match.group(1)) if match else None
+
+
+def check(done: subprocess.CompletedProcess[bytes], what: str, hint: str) -> None:
+    """Raise CommandFailed with the program's last words when it failed."""
+    if done.returncode != 0:
+        raise CommandFailed(
+            f"{what} failed with exit code {done.returncode}: {_tail(done.stderr) or _tail(done.stdout)}",
+            hint=hint,
+            returncode=done.returncode,
+        )
+
+
+def initdb(runner: Runner, datadir: Path, *, superuser: str, pwfile: Path, args: tuple[str, ...]) -> None:
+    """initdb with data checksums (so pg_rewind works later), the password from a file."""
+    argv = [
+        "initdb",
+        "-D",
+        str(datadir),
+        "-U",
+        superuser,
+        f"--pwfile={pwfile}",
+        "--auth-local=trust",
+        "--auth-host=scram-sha-256",
+        "--data-checksums",
+        *args,
+    ]
+    done = runner.run(argv, env=child_env())
+    check(
+        done,
+        "initdb",
+        "read initdb's message above; POSTGRES_INITDB_ARGS may hold a bad option; a full volume also ends here",
+    )
+
+
+class TempServer:
+    """A postgres on the build directory, reachable only through a private Unix socket."""
+
+    def __init__(self, runner: Runner, datadir: Path, sockdir: Path, port: int, superuser: str) -> None:
+        self.runner = runner
+        self.superuser = superuser
+        self.datadir = datadir
+        self.sockdir = sockdir
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.logfile = datadir.parent / "temporary-server.log"
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start it and wait until it accepts connections."""
+        argv = [
+            "postgres",
+            "-D",
+            str(self.datadir),
+            "-c",
+            "listen_addresses=",
+            "-c",
+            f"unix_socket_directories={self.sockdir}",
+            "-c",
+            f"port={self.port}",
+        ]
+        with open(self.logfile, "ab") as log:
+            self.proc = self.runner.spawn(argv, env=child_env(), stdout=log, stderr=log)
+        import psycopg
+
+        def connect() -> None:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise CommandFailed(
+                    f"the temporary server exited with code {self.proc.returncode}: {_tail(self.logfile.read_bytes())}",
+                    hint="read the server's message; a full volume or a bad setting in POSTGRES_INITDB_ARGS ends here",
+                )
+            with psycopg.connect(**self.conninfo("postgres"), connect_timeout=2):
+                pass
+
+        def not_up_yet(exc: BaseException) -> bool:
+            # Only "not there yet" is worth waiting for; a real error (bad role) is raised at once.
+            text = str(exc).lower()
+            return isinstance(exc, psycopg.OperationalError) and (
+                "no such file" in text or "starting up" in text or "connection refused" in text
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception(not_up_yet),
+            wait=wait_fixed(0.1),
+            stop=stop_after_delay(timeout),
+            reraise=True,
+        )
+        retrying(connect)
+
+    def conninfo(self, dbname: str, user: str | None = None) -> dict[str, Any]:
+        """Connection keywords for psycopg over the private socket."""
+        return {"host": str(self.sockdir), "port": self.port, "dbname": dbname, "user": user or self.superuser}
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Fast shutdown (SIGINT): checkpoint, then exit."""
+        if self.proc is None:
+            return
+        self.runner.stop(self.proc, grace=timeout, sig=signal.SIGINT)
+        if self.proc.returncode not in (0, -signal.SIGINT):
+            raise CommandFailed(
+                f"the temporary server did not stop cleanly (exit {self.proc.returncode})",
+                hint="read its log: " + _tail(self.logfile.read_bytes()),
+            )
+        self.proc = None
+
+
+def read_script(path: Path) -> bytes:
+    """An initdb.d SQL script's text, decompressed when it is .gz or .xz."""
+    if path.name.endswith(".gz"):
+        return gzip.decompress(path.read_bytes())
+    if path.name.endswith(".xz"):
+        return lzma.decompress(path.read_bytes())
+    return path.read_bytes()
+
+
+SCRIPT_SUFFIXES = (".sh", ".sql", ".sql.gz", ".sql.xz")
+
+
+def initdb_scripts(directory: Path) -> list[Path]:
+    """The scripts the official image would run, in its order (sorted by name)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(SCRIPT_SUFFIXES))
+
+
+def run_initdb_script(runner: Runner, script: Path, env: Mapping[str, str]) -> None:
+    """Run one initdb.d script as the official image does: .sh with bash, SQL with psql."""
+    if script.name.endswith(".sh"):
+        argv = [str(script)] if os.access(script, os.X_OK) else ["bash", str(script)]
+        done = runner.run(argv, env=env)
+    else:
+        done = runner.run(
+            ["psql", "-v", "ON_ERROR_STOP=1", "--no-psqlrc", "--quiet"],
+            env=env,
+            input=read_script(script),
+        )
+    check(done, f"initdb script {script.name}", f"fix {script} (it runs only on a first initialisation)")
+
+
+def basebackup(
+    runner: Runner,
+    *,
+    target: Path,
+    host: str,
+    hostaddr: str | None,
+    port: int,
+    user: str,
+    passfile: Path,
+    slot: str,
+    application_name: str,
+    max_rate: str | None,
+    on_progress: Callable[[dict[str, Any]], None],
+    on_tick: Callable[[], None] = lambda: None,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """pg_basebackup with WAL streaming, a fast checkpoint and our slot; progress as events."""
+    conn = f"host={host} port={port} user={user} application_name={application_name}"
+    if hostaddr:
+        conn += f" hostaddr={hostaddr}"
+    argv = [
+        "pg_basebackup",
+        "-d",
+        conn,
+        "-D",
+        str(target),
+        "-X",
+        "stream",
+        "-c",
+        "fast",
+        "-S",
+        slot,
+        "-P",
+        "-v",
+        "-w",
+    ]
+    if max_rate:
+        argv += ["-r", max_rate]
+    started = clock()
+    proc = runner.spawn(argv, env=child_env({"PGPASSFILE": str(passfile)}), stdout=subprocess.DEVNULL)
+    lines: queue.Queue[str | None] = queue.Queue()
+    tail: list[str] = []
+
+    def pump(stream: IO[bytes]) -> None:
+        buf = b""
+        while True:
+            chunk = stream.read1(4096) if hasattr(stream, "read1") else stream.read(4096)
+            if not chunk:
+                break
+            buf += chunk
+            *complete, buf = re.split(rb"[\r\n]", buf)
+            for raw in complete:
+                if raw.strip():
+                    lines.put(raw.decode("utf-8", "replace"))
+        if buf.strip():
+            lines.put(buf.decode("utf-8", "replace"))
+        lines.put(None)
+
+    assert proc.stderr is not None
+    reader = threading.Thread(target=pump, args=(proc.stderr,), daemon=True)
+    reader.start()
+    last_report = started
+    done_kb, total_kb, percent = 0, 0, 0
+    try:
+        while True:
+            try:
+                line = lines.get(timeout=0.5)
+            except queue.Empty:
+                line = ""
+            if line is None:
+                break
+            if line:
+                match = _PROGRESS.search(line)
+                if match:
+                    done_kb, total_kb, percent = (int(g) for g in match.groups())
+                else:
+                    tail.append(line)
+                    del tail[:-20]
+            now = clock()
+            if now - last_report >= PROGRESS_INTERVAL:
+                last_report = now
+                elapsed = now - started
+                on_progress(_progress(done_kb, total_kb, percent, elapsed))
+            on_tick()
+        returncode = proc.wait()
+    except BaseException:
+        runner.stop(proc)
+        raise
+    finally:
+        reader.join(timeout=2)
+        runner._forget(proc)
+    elapsed = clock() - started
+    if returncode != 0:
+        raise CommandFailed(
+            f"pg_basebackup failed with exit code {returncode}: {' | '.join(tail[-5:])}",
+            hint="a full volume, a dropped connection or a primary restart end here; the partial clone is "
+            "discarded and the next start clones again",
+            returncode=returncode,
+        )
+    return _progress(done_kb, total_kb, 100 if total_kb else percent, elapsed)
+
+
+def _progress(done_kb: int, total_kb: int, percent: int, elapsed: float) -> dict[str, Any]:
+    return {
+        "percent": percent,
+        "done_mb": round(done_kb / 1024, 1),
+        "total_mb": round(total_kb / 1024, 1),
+        "rate_mb_s": round(done_kb / 1024 / elapsed, 2) if elapsed > 0 else 0.0,
+        "elapsed_s": round(elapsed, 1),
+    }

@@ -1,0 +1,148 @@
+"""Exec probes for the kubelet: cheap local checks, no heavy imports (stdlib only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+FRESH_SECONDS = 60.0
+_ORDINAL = re.compile(r"-(0|[1-9][0-9]*)$")
+
+
+class ProbeFailed(Exception):
+    """The probe's verdict is no; the message says why (the kubelet shows it in events)."""
+
+
+def _pgdata(env: Mapping[str, str]) -> Path:
+    return Path(env.get("PGDATA", "/var/lib/postgresql/data"))
+
+
+def _state_dir(env: Mapping[str, str]) -> Path:
+    return Path(env.get("PGSFS_STATE_DIR") or str(_pgdata(env).parent / ".pg-sfs-agent"))
+
+
+def postmaster_status(pgdata: Path) -> tuple[int, str, str] | None:
+    """(pid, socket dir, status) from postmaster.pid when that postmaster is alive, else None."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        pid = int(lines[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    sockdir = lines[4].strip() if len(lines) > 4 else ""
+    status = lines[7].strip() if len(lines) > 7 else ""
+    return pid, sockdir, status
+
+
+def heartbeat_age(state_dir: Path, now: float) -> float | None:
+    """Seconds since the agent's last heartbeat, or None when there is none."""
+    try:
+        data = json.loads((state_dir / "heartbeat.json").read_text())
+        return now - float(data["ts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _is_primary(env: Mapping[str, str]) -> bool:
+    name = env.get("POD_NAME") or env.get("HOSTNAME") or socket.gethostname()
+    match = _ORDINAL.search(name)
+    return match is not None and int(match.group(1)) == int(env.get("PGSFS_PRIMARY_ORDINAL", "0") or 0)
+
+
+def check_startup(env: Mapping[str, str], now: float) -> str:
+    """Pass while the bootstrap's heartbeat is fresh (a long clone) or once postgres runs."""
+    running = postmaster_status(_pgdata(env))
+    if running is not None:
+        return f"postgres running (pid {running[0]}, {running[2] or 'starting'})"
+    age = heartbeat_age(_state_dir(env), now)
+    if age is not None and age <= FRESH_SECONDS:
+        return f"bootstrap in progress (heartbeat {age:.1f} s ago)"
+    raise ProbeFailed(
+        "no postgres running and no fresh bootstrap heartbeat" + (f" (last {age:.0f} s ago)" if age is not None else "")
+    )
+
+
+def check_liveness(env: Mapping[str, str], now: float) -> str:
+    """Local only, never the primary: the postmaster lives, or the bootstrap still beats."""
+    return check_startup(env, now)
+
+
+def _tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def check_readiness(env: Mapping[str, str], now: float) -> str:
+    """Primary: accepting connections over TCP and not in recovery. Replica: streaming."""
+    running = postmaster_status(_pgdata(env))
+    if running is None:
+        raise ProbeFailed("postgres is not running")
+    _, sockdir, status = running
+    port = int(env.get("PGPORT", "5432") or 5432)
+    host = env.get("POD_IP") or "127.0.0.1"
+    if _is_primary(env):
+        if status != "ready":
+            raise ProbeFailed(f"postgres is {status or 'starting'}, not ready as a primary")
+        if not _tcp_open(host, port):
+            raise ProbeFailed(f"postgres does not accept TCP connections on {host}:{port}")
+        return "primary ready"
+    if status != "standby":
+        raise ProbeFailed(f"postgres is {status or 'starting'}, not a hot standby")
+    done = subprocess.run(
+        [
+            "psql",
+            "-XAtq",
+            "-h",
+            sockdir or "/var/run/postgresql",
+            "-p",
+            str(port),
+            "-U",
+            env.get("POSTGRES_USER", "postgres"),
+            "-d",
+            "postgres",
+            "-c",
+            "SELECT status FROM pg_stat_wal_receiver",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=2,
+        check=False,
+        env={"PATH": env.get("PATH", os.defpath), "PGCONNECT_TIMEOUT": "1"},
+    )
+    state = done.stdout.strip()
+    if done.returncode != 0 or state != "streaming":
+        raise ProbeFailed(f"replica not streaming (wal receiver: {state or done.stderr.strip() or 'none'})")
+    return "replica streaming"
+
+
+CHECKS = {"startup": check_startup, "readiness": check_readiness, "liveness": check_liveness}
+
+
+def run(argv: list[str], env: Mapping[str, str]) -> int:
+    """`pg-sfs-agent probe startup|readiness|liveness`: 0 when healthy, 1 when not, 2 on misuse."""
+    if len(argv) != 1 or argv[0] not in CHECKS:
+        print("usage: pg-sfs-agent probe startup|readiness|liveness")
+        return 2
+    try:
+        print(CHECKS[argv[0]](env, time.time()))
+    except ProbeFailed as exc:
+        print(f"{argv[0]} probe failed: {exc}")
+        return 1
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"{argv[0]} probe failed: {exc}")
+        return 1
+    return 0

@@ -1,0 +1,189 @@
+"""Pure rendering of the files the agent owns: pg_hba block, settings file, conninfo, passfile."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import stringprep
+import unicodedata
+
+CONF_NAME = "pg-sfs-agent.conf"
+INCLUDE_LINE = f"include_if_exists = '{CONF_NAME}'\t# pg-sfs-agent: its settings, rewritten at every start"
+HBA_BEGIN = "# BEGIN pg-sfs-agent: managed block, rewritten at every start; add your rules below it"
+HBA_END = "# END pg-sfs-agent"
+SCRAM_ITERATIONS = 4096
+
+
+def quote_conf(value: str) -> str:
+    """A postgresql.conf string literal: backslashes doubled, quotes doubled."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def quote_conninfo(value: str) -> str:
+    """A libpq conninfo value: single-quoted with backslash escapes for `\\` and `'`."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def escape_passfile(value: str) -> str:
+    """A .pgpass field: `\\` and `:` escaped with a backslash."""
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def passfile_line(user: str, password: str) -> str:
+    """The one line of the replication passfile: any host, port and database, this user."""
+    return f"*:*:*:{escape_passfile(user)}:{escape_passfile(password)}\n"
+
+
+def conninfo(params: dict[str, str]) -> str:
+    """A conninfo string from key/value pairs, every value quoted."""
+    return " ".join(f"{key}={quote_conninfo(value)}" for key, value in params.items())
+
+
+def primary_conninfo(*, host: str, port: int, user: str, passfile: str, application_name: str) -> str:
+    """primary_conninfo for a standby: no password inline, a passfile instead."""
+    return conninfo(
+        {
+            "host": host,
+            "port": str(port),
+            "user": user,
+            "passfile": passfile,
+            "application_name": application_name,
+            "connect_timeout": "5",
+            # Notice a dead primary in about 30 s rather than after the kernel's two hours.
+            "keepalives_idle": "10",
+            "keepalives_interval": "5",
+            "keepalives_count": "3",
+        }
+    )
+
+
+def settings_file(
+    *,
+    port: int,
+    max_wal_senders: int,
+    max_replication_slots: int,
+    wal_keep_size: str,
+    max_slot_wal_keep_size: str,
+    standby: dict[str, str] | None = None,
+) -> str:
+    """The agent's settings file; `standby` adds primary_conninfo and primary_slot_name."""
+    lines = [
+        "# Managed by pg-sfs-agent and rewritten at every start: do not edit.",
+        "# Override a setting with ALTER SYSTEM (postgresql.auto.conf is read after this file).",
+        "listen_addresses = '*'",
+        f"port = {port}",
+        "wal_level = replica",
+        f"max_wal_senders = {max_wal_senders}",
+        f"max_replication_slots = {max_replication_slots}",
+        "hot_standby = on",
+        f"wal_keep_size = {quote_conf(wal_keep_size)}",
+        f"max_slot_wal_keep_size = {quote_conf(max_slot_wal_keep_size)}",
+        "password_encryption = 'scram-sha-256'",
+        # Long clones must not be cut by the walsender timeout while the primary is busy.
+        "wal_sender_timeout = '5min'",
+    ]
+    if standby is not None:
+        lines.append(f"primary_conninfo = {quote_conf(standby['primary_conninfo'])}")
+        lines.append(f"primary_slot_name = {quote_conf(standby['primary_slot_name'])}")
+    return "\n".join(lines) + "\n"
+
+
+def with_include(postgresql_conf: str) -> str:
+    """postgresql.conf with the include of the agent's file as its last line (added once)."""
+    kept = [line for line in postgresql_conf.splitlines() if CONF_NAME not in line]
+    while kept and not kept[-1].strip():
+        kept.pop()
+    return "\n".join([*kept, "", INCLUDE_LINE]) + "\n"
+
+
+def hba_block(replication_user: str) -> str:
+    """The managed pg_hba rules: replication only for the replication role, SCRAM, no trust over TCP."""
+    user = replication_user
+    rows = [
+        ("host", "replication", user, "0.0.0.0/0", "scram-sha-256"),
+        ("host", "replication", user, "::/0", "scram-sha-256"),
+        ("host", "replication", "all", "0.0.0.0/0", "reject"),
+        ("host", "replication", "all", "::/0", "reject"),
+        ("host", "all", "all", "0.0.0.0/0", "scram-sha-256"),
+        ("host", "all", "all", "::/0", "scram-sha-256"),
+    ]
+    body = "\n".join(f"{t:<7} {d:<12} {u:<16} {a:<12} {m}" for t, d, u, a, m in rows)
+    return f"{HBA_BEGIN}\n{body}\n{HBA_END}\n"
+
+
+def with_hba_block(pg_hba: str, replication_user: str) -> str:
+    """pg_hba.conf with the managed block first (first match wins) and the rest kept as it was."""
+    lines = pg_hba.splitlines()
+    out: list[str] = []
+    inside = False
+    for line in lines:
+        if line.strip() == HBA_BEGIN:
+            inside = True
+            continue
+        if inside:
+            if line.strip() == HBA_END:
+                inside = False
+            continue
+        out.append(line)
+    rest = "\n".join(out).strip("\n")
+    return hba_block(replication_user) + ("\n" + rest + "\n" if rest else "")
+
+
+def _saslprep(password: str) -> str | None:
+    """RFC 4013 SASLprep as PostgreSQL applies it; None when the password is not preparable."""
+    mapped = "".join(" " if stringprep.in_table_c12(ch) else ch for ch in password if not stringprep.in_table_b1(ch))
+    normal = unicodedata.normalize("NFKC", mapped)
+    if not normal:
+        return None
+    prohibited = (
+        stringprep.in_table_c12,
+        stringprep.in_table_c21,
+        stringprep.in_table_c22,
+        stringprep.in_table_c3,
+        stringprep.in_table_c4,
+        stringprep.in_table_c5,
+        stringprep.in_table_c6,
+        stringprep.in_table_c7,
+        stringprep.in_table_c8,
+        stringprep.in_table_c9,
+        stringprep.in_table_a1,
+    )
+    if any(test(ch) for ch in normal for test in prohibited):
+        return None
+    has_randal = any(stringprep.in_table_d1(ch) for ch in normal)
+    if has_randal and (
+        any(stringprep.in_table_d2(ch) for ch in normal)
+        or not (stringprep.in_table_d1(normal[0]) and stringprep.in_table_d1(normal[-1]))
+    ):
+        return None
+    return normal
+
+
+def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:
+    """A SCRAM-SHA-256 verifier as PostgreSQL stores it, so no plain password is ever sent."""
+    prepared = _saslprep(password)
+    raw = (prepared if prepared is not None else password).encode("utf-8")
+    salt = salt if salt is not None else os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", raw, salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode("ascii")
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def verifier_matches(verifier: str, password: str) -> bool:
+    """True when the SCRAM verifier was made from this password."""
+    try:
+        head, keys = verifier.split("$", 2)[1:]
+        iterations_text, salt_b64 = head.split(":")
+        salt = base64.b64decode(salt_b64)
+        expected = scram_verifier(password, salt=salt, iterations=int(iterations_text))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(expected.split("$", 2)[2], keys)

