@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from agent import discovery, replication
 from agent.config import Config
-from agent.errors import AgentError, DataDirConflict, PrimaryVolumeLost, SystemIdentifierMismatch
+from agent.errors import AgentError, CommandFailed, DataDirConflict, PrimaryVolumeLost, SystemIdentifierMismatch
 from agent.files import fix_tree_ownership, fsync_dir, write_atomic
 from agent.heartbeat import Heartbeat
 from agent.pgdata import WORK_MARKER, DataDirState, inspect, work_dir_for
@@ -61,6 +61,7 @@ class World:
     lookup: discovery.Lookup
     identify: Callable[[replication.Endpoint, float], replication.Attempt] = replication.try_identify
     ensure_slot: Callable[[replication.Endpoint, str], bool] = replication.ensure_slot
+    slot_status: Callable[[replication.Endpoint, str], str | None] = replication.slot_status
     clock: Clock = time.monotonic
     sleep: Sleep = time.sleep
     heartbeat: Heartbeat | None = None
@@ -435,24 +436,48 @@ class Bootstrap:
             slot=cfg.identity.slot_name,
             max_rate=cfg.clone_max_rate,
         )
-        result = basebackup(
-            self.world.runner,
-            target=datadir,
-            host=cfg.primary_fqdn.rstrip("."),
-            hostaddr=address,
-            port=cfg.port,
-            user=cfg.replication_user,
-            passfile=passfile,
-            slot=cfg.identity.slot_name,
-            application_name=f"{cfg.identity.pod_name}-clone",
-            max_rate=cfg.clone_max_rate,
-            on_progress=lambda fields: self.log.info("clone_progress", **fields),
-            on_tick=self.world.beat,
-            clock=self.world.clock,
-        )
+        try:
+            result = basebackup(
+                self.world.runner,
+                target=datadir,
+                host=cfg.primary_fqdn.rstrip("."),
+                hostaddr=address,
+                port=cfg.port,
+                user=cfg.replication_user,
+                passfile=passfile,
+                slot=cfg.identity.slot_name,
+                application_name=f"{cfg.identity.pod_name}-clone",
+                max_rate=cfg.clone_max_rate,
+                on_progress=lambda fields: self.log.info("clone_progress", **fields),
+                on_tick=self.world.beat,
+                clock=self.world.clock,
+            )
+        except CommandFailed as exc:
+            raise self._clone_failed(exc) from exc
         self._phase("clone", started, **{k: v for k, v in result.items() if k != "elapsed_s"})
         self.write_config(datadir, standby=True)
         self._move_into_place(datadir)
+
+    def _clone_failed(self, exc: CommandFailed) -> CommandFailed:
+        """Discard the partial clone now (it is ours and never usable) and explain a full volume."""
+        free_mb = None
+        try:
+            st = os.statvfs(self.work.parent)
+            free_mb = round(st.f_bavail * st.f_frsize / 1048576, 1)
+        except OSError:
+            pass
+        if self.work.exists():
+            self.remove_leftover(self.work)
+        if "no space left" in exc.message.lower():
+            return CommandFailed(
+                f"the volume holding PGDATA is full: {exc.message}",
+                hint="the clone needs at least the primary's size plus the WAL written meanwhile; grow the "
+                "PersistentVolumeClaim (or free space on it), then restart the pod; PGDATA was not touched",
+                free_mb_after_cleanup=free_mb,
+                **exc.fields,
+            )
+        exc.fields["free_mb_after_cleanup"] = free_mb
+        return exc
 
     def restart(self) -> None:
         """Existing PGDATA: refresh managed files; a replica checks the primary briefly."""
@@ -462,11 +487,15 @@ class Bootstrap:
                 self.apply_passwords()
             return
         # Check first: data of another cluster must be left exactly as it was.
-        self.check_primary()
+        if self.check_primary():
+            return
         self.write_config(self.pgdata, standby=True)
 
-    def check_primary(self) -> None:
-        """A bounded look at the primary: refuse on a different cluster, go on when it is away."""
+    def check_primary(self) -> bool:
+        """A bounded look at the primary: refuse on a different cluster, go on when it is away.
+
+        Returns True when the replica had to clone again (its slot was invalidated).
+        """
         cfg = self.config
         started = self.world.clock()
         budget = cfg.restart_check_timeout
@@ -493,7 +522,7 @@ class Bootstrap:
                 detail=exc.message,
                 note="starting as a standby anyway: postgres reconnects by itself",
             )
-            return
+            return False
         if local is not None and info.system_identifier != local:
             raise SystemIdentifierMismatch(
                 f"this replica's data belongs to cluster {local} but the primary "
@@ -504,11 +533,35 @@ class Bootstrap:
                 local_system_identifier=str(local),
                 primary_system_identifier=str(info.system_identifier),
             )
+        endpoint = self._endpoint(cfg.primary_fqdn, address)
         try:
-            self.ensure_slot(address)
-        except Exception as exc:
+            status = self.world.slot_status(endpoint, cfg.identity.slot_name)
+        except Exception as exc:  # a slot problem must not block a restart
             self.log.warning("slot_check_failed", detail=str(exc))
-        self._phase("primary_check", started, system_identifier=str(info.system_identifier))
+            status = "unknown"
+        self._phase("primary_check", started, system_identifier=str(info.system_identifier), slot_status=status)
+        if status == "lost":
+            self.reclone_after_lost_slot(endpoint)
+            return True
+        if status is None:
+            self.ensure_slot(address)
+        return False
+
+    def reclone_after_lost_slot(self, endpoint: replication.Endpoint) -> None:
+        """The primary removed WAL this replica needs: move its data aside, drop the slot, clone again."""
+        slot = self.config.identity.slot_name
+        aside = self.pgdata.with_name(f"{self.pgdata.name}.slot-invalidated-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.rename(self.pgdata, aside)
+        fsync_dir(self.pgdata.parent)
+        self.log.warning(
+            "slot_invalidated",
+            slot=slot,
+            moved_aside=str(aside),
+            note="the primary dropped WAL this replica still needed (max_slot_wal_keep_size); cloning again. "
+            "Delete the moved-aside copy once you no longer need it",
+        )
+        replication.drop_slot(endpoint, slot)
+        self.clone_replica()
 
     # -- configuration and exec -------------------------------------------------------------
     def write_config(self, datadir: Path, *, standby: bool) -> None:

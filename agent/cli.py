@@ -165,10 +165,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return probe.run(rest, os.environ)
     if command == "logs":
-        import importlib
+        from agent import logview
 
-        logview: Any = importlib.import_module("agent.logview")
-        return int(logview.run(rest, sys.stdin, sys.stdout))
+        return logview.run(rest, sys.stdin, sys.stdout)
     if command == "plan":
         return cmd_plan()
     if command == "postgres":

@@ -145,6 +145,30 @@ def ensure_slot(endpoint: Endpoint, slot: str, timeout: float = 5.0) -> bool:
     return True
 
 
+def slot_status(endpoint: Endpoint, slot: str, timeout: float = 5.0) -> str | None:
+    """The slot's wal_status on the primary (`lost` once invalidated), or None when it is missing.
+
+    A plain SQL connection as the replication role: pg_replication_slots is readable by everyone,
+    and this works on PostgreSQL 13 and later (READ_REPLICATION_SLOT needs 15).
+    """
+    import psycopg
+
+    kwargs = endpoint.connect_kwargs(timeout)
+    kwargs.pop("replication")
+    kwargs["dbname"] = "postgres"
+    with psycopg.connect(**kwargs) as conn:
+        row = conn.execute("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def drop_slot(endpoint: Endpoint, slot: str, timeout: float = 5.0) -> None:
+    """Drop a physical slot (an invalidated one cannot be used again)."""
+    import psycopg
+
+    with psycopg.connect(**endpoint.connect_kwargs(timeout)) as conn:
+        conn.execute(f"DROP_REPLICATION_SLOT {slot}")
+
+
 @dataclass(frozen=True)
 class Attempt:
     """One try at IDENTIFY_SYSTEM, classified."""
