@@ -29,6 +29,8 @@ _RATE = re.compile(r"^(?P<n>[0-9]+)(?P<unit>[kM]?)$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
+MIN_PASSWORD_LENGTH = 8
+
 SECRET_VARIABLES = (
     "POSTGRES_PASSWORD",
     "PGSFS_REPLICATION_PASSWORD",
@@ -129,11 +131,12 @@ def _int(env: Mapping[str, str], name: str, default: int, problems: _Problems, l
     raw = env.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
+    text = raw.strip()
+    # int() would also take "5_432" and non-ASCII digits: only plain ASCII digits are a number here.
+    if not re.fullmatch(r"-?[0-9]+", text):
         problems.add(name, raw, f"a whole number from {lo} to {hi}")
         return default
+    value = int(text)
     if not lo <= value <= hi:
         problems.add(name, raw, f"a whole number from {lo} to {hi}")
         return default
@@ -182,7 +185,7 @@ def _matching(
     raw = env.get(name)
     if raw is None or raw == "":
         return default
-    if not pattern.match(raw):
+    if not pattern.fullmatch(raw):
         problems.add(name, raw, expected)
         return default
     return raw
@@ -198,27 +201,46 @@ def _secret(env: Mapping[str, str], name: str, problems: _Problems, *, required:
         return Secret("")
     if path is not None:
         try:
-            value = Path(path).read_text().rstrip("\n")
+            # Bytes, not text mode: universal newlines would turn a "\r" inside the password into "\n".
+            value = Path(path).read_bytes().decode("utf-8").rstrip("\n")
         except (OSError, UnicodeDecodeError) as exc:
             problems.add(
-                file_name, path, f"a readable file holding the password ({getattr(exc, 'strerror', None) or exc})"
+                file_name, path, f"a readable UTF-8 file holding the password ({getattr(exc, 'strerror', None) or exc})"
             )
             return Secret("")
-        if not value:
-            problems.add(file_name, path, "a file holding a non-empty password")
-        return Secret(value)
-    if direct is None or direct == "":
+        source = file_name
+    elif direct is None or direct == "":
         if required:
             problems.add(name, direct, f"a non-empty password (or {file_name}: a file holding one)")
         return Secret("")
-    return Secret(direct)
+    else:
+        value, source = direct, name
+    for problem in _password_problems(value):
+        problems.add(source, path if source == file_name else None, problem, secret=source == name)
+    return Secret(value)
+
+
+def _password_problems(value: str) -> list[str]:
+    """Why a password cannot be used safely, if it cannot (never echoing it)."""
+    if not value:
+        return ["a non-empty password"]
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return ["a password that is valid UTF-8"]
+    if "\n" in value or "\r" in value or "\x00" in value:
+        return ["a password without line breaks (a passfile holds one entry per line)"]
+    if len(value) < MIN_PASSWORD_LENGTH:
+        # A very short secret would also match innocent text: argv checks and log redaction need length.
+        return [f"a password of at least {MIN_PASSWORD_LENGTH} characters"]
+    return []
 
 
 def _max_rate(env: Mapping[str, str], problems: _Problems) -> str | None:
     raw = env.get("PGSFS_CLONE_MAX_RATE", "").strip()
     if not raw:
         return None
-    match = _RATE.match(raw)
+    match = _RATE.fullmatch(raw)
     if match is not None:
         kb = int(match.group("n")) * (1024 if match.group("unit") == "M" else 1)
         if 32 <= kb <= 1024 * 1024:
@@ -260,14 +282,14 @@ def load_config(
         problems.add(
             "POD_NAMESPACE", None, "the pod's namespace (set it from the downward API: fieldRef metadata.namespace)"
         )
-    elif not _DNS_LABEL.match(namespace):
+    elif not _DNS_LABEL.fullmatch(namespace):
         problems.add("POD_NAMESPACE", namespace, "a DNS label (lower case letters, digits, '-')")
 
     service = _matching(
         env, "PGSFS_SERVICE_NAME", "postgresql-svc", _DNS_LABEL, "a DNS label, the headless Service's name", problems
     )
     domain = (env.get("PGSFS_CLUSTER_DOMAIN") or search_domain or "cluster.local").rstrip(".").lower()
-    if not _DOMAIN.match(domain):
+    if not _DOMAIN.fullmatch(domain):
         problems.add("PGSFS_CLUSTER_DOMAIN", env.get("PGSFS_CLUSTER_DOMAIN"), "a DNS domain like cluster.local")
     port_name = _matching(
         env,

@@ -44,7 +44,7 @@ class Identity:
 
 def parse_pod_name(pod_name: str) -> tuple[str, int] | None:
     """Split `<statefulset>-<ordinal>` into its parts, or None when it has no ordinal."""
-    match = _POD_NAME.match(pod_name)
+    match = _POD_NAME.fullmatch(pod_name)
     if match is None:
         return None
     return match.group("sts"), int(match.group("ordinal"))
@@ -52,4 +52,4 @@ def parse_pod_name(pod_name: str) -> tuple[str, int] | None:
 
 def slot_name_for(pod_name: str) -> str:
     """A replication slot name (lower case, digits, underscores, at most 63) for a pod."""
-    return _SLOT_UNSAFE.sub("_", pod_name.lower())[:63]
+    return _SLOT_UNSAFE.sub("_", pod_name.lower())[:63] or "replica"

@@ -142,7 +142,7 @@ def run(argv: list[str], env: Mapping[str, str]) -> int:
     except ProbeFailed as exc:
         print(f"{argv[0]} probe failed: {exc}")
         return 1
-    except (OSError, subprocess.SubprocessError) as exc:
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
         print(f"{argv[0]} probe failed: {exc}")
         return 1
     return 0

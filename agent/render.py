@@ -18,7 +18,8 @@ SCRAM_ITERATIONS = 4096
 
 def quote_conf(value: str) -> str:
     """A postgresql.conf string literal: backslashes doubled, quotes doubled."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+    escaped = value.replace("\\", "\\\\").replace("'", "''").replace("\n", "\\n").replace("\r", "\\r")
+    return "'" + escaped + "'"
 
 
 def quote_conninfo(value: str) -> str:
@@ -33,6 +34,8 @@ def escape_passfile(value: str) -> str:
 
 def passfile_line(user: str, password: str) -> str:
     """The one line of the replication passfile: any host, port and database, this user."""
+    if any(ch in user + password for ch in "\r\n"):
+        raise ValueError("a passfile entry cannot hold a line break")
     return f"*:*:*:{escape_passfile(user)}:{escape_passfile(password)}\n"
 
 
@@ -134,8 +137,7 @@ def with_hba_block(pg_hba: str, replication_user: str) -> str:
 def _saslprep(password: str) -> str | None:
     """RFC 4013 SASLprep as PostgreSQL applies it; None when the password is not preparable."""
     mapped = "".join(" " if stringprep.in_table_c12(ch) else ch for ch in password if not stringprep.in_table_b1(ch))
-    normal = unicodedata.normalize("NFKC", mapped)
-    if not normal:
+    if not mapped:
         return None
     prohibited = (
         stringprep.in_table_c12,
@@ -150,15 +152,16 @@ def _saslprep(password: str) -> str | None:
         stringprep.in_table_c9,
         stringprep.in_table_a1,
     )
-    if any(test(ch) for ch in normal for test in prohibited):
+    # As src/common/saslprep.c: the checks run on the mapped input, before normalisation.
+    if any(test(ch) for ch in mapped for test in prohibited):
         return None
-    has_randal = any(stringprep.in_table_d1(ch) for ch in normal)
+    has_randal = any(stringprep.in_table_d1(ch) for ch in mapped)
     if has_randal and (
-        any(stringprep.in_table_d2(ch) for ch in normal)
-        or not (stringprep.in_table_d1(normal[0]) and stringprep.in_table_d1(normal[-1]))
+        any(stringprep.in_table_d2(ch) for ch in mapped)
+        or not (stringprep.in_table_d1(mapped[0]) and stringprep.in_table_d1(mapped[-1]))
     ):
         return None
-    return normal
+    return unicodedata.normalize("NFKC", mapped)
 
 
 def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -95,10 +96,12 @@ class Runner:
         """Signal a child, give it `grace` seconds, then kill it; always reaps it."""
         if proc.poll() is None:
             try:
-                os.kill(proc.pid, sig)
+                # The child leads its own session: signal the whole group, grandchildren included.
+                os.killpg(proc.pid, sig)
                 proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             except ProcessLookupError:
                 pass

@@ -15,15 +15,17 @@ Sleep = Callable[[float], None]
 
 
 class stop_at_deadline(stop_base):
-    """Stop before the next sleep would pass the deadline (measured on the given clock)."""
+    """Stop once the deadline has passed (measured on the given clock).
+
+    wait_capped shortens the last sleep to end at the deadline, so one last attempt happens there.
+    """
 
     def __init__(self, deadline: float, clock: Clock = time.monotonic) -> None:
         self.deadline = deadline
         self.clock = clock
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        upcoming = retry_state.upcoming_sleep or 0.0
-        return self.clock() + upcoming >= self.deadline
+        return self.clock() >= self.deadline
 
 
 class wait_capped(wait_base):

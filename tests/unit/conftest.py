@@ -1,0 +1,121 @@
+"""Shared seams for the unit tests: a fake clock, a list-collecting logger, a config builder.
+
+Nothing here mocks a real part: the clock and logger are the agent's own injection points, and
+configs are built by the real `load_config` from an env dict and temporary files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from agent import secret
+from agent.config import Config, load_config
+
+# The smallest environment load_config accepts (namespace comes from POD_NAMESPACE).
+BASE_ENV: dict[str, str] = {
+    "POD_NAME": "postgresql-sfs-0",
+    "POD_NAMESPACE": "pg",
+    "POSTGRES_PASSWORD": "super-secret-pw",
+    "PGSFS_REPLICATION_PASSWORD": "repl-secret-pw",
+}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_secret_registry() -> Iterator[None]:
+    """Secrets registered by one test must not make another test's argv or logs look secret."""
+    saved = set(secret._KNOWN)
+    secret._KNOWN.clear()
+    try:
+        yield
+    finally:
+        secret._KNOWN.clear()
+        secret._KNOWN.update(saved)
+
+
+@dataclass
+class FakeClock:
+    """A monotonic clock that only moves when `sleep` is called; records every sleep asked for."""
+
+    now: float = 1000.0
+    sleeps: list[float] = field(default_factory=list)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0, f"negative sleep {seconds}"
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@dataclass
+class ListLogger:
+    """Collects (level, event, fields) like a structlog bound logger would emit them."""
+
+    lines: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+
+    def _add(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        self.lines.append((level, event, fields))
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._add("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._add("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._add("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._add("error", event, fields)
+
+    def events(self, name: str, level: str | None = None) -> list[dict[str, Any]]:
+        """The fields of every line with this event name (and level, if given)."""
+        return [f for lvl, ev, f in self.lines if ev == name and (level is None or lvl == level)]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def log() -> ListLogger:
+    return ListLogger()
+
+
+@pytest.fixture
+def no_kube_files(tmp_path: Path) -> dict[str, Any]:
+    """load_config keyword arguments pointing at files that do not exist (no pod context)."""
+    return {
+        "hostname": lambda: "not-a-statefulset-pod",
+        "resolv_conf": tmp_path / "absent-resolv.conf",
+        "sa_namespace_file": tmp_path / "absent-namespace",
+    }
+
+
+@pytest.fixture
+def make_config(no_kube_files: dict[str, Any]) -> Callable[..., Config]:
+    """Build a real Config from BASE_ENV plus overrides (a value of None removes the variable)."""
+
+    def build(**overrides: str | None) -> Config:
+        env = dict(BASE_ENV)
+        for key, value in overrides.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return load_config(env, **no_kube_files)
+
+    return build
+
+
+@pytest.fixture
+def base_env() -> dict[str, str]:
+    """A fresh copy of the smallest valid environment."""
+    return dict(BASE_ENV)

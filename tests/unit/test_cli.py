@@ -1,0 +1,117 @@
+"""Unit tests of agent.cli: dispatch, foreign commands, info arguments, config errors on stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from agent import __version__, cli
+
+
+def run_agent(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=env,
+    )
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["version"]) == 0
+    assert capsys.readouterr().out == f"pg-sfs-agent {__version__}\n"
+
+
+def test_foreign_command_is_executed_untouched() -> None:
+    done = run_agent("echo", "hi")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "hi\n", "")
+
+
+def test_foreign_command_exit_code_passes_through() -> None:
+    done = run_agent("sh", "-c", "echo out; echo err >&2; exit 7")
+    assert (done.returncode, done.stdout, done.stderr) == (7, "out\n", "err\n")
+
+
+def test_missing_foreign_command() -> None:
+    done = run_agent("no-such-program-pgsfs")
+    assert done.returncode == 127
+    assert "cannot run no-such-program-pgsfs" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "wanted"),
+    [
+        (["-C", "data_directory"], True),
+        (["-Cdata_directory"], True),
+        (["--version"], True),
+        (["-V"], True),
+        (["--help"], True),
+        (["-?"], True),
+        (["--describe-config"], True),
+        (["-c", "shared_buffers=1GB", "-C", "port"], True),
+        ([], False),
+        (["-c", "max_connections=200"], False),
+        (["-D", "/var/lib/postgresql/data"], False),
+        (["--config-file=/etc/postgresql.conf"], False),
+    ],
+)
+def test_wants_info(args: list[str], wanted: bool) -> None:
+    assert cli._wants_info(args) is wanted
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """No inherited POD_*/PGSFS_*/POSTGRES_* settings: only what the test gives."""
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV")}
+    return {**keep, **extra}
+
+
+def test_config_error_through_plan_lists_every_problem() -> None:
+    env = _clean_env(
+        POD_NAME="not-a-pod",
+        POD_NAMESPACE="pg",
+        PGPORT="-1",
+        PGSFS_WAIT_TIMEOUT="soon",
+        PGSFS_CLONE_MAX_RATE="9",
+        POSTGRES_PASSWORD="Cli-S3cret-one",
+        PGSFS_LOG_FORMAT="json",
+    )
+    done = run_agent("plan", env=env)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
+    [error] = [line for line in lines if line["event"] == "config_invalid"]
+    assert error["level"] == "error"
+    assert error["exit_code"] == 2
+    assert error["hint"]
+    problems = error["problems"]
+    for variable in ("POD_NAME", "PGPORT", "PGSFS_WAIT_TIMEOUT", "PGSFS_CLONE_MAX_RATE", "PGSFS_REPLICATION_PASSWORD"):
+        assert any(p.startswith(f"{variable}=") for p in problems), (variable, problems)
+    assert len(problems) == 5, problems
+    assert "Cli-S3cret-one" not in done.stderr
+
+
+@pytest.fixture
+def _restore_structlog() -> Iterator[None]:
+    yield
+    structlog.contextvars.clear_contextvars()
+    structlog.reset_defaults()
+
+
+@pytest.mark.usefixtures("_restore_structlog")
+def test_config_error_exit_code_from_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    for key in list(os.environ):
+        if key.startswith(("POD_", "PGSFS_", "POSTGRES_", "PG")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("POD_NAME", "x")
+    monkeypatch.setenv("PGSFS_LOG_FORMAT", "json")
+    assert cli.main(["plan"]) == 2
+    err = capsys.readouterr().err
+    assert '"config_invalid"' in err

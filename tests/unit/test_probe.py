@@ -1,0 +1,178 @@
+"""Unit tests of agent.probe on a temporary PGDATA whose postmaster.pid names this test process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import probe
+
+NOW = 1_700_000_000.0
+
+
+def write_pid(pgdata: Path, pid: int, status: str, sockdir: str = "/var/run/postgresql") -> None:
+    """postmaster.pid as PostgreSQL writes it: pid, datadir, start, port, socket dir, addr, shmem, status."""
+    pgdata.mkdir(parents=True, exist_ok=True)
+    lines = [str(pid), str(pgdata), "1700000000", "5432", sockdir, "*", "  5432001  12345", f"{status:<8}"]
+    (pgdata / "postmaster.pid").write_text("\n".join(lines) + "\n")
+
+
+def beat(state_dir: Path, ts: float) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / "heartbeat.json").write_text(json.dumps({"ts": ts, "phase": "clone", "pid": 1}))
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "PGDATA": str(tmp_path / "data"),
+        "PGSFS_STATE_DIR": str(tmp_path / "state"),
+        "POD_NAME": "postgresql-sfs-0",
+    }
+
+
+@pytest.fixture
+def listening() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that accepts connections (the kernel completes the handshake)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(4)
+        yield sock.getsockname()[1]
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+# -- startup / liveness -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("check", [probe.check_startup, probe.check_liveness])
+def test_startup_fresh_heartbeat_passes(env: dict[str, str], check) -> None:
+    beat(Path(env["PGSFS_STATE_DIR"]), NOW - 5)
+    assert "bootstrap in progress" in check(env, NOW)
+
+
+@pytest.mark.parametrize("check", [probe.check_startup, probe.check_liveness])
+def test_startup_stale_heartbeat_fails(env: dict[str, str], check) -> None:
+    beat(Path(env["PGSFS_STATE_DIR"]), NOW - 61)
+    with pytest.raises(probe.ProbeFailed, match="61 s ago"):
+        check(env, NOW)
+
+
+def test_startup_heartbeat_at_the_limit_passes(env: dict[str, str]) -> None:
+    beat(Path(env["PGSFS_STATE_DIR"]), NOW - probe.FRESH_SECONDS)
+    assert probe.check_startup(env, NOW)
+
+
+@pytest.mark.parametrize("content", [None, "", "{}", "[1]", '{"ts": "soon"}', "not json"])
+def test_startup_without_usable_heartbeat_fails(env: dict[str, str], content: str | None) -> None:
+    state = Path(env["PGSFS_STATE_DIR"])
+    if content is not None:
+        state.mkdir()
+        (state / "heartbeat.json").write_text(content)
+    with pytest.raises(probe.ProbeFailed, match="no postgres running and no fresh bootstrap heartbeat"):
+        probe.check_startup(env, NOW)
+
+
+def test_default_state_dir_is_beside_pgdata(tmp_path: Path) -> None:
+    beat(tmp_path / ".pg-sfs-agent", NOW)
+    assert probe.check_startup({"PGDATA": str(tmp_path / "data")}, NOW)
+
+
+def test_startup_passes_once_postgres_runs(env: dict[str, str]) -> None:
+    write_pid(Path(env["PGDATA"]), os.getpid(), "starting")
+    assert f"pid {os.getpid()}" in probe.check_startup(env, NOW)
+
+
+def test_dead_postmaster_is_not_running(env: dict[str, str]) -> None:
+    write_pid(Path(env["PGDATA"]), dead_pid(), "ready")
+    assert probe.postmaster_status(Path(env["PGDATA"])) is None
+    with pytest.raises(probe.ProbeFailed):
+        probe.check_startup(env, NOW)
+
+
+def test_postmaster_status_fields(env: dict[str, str]) -> None:
+    write_pid(Path(env["PGDATA"]), os.getpid(), "standby", sockdir="/tmp/sock")
+    assert probe.postmaster_status(Path(env["PGDATA"])) == (os.getpid(), "/tmp/sock", "standby")
+    (Path(env["PGDATA"]) / "postmaster.pid").write_text("garbage\n")
+    assert probe.postmaster_status(Path(env["PGDATA"])) is None
+
+
+# -- readiness ----------------------------------------------------------------------------------
+
+
+def test_primary_ready(env: dict[str, str], listening: int) -> None:
+    write_pid(Path(env["PGDATA"]), os.getpid(), "ready")
+    env.update(POD_IP="127.0.0.1", PGPORT=str(listening))
+    assert probe.check_readiness(env, NOW) == "primary ready"
+
+
+@pytest.mark.parametrize("status", ["starting", "standby", "stopping", ""])
+def test_primary_not_ready_unless_status_ready(env: dict[str, str], listening: int, status: str) -> None:
+    write_pid(Path(env["PGDATA"]), os.getpid(), status)
+    env.update(POD_IP="127.0.0.1", PGPORT=str(listening))
+    with pytest.raises(probe.ProbeFailed, match="not ready as a primary"):
+        probe.check_readiness(env, NOW)
+
+
+def test_primary_not_ready_without_tcp(env: dict[str, str]) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        write_pid(Path(env["PGDATA"]), os.getpid(), "ready")
+        env.update(POD_IP="127.0.0.1", PGPORT=str(port))
+        with pytest.raises(probe.ProbeFailed, match="does not accept TCP"):
+            probe.check_readiness(env, NOW)
+
+
+def test_not_running_is_not_ready(env: dict[str, str]) -> None:
+    with pytest.raises(probe.ProbeFailed, match="not running"):
+        probe.check_readiness(env, NOW)
+
+
+def test_moved_primary_ordinal(env: dict[str, str], listening: int) -> None:
+    env.update(POD_NAME="postgresql-sfs-1", PGSFS_PRIMARY_ORDINAL="1", POD_IP="127.0.0.1", PGPORT=str(listening))
+    write_pid(Path(env["PGDATA"]), os.getpid(), "ready")
+    assert probe.check_readiness(env, NOW) == "primary ready"
+
+
+def test_replica_must_be_standby(env: dict[str, str]) -> None:
+    env["POD_NAME"] = "postgresql-sfs-2"
+    write_pid(Path(env["PGDATA"]), os.getpid(), "ready")
+    with pytest.raises(probe.ProbeFailed, match="not a hot standby"):
+        probe.check_readiness(env, NOW)
+
+
+def test_replica_without_psql_fails_cleanly(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    env.update(POD_NAME="postgresql-sfs-2", PATH="/nonexistent-pgsfs-bin")
+    write_pid(Path(env["PGDATA"]), os.getpid(), "standby")
+    assert probe.run(["readiness"], env) == 1
+    assert capsys.readouterr().out.startswith("readiness probe failed:")
+
+
+# -- run() --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [[], ["bogus"], ["startup", "extra"], ["Startup"]])
+def test_usage_error(argv: list[str], env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert probe.run(argv, env) == 2
+    assert capsys.readouterr().out.startswith("usage: pg-sfs-agent probe")
+
+
+def test_run_exit_codes(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert probe.run(["startup"], env) == 1
+    assert capsys.readouterr().out.startswith("startup probe failed: no postgres running")
+    beat(Path(env["PGSFS_STATE_DIR"]), time.time())
+    assert probe.run(["startup"], env) == 0
+    assert probe.run(["liveness"], env) == 0
+    assert "bootstrap in progress" in capsys.readouterr().out
