@@ -467,7 +467,9 @@ BAD_NEIGHBOURS = {
     "PGSFS_CLONE_MAX_RATE": "9",
     "PGSFS_LOG_FORMAT": "xml",
 }
-passwords = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r\n"), min_size=8, max_size=30)
+passwords = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r\n"), min_size=8, max_size=30
+)
 
 
 @settings(max_examples=200, deadline=None)
