@@ -94,14 +94,18 @@ def check_readiness(env: Mapping[str, str], now: float) -> str:
     _, sockdir, status = running
     port = int(env.get("PGPORT", "5432") or 5432)
     host = env.get("POD_IP") or "127.0.0.1"
+    in_recovery = (_pgdata(env) / "standby.signal").exists()
     if _is_primary(env):
-        if status != "ready":
-            raise ProbeFailed(f"postgres is {status or 'starting'}, not ready as a primary")
+        # postmaster.pid says "ready" for a hot standby too: standby.signal tells recovery apart.
+        if status != "ready" or in_recovery:
+            raise ProbeFailed(
+                f"postgres is {status or 'starting'}{' in recovery' if in_recovery else ''}, not ready as a primary"
+            )
         if not _tcp_open(host, port):
             raise ProbeFailed(f"postgres does not accept TCP connections on {host}:{port}")
         return "primary ready"
-    if status != "standby":
-        raise ProbeFailed(f"postgres is {status or 'starting'}, not a hot standby")
+    if status not in ("ready", "standby"):
+        raise ProbeFailed(f"postgres is {status or 'starting'}, not accepting connections yet")
     done = subprocess.run(
         [
             "psql",

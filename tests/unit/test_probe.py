@@ -146,10 +146,18 @@ def test_moved_primary_ordinal(env: dict[str, str], listening: int) -> None:
     assert probe.check_readiness(env, NOW) == "primary ready"
 
 
-def test_replica_must_be_standby(env: dict[str, str]) -> None:
+def test_replica_must_accept_connections(env: dict[str, str]) -> None:
     env["POD_NAME"] = "postgresql-sfs-2"
+    write_pid(Path(env["PGDATA"]), os.getpid(), "starting")
+    with pytest.raises(probe.ProbeFailed, match="not accepting connections yet"):
+        probe.check_readiness(env, NOW)
+
+
+def test_primary_ordinal_in_recovery_is_not_ready(env: dict[str, str]) -> None:
+    # A hot standby's postmaster.pid also says "ready": standby.signal is what tells them apart.
     write_pid(Path(env["PGDATA"]), os.getpid(), "ready")
-    with pytest.raises(probe.ProbeFailed, match="not a hot standby"):
+    (Path(env["PGDATA"]) / "standby.signal").write_text("")
+    with pytest.raises(probe.ProbeFailed, match="in recovery"):
         probe.check_readiness(env, NOW)
 
 

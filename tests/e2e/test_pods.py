@@ -1,0 +1,366 @@
+"""The emulated StatefulSet itself (pods, kubelet, controller, endpoints -> DNS), with stand-in
+containers instead of the agent: a small Python program whose behaviour is steered by flag files
+on its volume, and exec probes that look at files. Runs as root with real namespaces and BIND.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+if os.geteuid() != 0:
+    pytest.skip("needs root (network, mount and PID namespaces)", allow_module_level=True)
+for _tool in ("ip", "nsenter", "named"):
+    if shutil.which(_tool) is None and not Path("/usr/sbin", _tool).exists():
+        pytest.skip(f"{_tool} is not installed", allow_module_level=True)
+
+from tests.emulator import netns as nsx  # noqa: E402
+from tests.emulator.controller import Cluster  # noqa: E402
+from tests.emulator.manifests import Probe  # noqa: E402
+from tests.emulator.network import Network  # noqa: E402
+from tests.emulator.waiting import wait_until  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+NSCLIENT = REPO / "tests" / "emulator" / "nsclient.py"
+VOL = "/var/lib/postgresql/data"
+SVC = "postgresql-svc.pg.svc.cluster.local"
+
+# The stand-in container. Flags on its volume: `crash` makes it exit 3 at start,
+# `ignore-sigint` makes it ignore the stop signal. It marks itself started in its private /tmp.
+STANDIN = r"""
+import os, pathlib, signal, sys, time
+vol = pathlib.Path(os.environ["STANDIN_VOLUME"])
+def on_sigint(signum, frame):
+    if (vol / "ignore-sigint").exists():
+        print("ignoring SIGINT", flush=True)
+        return
+    print("SIGINT: exiting", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGINT, on_sigint)
+print(f"standin pid={os.getpid()} host={os.uname().nodename}", flush=True)
+if (vol / "crash").exists():
+    print("crash flag: exit 3", flush=True)
+    sys.exit(3)
+t0 = time.monotonic()
+ready_after = float(os.environ.get("STANDIN_READY_AFTER", "0"))
+while time.monotonic() - t0 < 600:
+    if time.monotonic() - t0 >= ready_after:
+        pathlib.Path("/tmp/started").touch()
+    time.sleep(0.05)
+"""
+COMMAND = [sys.executable, "-c", STANDIN]
+
+
+def _probe(script: str, period: float = 0.2, failures: int = 1) -> Probe:
+    return Probe(argv=("sh", "-c", script), period=period, timeout=2.0, failure_threshold=failures)
+
+
+def _standin_cluster(**kw: object) -> Cluster:
+    env = {"STANDIN_VOLUME": VOL, "STANDIN_READY_AFTER": str(kw.pop("ready_after", 0))}
+    return Cluster(command=COMMAND, env=env, no_probes=True, grace_period=kw.pop("grace_period", 5),
+                   **kw)  # type: ignore[arg-type]
+
+
+def _query(c: Cluster, pod: str, name: str, rdtype: str = "A", search: bool = False) -> dict:
+    """Resolve from inside `pod` with dnspython and the pod's own resolv.conf."""
+    q = [{"name": name, "type": rdtype, "search": search, "lifetime": 3}]
+    res = c.exec_in_pod(pod, [sys.executable, "-I", str(NSCLIENT)], input_text=json.dumps(q))
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.splitlines()[0])
+
+
+def _rdata(result: dict, rdtype: str) -> list[str]:
+    return sorted(r["rdata"] for r in result.get("answer", []) if r["type"] == rdtype)
+
+
+def _starts(c: Cluster, pod: str) -> list[float]:
+    return [t for t, _, what in c.events(pod) if what.startswith("started container")]
+
+
+# ---------------------------------------------------------------------------- shared cluster
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """3 stand-in pods, Parallel, records only for Ready pods; readiness/liveness via flags."""
+    c = _standin_cluster(
+        replicas=3, policy="Parallel", publish_not_ready_addresses=False,
+        backoff_base=0.4, backoff_cap=1.6,
+        startup_probe=_probe("test -f /tmp/started", period=0.1, failures=100),
+        readiness_probe=_probe(f"test ! -e {VOL}/unready"),
+        liveness_probe=_probe(f"test ! -e {VOL}/unhealthy", failures=2),
+    )  # fmt: skip
+    with c:
+        c.wait_ready(timeout=30)
+        yield c
+
+
+def _flag(c: Cluster, pod: str, name: str, on: bool) -> None:
+    """Set or clear a flag file on the pod's volume (from the host, like a PV's backing dir)."""
+    path = c.volume_dir(pod) / name
+    if on:
+        path.touch()
+    else:
+        path.unlink(missing_ok=True)
+
+
+def test_pod_is_a_container(cluster: Cluster) -> None:
+    pod = "postgresql-sfs-1"
+    ip = cluster.pod_ip(pod)
+    assert cluster.exec_in_pod(pod, ["hostname"]).stdout.strip() == pod
+    cmdline = cluster.exec_in_pod(pod, ["cat", "/proc/1/cmdline"]).stdout.split("\0")
+    assert cmdline[:3] == [*COMMAND[:2], STANDIN]  # the container command is PID 1, no wrapper
+    resolv = cluster.exec_in_pod(pod, ["cat", "/etc/resolv.conf"]).stdout
+    assert resolv.splitlines() == [
+        f"nameserver {cluster.dns.nameserver_ip}",
+        "search pg.svc.cluster.local svc.cluster.local cluster.local",
+        "options ndots:5",
+    ]
+    hosts = cluster.exec_in_pod(pod, ["cat", "/etc/hosts"]).stdout
+    assert f"{ip}\t{pod}.{SVC}\t{pod}" in hosts
+    ns = cluster.exec_in_pod(pod, ["cat", "/var/run/secrets/kubernetes.io/serviceaccount/namespace"])
+    assert ns.stdout == "pg"
+    mounts = cluster.exec_in_pod(pod, ["findmnt", "-rn", "-o", "TARGET,SOURCE,FSTYPE"]).stdout
+    targets = {line.split()[0]: line for line in mounts.splitlines()}
+    assert f"data-{pod}" in targets[VOL]
+    assert "tmpfs" in targets["/run/postgresql"]
+    owner = cluster.exec_in_pod(pod, ["stat", "-c", "%U", "/var/run/postgresql"]).stdout.strip()
+    assert owner == "postgres"
+    env = dict(line.split("=", 1) for line in
+               cluster.exec_in_pod(pod, ["cat", "/proc/1/environ"]).stdout.split("\0") if "=" in line)
+    assert env["POD_NAME"] == pod and env["POD_NAMESPACE"] == "pg" and env["POD_IP"] == ip
+    assert env["HOSTNAME"] == pod
+    assert env["PGDATA"] == f"{VOL}/pgdata"
+    assert env["PGSFS_REPLICATION_PASSWORD"]  # from the Secret manifest
+    assert env["PATH"].split(":")[:2] == [str(Path(sys.executable).parent), "/usr/lib/postgresql/15/bin"]
+    # Only the pod's own processes are visible (PID namespace), and the host's /tmp is not.
+    pids = [p for p in cluster.exec_in_pod(pod, ["ls", "/proc"]).stdout.split() if p.isdigit()]
+    assert "1" in pids and len(pids) < 10
+    assert cluster.exec_in_pod(pod, ["ls", "/tmp"]).stdout.split() == ["started"]
+    # A probe as the postgres user works through the same namespaces.
+    assert cluster.exec_in_pod(pod, ["id", "-un"], user="postgres").stdout.strip() == "postgres"
+
+
+def test_volume_and_logs_survive_restart_and_deletion(cluster: Cluster) -> None:
+    pod = "postgresql-sfs-1"
+    cluster.exec_in_pod(pod, ["sh", "-c", f"echo kept > {VOL}/marker"])
+    restarts = cluster.restarts(pod)
+    first_log = cluster.logs(pod)
+    assert cluster.kill_pod(pod, signal.SIGKILL)
+    wait_until(lambda: cluster.restarts(pod) == restarts + 1 and cluster.is_ready(pod), 10, 0.05,
+               "restart after SIGKILL")
+    assert cluster.pod(pod).containers[-2].status.exit_code == 137
+    assert cluster.logs(pod, previous=True) == first_log
+    assert "standin pid=1" in cluster.logs(pod)
+    assert cluster.exec_in_pod(pod, ["cat", f"{VOL}/marker"]).stdout == "kept\n"
+    old_ip = cluster.pod_ip(pod)
+    cluster.delete_pod(pod, timeout=15)
+    cluster.wait_ready([pod], timeout=15)
+    assert cluster.restarts(pod) == 0  # a new pod object
+    assert cluster.pod_ip(pod) != old_ip
+    assert cluster.exec_in_pod(pod, ["cat", f"{VOL}/marker"]).stdout == "kept\n"
+
+
+def test_stop_signal_then_sigkill_after_grace(cluster: Cluster) -> None:
+    pod = "postgresql-sfs-2"
+    old = cluster.pod(pod)
+    t0 = time.monotonic()
+    cluster.delete_pod(pod, grace=5)
+    quick = time.monotonic() - t0
+    assert old.container is not None and old.container.status.exit_code == 0
+    assert quick < 3, quick
+    assert "SIGINT: exiting" in cluster.logs(pod)
+    cluster.wait_ready([pod], timeout=15)
+
+    _flag(cluster, pod, "ignore-sigint", True)
+    try:
+        old = cluster.pod(pod)
+        t0 = time.monotonic()
+        cluster.delete_pod(pod, grace=1.0)
+        took = time.monotonic() - t0
+    finally:
+        _flag(cluster, pod, "ignore-sigint", False)
+    assert 1.0 <= took < 4, took
+    assert old.container is not None and old.container.status.exit_code == 137
+    assert "ignoring SIGINT" in cluster.logs(pod)
+    assert any("killed after grace period" in what for _, _, what in cluster.events(pod))
+    cluster.wait_ready([pod], timeout=15)
+
+
+def test_crashloop_backoff_doubles(cluster: Cluster) -> None:
+    pod = "postgresql-sfs-0"
+    before = cluster.restarts(pod)
+    _flag(cluster, pod, "crash", True)
+    try:
+        killed_at = time.time()
+        cluster.kill_pod(pod, signal.SIGKILL)
+        wait_until(lambda: cluster.restarts(pod) >= before + 4, 15, 0.05, "4 restarts")
+    finally:
+        _flag(cluster, pod, "crash", False)
+    starts = [t for t in _starts(cluster, pod) if t > killed_at][:4]
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    # The first restart at once, then after 0.4 s, 0.8 s, 1.6 s (plus the crash's own run time).
+    assert starts[0] - killed_at < 0.4, starts
+    assert 0.4 <= gaps[0] < 0.8 + 0.4, gaps
+    assert 0.8 <= gaps[1] < 1.6, gaps
+    assert 1.6 <= gaps[2] < 2.4, gaps
+    assert cluster.status(roles=False)[0].restarts >= before + 4
+    cluster.wait_ready([pod], timeout=15)
+    assert "crash flag" in cluster.logs(pod, previous=True)
+
+
+def test_liveness_failure_restarts_container(cluster: Cluster) -> None:
+    pod = "postgresql-sfs-0"
+    cluster.wait_ready([pod], timeout=15)
+    before = cluster.restarts(pod)
+    _flag(cluster, pod, "unhealthy", True)
+    try:
+        wait_until(lambda: cluster.restarts(pod) > before, 15, 0.05, "liveness restart")
+    finally:
+        _flag(cluster, pod, "unhealthy", False)
+    assert any("Unhealthy (liveness)" in what for _, _, what in cluster.events(pod))
+    cluster.wait_ready([pod], timeout=15)
+
+
+def test_readiness_drives_dns_records(cluster: Cluster) -> None:
+    pod, asker = "postgresql-sfs-2", "postgresql-sfs-0"
+    cluster.wait_ready(timeout=15)
+    fqdn = f"{pod}.{SVC}."
+    ip = cluster.pod_ip(pod)
+
+    def records() -> tuple[str, list[str], list[str]]:
+        a = _query(cluster, asker, fqdn)
+        srv = _query(cluster, asker, f"_postgresql-port._tcp.{SVC}.", "SRV")
+        return a["outcome"], _rdata(a, "A"), _rdata(srv, "SRV")
+
+    wait_until(lambda: records()[1] == [ip], 10, 0.1, "record of a Ready pod")
+    assert len(records()[2]) == 3
+    _flag(cluster, pod, "unready", True)
+    try:
+        wait_until(lambda: not cluster.is_ready(pod), 10, 0.05, "pod not Ready")
+        outcome, _, srv = wait_until(lambda: (r := records())[0] == "nxdomain" and r, 10, 0.1,
+                                     "record withdrawn")
+        assert outcome == "nxdomain" and len(srv) == 2
+        assert all(" 50 5432 " in s for s in srv)  # weight floor(100/2)
+    finally:
+        _flag(cluster, pod, "unready", False)
+    wait_until(lambda: records()[1] == [ip], 10, 0.1, "record back once Ready")
+    # The pod's search list resolves the short name too, like a pod's resolver does.
+    short = _query(cluster, asker, f"{pod}.postgresql-svc", search=True)
+    assert _rdata(short, "A") == [ip]
+
+
+def test_scale_down_removes_highest_ordinals_keeps_volumes(cluster: Cluster) -> None:
+    cluster.wait_ready(timeout=15)
+    cluster.scale(1)
+    try:
+        wait_until(lambda: cluster.pod_names() == ["postgresql-sfs-0"], 15, 0.05, "scaled to 1")
+        assert cluster.volume_dir("postgresql-sfs-2").is_dir()
+        assert [n for n, _ in cluster.endpoints()] == ["postgresql-sfs-0"]
+    finally:
+        cluster.scale(3)
+    cluster.wait_ready(timeout=15)
+    assert (cluster.volume_dir("postgresql-sfs-1") / "marker").read_text() == "kept\n"
+
+
+# ---------------------------------------------------------------------------- own clusters
+
+
+def _created_and_ready(c: Cluster, pod: str) -> tuple[float, float]:
+    created = next(t for t, _, what in c.events(pod) if what.startswith("created"))
+    ready = next(t for t, _, what in c.events(pod) if what == "ready")
+    return created, ready
+
+
+def test_ordered_ready_creates_one_by_one_and_publishes_not_ready() -> None:
+    with _standin_cluster(replicas=3, ready_after=1.2,
+                          readiness_probe=_probe("test -f /tmp/started", period=0.1)) as c:
+        assert c.sts.pod_management_policy == "OrderedReady"
+        assert c.svc.publish_not_ready_addresses
+        pod0 = "postgresql-sfs-0"
+        wait_until(lambda: pod0 in c.pod_names(), 10, 0.02, "pod 0 created")
+        # publishNotReadyAddresses: the record exists while the pod is not Ready yet.
+        ip = c.pod_ip(pod0)
+        result = wait_until(lambda: (r := _query(c, pod0, f"{pod0}.{SVC}."))["outcome"] == "answer"
+                            and r, 5, 0.05, "record of a not-Ready pod")
+        assert not c.is_ready(pod0)
+        assert _rdata(result, "A") == [ip]
+        c.wait_ready(timeout=30)
+        times = [_created_and_ready(c, f"postgresql-sfs-{i}") for i in range(3)]
+    for (_, ready_prev), (created_next, _) in zip(times, times[1:]):
+        assert created_next >= ready_prev
+
+
+def test_parallel_creates_all_at_once() -> None:
+    with _standin_cluster(replicas=3, policy="Parallel", ready_after=1.0,
+                          readiness_probe=_probe("test -f /tmp/started", period=0.1)) as c:
+        c.wait_ready(timeout=30)
+        times = [_created_and_ready(c, f"postgresql-sfs-{i}") for i in range(3)]
+    assert max(created for created, _ in times) < min(ready for _, ready in times)
+
+
+# ---------------------------------------------------------------------------- cleanup
+
+
+def _leftovers(prefix: str, pids: list[int]) -> list[str]:
+    problems = [f"netns {ns}" for ns in nsx.list_netns() if ns.startswith(prefix)]
+    problems += [f"pid {p}" for p in pids if nsx.proc_start_time(p) is not None]
+    if (Path("/run/pgsfs-emulator") / f"{prefix}.pid").exists():
+        problems.append("run record")
+    return problems
+
+
+def test_cleanup_leaves_nothing() -> None:
+    with _standin_cluster(replicas=2, policy="Parallel") as c:
+        c.wait_ready(timeout=30)
+        # Stop only once the stand-ins handle SIGINT (PID 1 ignores it until then; grace 5 s).
+        wait_until(lambda: all("standin" in c.logs(n) for n in c.pod_names()), 10, 0.05, "logs")
+        prefix, run_dir = c.network.prefix, c.run_dir
+        pids = [p for n in c.pod_names() for ct in c.pod(n).containers
+                for p in (ct.shim.pid, ct.pid1) if p]
+        assert run_dir.is_dir()
+    assert _leftovers(prefix, pids) == []
+    assert not run_dir.exists()
+    if not Network.live_runs():
+        assert not Network.guard_route_present()
+
+
+def test_ctrl_c_tears_everything_down(tmp_path: Path) -> None:
+    """A process running a Cluster that gets SIGINT (Ctrl-C) leaves no namespace or process."""
+    script = tmp_path / "run.py"
+    script.write_text(f"""
+import json, sys, time
+sys.path.insert(0, {str(REPO)!r})
+from tests.e2e.test_pods import _standin_cluster
+from tests.emulator.waiting import wait_until
+with _standin_cluster(replicas=2, policy="Parallel") as c:
+    c.wait_ready(timeout=30)
+    wait_until(lambda: all("standin" in c.logs(n) for n in c.pod_names()), 10, 0.05, "logs")
+    pids = [p for n in c.pod_names() for ct in c.pod(n).containers for p in (ct.shim.pid, ct.pid1)]
+    print(json.dumps({{"prefix": c.network.prefix, "pids": pids}}), flush=True)
+    time.sleep(60)
+""")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            cwd=REPO)
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+            Network.cleanup_stale()
+    assert _leftovers(info["prefix"], info["pids"]) == []

