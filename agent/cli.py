@@ -103,6 +103,9 @@ def cmd_postgres(args: list[str]) -> int:
         from agent.heartbeat import Heartbeat
 
         owner = (runner.run_as.uid, runner.run_as.gid) if runner.run_as else None
+        # Beat at once: the kubelet's first startup probe may come before the plan is made.
+        heartbeat = Heartbeat(config.state_dir, owner)
+        heartbeat.beat("start", force=True)
         logger.info(
             "agent_start",
             version=__version__,
@@ -115,7 +118,7 @@ def cmd_postgres(args: list[str]) -> int:
         plan, _ = observe_and_plan(config, runner)
         logger.info("plan", **plan.to_dict())
         phase = plan.action
-        world = World(runner=runner, lookup=make_lookup(), heartbeat=Heartbeat(config.state_dir, owner))
+        world = World(runner=runner, lookup=make_lookup(), heartbeat=heartbeat)
         Bootstrap(config, plan, world, logger).run()
         world.beat("exec_postgres")
         logger.info("exec_postgres", action=plan.action, duration_s=round(time.monotonic() - started, 3), args=args)
