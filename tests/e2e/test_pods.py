@@ -37,7 +37,7 @@ VOL = "/var/lib/postgresql/data"
 SVC = "postgresql-svc.pg.svc.cluster.local"
 
 # The stand-in container. Flags on its volume: `crash` makes it exit 3 at start,
-# `ignore-sigint` makes it ignore the stop signal. It marks itself started in its private /tmp.
+# `ignore-sigint` makes it ignore the stop signal. It marks itself started in its private /dev/shm.
 STANDIN = r"""
 import os, pathlib, signal, sys, time
 vol = pathlib.Path(os.environ["STANDIN_VOLUME"])
@@ -56,7 +56,7 @@ t0 = time.monotonic()
 ready_after = float(os.environ.get("STANDIN_READY_AFTER", "0"))
 while time.monotonic() - t0 < 600:
     if time.monotonic() - t0 >= ready_after:
-        pathlib.Path("/tmp/started").touch()
+        pathlib.Path("/dev/shm/started").touch()
     time.sleep(0.05)
 """
 COMMAND = [sys.executable, "-c", STANDIN]
@@ -97,7 +97,7 @@ def cluster() -> Iterator[Cluster]:
     c = _standin_cluster(
         replicas=3, policy="Parallel", publish_not_ready_addresses=False,
         backoff_base=0.4, backoff_cap=1.6,
-        startup_probe=_probe("test -f /tmp/started", period=0.1, failures=100),
+        startup_probe=_probe("test -f /dev/shm/started", period=0.1, failures=100),
         readiness_probe=_probe(f"test ! -e {VOL}/unready"),
         liveness_probe=_probe(f"test ! -e {VOL}/unhealthy", failures=2),
     )  # fmt: skip
@@ -144,10 +144,10 @@ def test_pod_is_a_container(cluster: Cluster) -> None:
     assert env["PGDATA"] == f"{VOL}/pgdata"
     assert env["PGSFS_REPLICATION_PASSWORD"]  # from the Secret manifest
     assert env["PATH"].split(":")[:2] == [str(Path(sys.executable).parent), "/usr/lib/postgresql/15/bin"]
-    # Only the pod's own processes are visible (PID namespace), and the host's /tmp is not.
+    # Only the pod's own processes are visible (PID namespace), and /dev/shm is its own.
     pids = [p for p in cluster.exec_in_pod(pod, ["ls", "/proc"]).stdout.split() if p.isdigit()]
     assert "1" in pids and len(pids) < 10
-    assert cluster.exec_in_pod(pod, ["ls", "/tmp"]).stdout.split() == ["started"]
+    assert cluster.exec_in_pod(pod, ["ls", "/dev/shm"]).stdout.split() == ["started"]
     # A probe as the postgres user works through the same namespaces.
     assert cluster.exec_in_pod(pod, ["id", "-un"], user="postgres").stdout.strip() == "postgres"
 
@@ -285,7 +285,7 @@ def _created_and_ready(c: Cluster, pod: str) -> tuple[float, float]:
 
 def test_ordered_ready_creates_one_by_one_and_publishes_not_ready() -> None:
     with _standin_cluster(replicas=3, ready_after=1.2,
-                          readiness_probe=_probe("test -f /tmp/started", period=0.1)) as c:
+                          readiness_probe=_probe("test -f /dev/shm/started", period=0.1)) as c:
         assert c.sts.pod_management_policy == "OrderedReady"
         assert c.svc.publish_not_ready_addresses
         pod0 = "postgresql-sfs-0"
@@ -304,7 +304,7 @@ def test_ordered_ready_creates_one_by_one_and_publishes_not_ready() -> None:
 
 def test_parallel_creates_all_at_once() -> None:
     with _standin_cluster(replicas=3, policy="Parallel", ready_after=1.0,
-                          readiness_probe=_probe("test -f /tmp/started", period=0.1)) as c:
+                          readiness_probe=_probe("test -f /dev/shm/started", period=0.1)) as c:
         c.wait_ready(timeout=30)
         times = [_created_and_ready(c, f"postgresql-sfs-{i}") for i in range(3)]
     assert max(created for created, _ in times) < min(ready for _, ready in times)

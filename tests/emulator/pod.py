@@ -80,9 +80,9 @@ def _container_init(plan: dict[str, Any]) -> None:
     _mount(plan["volume_dir"], plan["mount_path"], None, MS_BIND)
     for src, target in plan["files"]:
         _mount(src, target, None, MS_BIND)
-    # Private /run, /tmp and /dev/shm, as a container has (nothing shared between pods).
+    # Private /run and /dev/shm, as a container has (nothing shared between pods). /tmp stays the
+    # host's: the checkout and its virtualenvs (the "image") may live there, as CI's clone may.
     _mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
-    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     os.makedirs(SOCKET_DIR)
     _mount("tmpfs", SOCKET_DIR, "tmpfs", MS_NOSUID | MS_NODEV, plan["socket_dir_opts"])
