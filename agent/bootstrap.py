@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -257,23 +259,30 @@ class Bootstrap:
         self._phase("initdb", started, checksums=True)
         self.write_config(datadir, standby=False)
         started = self.world.clock()
-        sockdir = Path(tempfile.mkdtemp(prefix="pgsfs-"))
-        if self.owner is not None:
-            os.chown(sockdir, *self.owner)
-        server = TempServer(self.world.runner, datadir, sockdir, cfg.port, cfg.superuser)
-        try:
-            server.start()
+        with self._temporary_server(datadir, datadir.parent / "temporary-server.log") as server:
             self.world.beat("initdb_setup")
             self._setup_roles(server, create=True)
             self._run_initdb_scripts(server)
+        self._record_applied_secrets()
+        self._phase("initdb_setup", started, database=cfg.database, replication_user=cfg.replication_user)
+        self._move_into_place(datadir)
+
+    @contextlib.contextmanager
+    def _temporary_server(self, datadir: Path, logfile: Path) -> Iterator[TempServer]:
+        """A postgres reachable only through a private socket; stopped cleanly, or killed on error."""
+        sockdir = Path(tempfile.mkdtemp(prefix="pgsfs-"))
+        if self.owner is not None:
+            os.chown(sockdir, *self.owner)
+        server = TempServer(self.world.runner, datadir, sockdir, self.config.port, self.config.superuser)
+        server.logfile = logfile
+        try:
+            server.start()
+            yield server
             server.stop()
         finally:
             if server.proc is not None:
                 self.world.runner.stop(server.proc, grace=1.0)
             shutil.rmtree(sockdir, ignore_errors=True)
-        self._record_applied_secrets()
-        self._phase("initdb_setup", started, database=cfg.database, replication_user=cfg.replication_user)
-        self._move_into_place(datadir)
 
     def _setup_roles(self, server: TempServer, *, create: bool) -> None:
         """Replication role and passwords as SCRAM verifiers, so no plain password is ever sent."""
@@ -329,39 +338,33 @@ class Bootstrap:
     def apply_passwords(self) -> None:
         """The Secret changed since the last start: set the new passwords before serving."""
         started = self.world.clock()
-        sockdir = Path(tempfile.mkdtemp(prefix="pgsfs-"))
         if self.owner is not None:
-            os.chown(sockdir, *self.owner)
             fix_tree_ownership(self.pgdata, *self.owner)
-        server = TempServer(self.world.runner, self.pgdata, sockdir, self.config.port, self.config.superuser)
-        server.logfile = self.config.state_dir / "temporary-server.log"
-        try:
-            server.start()
+        with self._temporary_server(self.pgdata, self.config.state_dir / "temporary-server.log") as server:
             self._setup_roles(server, create=False)
-            server.stop()
-        finally:
-            if server.proc is not None:
-                self.world.runner.stop(server.proc, grace=1.0)
-            shutil.rmtree(sockdir, ignore_errors=True)
         self._record_applied_secrets()
         self._phase("passwords_applied", started, users=[self.config.superuser, self.config.replication_user])
 
     # -- replica ----------------------------------------------------------------------------
-    def wait_for_primary_record(self) -> str:
-        """Wait for the primary's per-pod A record, then cross-check the Service's SRV records."""
-        cfg = self.config
-        self.world.beat("dns_wait")
+    def _resolve_primary(self, timeout: float) -> str:
+        """The primary's address from its per-pod A record, waiting up to `timeout`."""
         waited = discovery.wait_for_record(
             self.world.lookup,
-            cfg.primary_fqdn,
-            timeout=cfg.wait_timeout,
+            self.config.primary_fqdn,
+            timeout=timeout,
             log=self.log,
             clock=self.world.clock,
             sleep=self.world.sleep,
             on_poll=self.world.beat,
         )
         assert waited.answer is not None
-        address = waited.answer.records[0]
+        return waited.answer.records[0]
+
+    def wait_for_primary_record(self) -> str:
+        """Wait for the primary's per-pod A record, then cross-check the Service's SRV records."""
+        cfg = self.config
+        self.world.beat("dns_wait")
+        address = self._resolve_primary(cfg.wait_timeout)
         srv, srv_name, _ = discovery.service_srv(self.world.lookup, cfg.srv_fqdn, cfg.service_fqdn)
         primary_target = cfg.primary_fqdn.lower()
         listed = [r for r in srv if (r.target if r.target.endswith(".") else r.target + ".") == primary_target]
@@ -501,17 +504,7 @@ class Bootstrap:
         budget = cfg.restart_check_timeout
         local = inspect(self.pgdata).system_identifier
         try:
-            answer = discovery.wait_for_record(
-                self.world.lookup,
-                cfg.primary_fqdn,
-                timeout=budget / 2,
-                log=self.log,
-                clock=self.world.clock,
-                sleep=self.world.sleep,
-                on_poll=self.world.beat,
-            )
-            assert answer.answer is not None
-            address = answer.answer.records[0]
+            address = self._resolve_primary(budget / 2)
             remaining = max(1.0, budget - (self.world.clock() - started))
             info = self.wait_for_primary(address, timeout=remaining)
         except AgentError as exc:

@@ -11,11 +11,11 @@ import dns.flags
 import dns.message
 import dns.rdatatype
 import dns.resolver
-from tenacity import RetryCallState, Retrying, retry_if_result
+from tenacity import RetryCallState
 from tenacity.wait import wait_base, wait_random
 
 from agent.errors import DiscoveryTimeout
-from agent.waits import Clock, Sleep, WaitStats, stop_at_deadline, wait_capped
+from agent.waits import Clock, Sleep, WaitStats, poll_until
 
 FOUND = "found"
 NO_RECORD = "no_record"
@@ -178,14 +178,14 @@ def wait_for_record(
         return answer
 
     base = base_wait if base_wait is not None else wait_random(0.5, 1.0)
-    retrying = Retrying(
-        retry=retry_if_result(lambda answer: not answer.found),
-        wait=wait_capped(wait_out_negative_cache(base), deadline, clock),
-        stop=stop_at_deadline(deadline, clock),
+    answer = poll_until(
+        attempt,
+        done=lambda answer: answer.found,
+        wait=wait_out_negative_cache(base),
+        deadline=deadline,
+        clock=clock,
         sleep=sleep,
-        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
     )
-    answer = retrying(attempt)
     summary = dict(
         name=name,
         attempts=stats.attempts,

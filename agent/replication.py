@@ -6,11 +6,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from tenacity import RetryCallState, Retrying, retry_if_result
+from tenacity import RetryCallState
 from tenacity.wait import wait_base, wait_random
 
 from agent.errors import AuthenticationFailed, PrimaryUnavailable
-from agent.waits import Clock, Sleep, WaitStats, stop_at_deadline, wait_capped
+from agent.waits import Clock, Sleep, WaitStats, poll_until
 
 OK = "ok"
 REFUSED = "connection_refused"
@@ -249,17 +249,15 @@ def wait_for_primary(
         on_poll()
         return result
 
-    def should_stop(retry_state: RetryCallState) -> bool:
-        return auth_failures >= auth_attempts or stop_at_deadline(deadline, clock)(retry_state)
-
-    retrying = Retrying(
-        retry=retry_if_result(lambda result: result.outcome != OK),
-        wait=wait_capped(_AuthPacing(wait_random(0.5, 1.0), auth_pause), deadline, clock),
-        stop=should_stop,
+    result = poll_until(
+        attempt,
+        done=lambda result: result.outcome == OK,
+        wait=_AuthPacing(wait_random(0.5, 1.0), auth_pause),
+        deadline=deadline,
+        clock=clock,
         sleep=sleep,
-        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+        give_up=lambda: auth_failures >= auth_attempts,
     )
-    result = retrying(attempt)
     summary: dict[str, Any] = dict(primary=target, attempts=stats.attempts, elapsed_s=stats.elapsed(clock), seen=seen)
     if result is not None and result.outcome == OK and result.info is not None:
         log.info(

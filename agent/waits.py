@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
-from tenacity import RetryCallState
+from tenacity import RetryCallState, Retrying, retry_if_result
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
+T = TypeVar("T")
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
 
@@ -52,3 +53,25 @@ class WaitStats:
     def elapsed(self, clock: Clock) -> float:
         """Seconds since the wait began, rounded for logs."""
         return round(clock() - self.started, 3)
+
+
+def poll_until(
+    attempt: Callable[[], T],
+    *,
+    done: Callable[[T], bool],
+    wait: wait_base,
+    deadline: float,
+    clock: Clock,
+    sleep: Sleep,
+    give_up: Callable[[], bool] = lambda: False,
+) -> T:
+    """Call `attempt` until `done(result)`, the deadline or `give_up()`; returns the last result."""
+    retrying = Retrying(
+        retry=retry_if_result(lambda result: not done(result)),
+        wait=wait_capped(wait, deadline, clock),
+        stop=lambda state: give_up() or stop_at_deadline(deadline, clock)(state),
+        sleep=sleep,
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+    )
+    result: T = retrying(attempt)
+    return result
