@@ -61,7 +61,7 @@ test-static: $(VENV)/.done ## image and manifests, offline: hadolint, kustomize,
 test-integration: deps $(VENV)/.done ## the agent against real PostgreSQL 15 (root; private namespaces)
 	$(VENV)/bin/python -m pytest tests/integration -q
 
-test-e2e: deps $(VENV)/.done ## the emulated StatefulSet: real BIND, namespaces, PostgreSQL (root)
+test-e2e: deps $(VENV)/.done $(VENV39)/.done ## the emulated StatefulSet: real BIND, namespaces, PostgreSQL (root)
 	$(VENV)/bin/python -m pytest tests/e2e -q
 
 test-py39: deps $(VENV39)/.done ## unit + integration tests under Python 3.9 (the image's Python)
