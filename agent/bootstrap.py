@@ -106,7 +106,7 @@ def observe_and_plan(config: Config, runner: Runner) -> tuple[Plan, DataDirState
     """Read the local world (PGDATA, the server version, applied secrets) and decide."""
     state = inspect(config.pgdata)
     applied = secrets_applied(config) if state.initialised and config.identity.role == "primary" else None
-    plan = make_plan(config, state, server_major=server_major(runner), secrets_applied=applied)
+    plan = make_plan(config, state, server_major=server_major(runner), secrets_applied=applied, euid=os.geteuid())
     return plan, state
 
 
@@ -227,8 +227,20 @@ class Bootstrap:
                         "system_identifier": str(attempt.info.system_identifier) if attempt.info else None,
                     }
                 )
+        if dns_down:
+            self.log.warning(
+                "peer_check_incomplete",
+                reason="dns_unreachable",
+                detail=dns_down,
+                note="could not look for members that still hold data; initialising",
+            )
         self._phase(
-            "peer_check", started, members_answering=len(checked), holding_data=holders, allow_reinit=cfg.allow_reinit
+            "peer_check",
+            started,
+            complete=not dns_down,
+            members_answering=len(checked),
+            holding_data=holders,
+            allow_reinit=cfg.allow_reinit,
         )
         if holders and not cfg.allow_reinit:
             who = ", ".join(h["member"] for h in holders)
@@ -601,20 +613,13 @@ class Bootstrap:
         self._phase("config_written", started, datadir=str(datadir), files=written, standby=standby)
 
     def fix_ownership(self) -> None:
-        """PGDATA owned by postgres with mode 0700, as postgres insists."""
+        """PGDATA owned by postgres with mode 0700, as postgres insists (a foreign owner was refused in the plan)."""
         st = os.stat(self.pgdata)
         if self.owner is not None:
             changed = fix_tree_ownership(self.pgdata, *self.owner)
             fix_tree_ownership(self.config.state_dir, *self.owner)
             if changed:
                 self.log.info("ownership_fixed", pgdata=str(self.pgdata), entries=changed)
-        elif st.st_uid != os.geteuid():
-            raise DataDirConflict(
-                f"PGDATA {self.pgdata} is owned by uid {st.st_uid}, but the agent runs as uid {os.geteuid()} "
-                "and cannot fix it",
-                hint="run the container as root (the agent drops to postgres itself), or set the pod's "
-                "securityContext.fsGroup and runAsUser to the owner",
-            )
         if st.st_mode & 0o077:
             os.chmod(self.pgdata, 0o700)
             self.log.info("mode_fixed", pgdata=str(self.pgdata), was=oct(st.st_mode & 0o777))

@@ -43,9 +43,18 @@ _LEVEL_ALIASES = {
 }
 # postgres severity tags, in the order elog.c knows them.
 _PG_LEVELS = {
-    "DEBUG1": "debug", "DEBUG2": "debug", "DEBUG3": "debug", "DEBUG4": "debug", "DEBUG5": "debug",
-    "LOG": "info", "INFO": "info", "NOTICE": "info",
-    "WARNING": "warning", "ERROR": "error", "FATAL": "critical", "PANIC": "critical",
+    "DEBUG1": "debug",
+    "DEBUG2": "debug",
+    "DEBUG3": "debug",
+    "DEBUG4": "debug",
+    "DEBUG5": "debug",
+    "LOG": "info",
+    "INFO": "info",
+    "NOTICE": "info",
+    "WARNING": "warning",
+    "ERROR": "error",
+    "FATAL": "critical",
+    "PANIC": "critical",
 }
 # Secondary lines of a postgres message: they carry their message's severity, not their own.
 _PG_SECONDARY = ("DETAIL", "HINT", "CONTEXT", "STATEMENT", "QUERY", "LOCATION")
@@ -64,13 +73,9 @@ _ISO = re.compile(
     r"(?:[.,](?P<frac>\d{1,9}))?\s*(?P<tz>[Zz]|UTC|GMT|[+-]\d\d(?::?\d\d)?)?\s*"
 )
 # postgres' default log_line_prefix '%m [%p] ': "2026-11-23 21:30:01.234 UTC [42] LOG:  ...".
-_PG_LINE = re.compile(
-    r"(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? (?:[A-Za-z]{1,6}|[+-]\d\d(?::?\d\d)?)) "
-)
+_PG_LINE = re.compile(r"(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? (?:[A-Za-z]{1,6}|[+-]\d\d(?::?\d\d)?)) ")
 _PG_TAG = re.compile(
-    r"\b(?P<tag>DEBUG[1-5]|LOG|INFO|NOTICE|WARNING|ERROR|FATAL|PANIC|"
-    + "|".join(_PG_SECONDARY)
-    + r"):\s"
+    r"\b(?P<tag>DEBUG[1-5]|LOG|INFO|NOTICE|WARNING|ERROR|FATAL|PANIC|" + "|".join(_PG_SECONDARY) + r"):\s"
 )
 # Control characters (other than tab) would move the cursor or recolour the terminal.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
@@ -114,8 +119,14 @@ def _parse_iso(text: str) -> datetime | None:
         return None
     frac = (m["frac"] or "0")[:6].ljust(6, "0")
     stamp = datetime(
-        int(m["y"]), int(m["mo"]), int(m["d"]), int(m["h"]), int(m["mi"]), int(m["s"]),
-        int(frac), tzinfo=_tz(m["tz"]),
+        int(m["y"]),
+        int(m["mo"]),
+        int(m["d"]),
+        int(m["h"]),
+        int(m["mi"]),
+        int(m["s"]),
+        int(frac),
+        tzinfo=_tz(m["tz"]),
     )
     # Normalise to UTC now, so ordering and display never convert (and never overflow) later.
     return stamp.astimezone(timezone.utc)
@@ -147,12 +158,12 @@ def parse_line(line: str) -> LogRecord | None:
     m = _PREFIX.match(body)
     if m is not None:
         pod = m["pod"]
-        body = body[m.end():]
+        body = body[m.end() :]
     kubelet_time = None
     m = _KUBELET_TS.match(body)
     if m is not None:
         kubelet_time = parse_timestamp(m["ts"])
-        body = body[m.end():]
+        body = body[m.end() :]
     if not body.strip():
         return None
     record = _parse_json(body, pod, raw, kubelet_time)
@@ -197,18 +208,17 @@ def _parse_text(body: str, pod: str, raw: str, fallback: datetime | None) -> Log
         timestamp = parse_timestamp(m["ts"]) or fallback
         event = "postgres"
         # The time has its own column; keep the rest ("[pid] LOG:  ...") as postgres wrote it.
-        msg = body[m.end():]
+        msg = body[m.end() :]
     fields: dict[str, Any] = {"msg": msg}
     level = _UNKNOWN
     # The severity tag follows the prefix ('%m [%p] ' by default), so look near its end;
     # a line without the prefix counts only when it starts with the tag.
-    tag = _PG_TAG.search(body[m.end():][:200]) if m is not None else _PG_TAG.match(body)
+    tag = _PG_TAG.search(body[m.end() :][:200]) if m is not None else _PG_TAG.match(body)
     if tag is not None:
         event = "postgres"
         fields["tag"] = tag["tag"]
         level = _PG_LEVELS.get(tag["tag"], _UNKNOWN)
-    return LogRecord(timestamp=timestamp, pod=pod, level=level, event=event, fields=fields,
-                     raw=raw)
+    return LogRecord(timestamp=timestamp, pod=pod, level=level, event=event, fields=fields, raw=raw)
 
 
 def inherit_levels(records: Iterable[LogRecord]) -> Iterator[LogRecord]:
@@ -313,9 +323,7 @@ def format_record(rec: LogRecord, widths: Mapping[str, int]) -> str:
     if not rec.structured and isinstance(rec.fields.get("msg"), str):
         rest = rec.fields["msg"]
     else:
-        rest = " ".join(
-            f"{_fmt_key(k)}={_fmt_value(v)}" for k, v in rec.fields.items() if k not in _SHOWN
-        )
+        rest = " ".join(f"{_fmt_key(k)}={_fmt_value(v)}" for k, v in rec.fields.items() if k not in _SHOWN)
     # JSON quoting leaves DEL and C1 controls alone; nothing raw may reach the terminal.
     parts.append(_clean(rest))
     return "  ".join(parts).rstrip()
@@ -364,14 +372,18 @@ def _parser(out: TextIO) -> argparse.ArgumentParser:
         description="Merge `kubectl logs --prefix --tail=-1 -l app.kubernetes.io/name="
         "postgresql` output (on stdin) of all members into one timeline.",
     )
-    p.add_argument("--pod", action="append", default=[], metavar="POD",
-                   help="only this pod (name, glob or ordinal; repeatable or comma-separated)")
-    p.add_argument("--level", choices=list(LEVELS), default=None,
-                   help="minimum level to show")
-    p.add_argument("--event", action="append", default=[], metavar="GLOB",
-                   help="only events matching this glob (repeatable)")
-    p.add_argument("--no-postgres", action="store_true",
-                   help="hide postgres' own and other non-JSON lines")
+    p.add_argument(
+        "--pod",
+        action="append",
+        default=[],
+        metavar="POD",
+        help="only this pod (name, glob or ordinal; repeatable or comma-separated)",
+    )
+    p.add_argument("--level", choices=list(LEVELS), default=None, help="minimum level to show")
+    p.add_argument(
+        "--event", action="append", default=[], metavar="GLOB", help="only events matching this glob (repeatable)"
+    )
+    p.add_argument("--no-postgres", action="store_true", help="hide postgres' own and other non-JSON lines")
     return p
 
 
@@ -404,8 +416,9 @@ def run(argv: list[str], stdin: TextIO, stdout: TextIO) -> int:
     pods = [p.strip() for value in args.pod for p in value.split(",") if p.strip()]
     parsed = (parse_line(line) for line in _lines(stdin))
     records = merge(inherit_levels(r for r in parsed if r is not None))
-    shown = filter_records(records, pods=pods or None, levels=args.level,
-                           events=args.event or None, postgres=not args.no_postgres)
+    shown = filter_records(
+        records, pods=pods or None, levels=args.level, events=args.event or None, postgres=not args.no_postgres
+    )
     widths = column_widths(shown)
     try:
         for rec in shown:

@@ -71,7 +71,7 @@ def _major(version: str | None) -> int | None:
         return None
 
 
-def _refusal(state: DataDirState, config: Config, server_major: int | None) -> Refusal | None:
+def _refusal(state: DataDirState, config: Config, server_major: int | None, euid: int) -> Refusal | None:
     """The contradiction in PGDATA that makes starting unsafe, if any."""
     role = config.identity.role
     pgdata = state.path
@@ -80,6 +80,13 @@ def _refusal(state: DataDirState, config: Config, server_major: int | None) -> R
     def refuse(message: str, hint: str) -> Refusal:
         return Refusal(event=event, exit_code=code, message=message, hint=hint)
 
+    if euid != 0 and state.exists and state.owner_uid is not None and state.owner_uid != euid:
+        return refuse(
+            f"PGDATA {pgdata} is owned by uid {state.owner_uid}, but the agent runs as uid {euid} and, "
+            "not being root, cannot fix that",
+            "run the container as root (the agent fixes ownership, then drops to postgres), or make the "
+            "volume's owner the container's user (securityContext.runAsUser / fsGroup)",
+        )
     if state.exists and state.sample_entries == ("(not a directory)",):
         return refuse(f"PGDATA {pgdata} exists but is not a directory", "point PGDATA at a directory")
     if not state.empty and not state.initialised:
@@ -131,6 +138,7 @@ def make_plan(
     *,
     server_major: int | None,
     secrets_applied: bool | None = None,
+    euid: int = 0,
 ) -> Plan:
     """Decide what to do; pure, so `plan` and `postgres` always agree for the same inputs."""
     ident = config.identity
@@ -143,7 +151,7 @@ def make_plan(
     passfile = str(config.state_dir / PASSFILE_NAME)
     secrets_state = str(config.state_dir / SECRETS_STATE_NAME)
     leftover = state.leftover.path if state.leftover is not None and state.leftover.ours else None
-    refusal = _refusal(state, config, server_major)
+    refusal = _refusal(state, config, server_major, euid)
     primary = None if is_primary else config.primary_fqdn
     slot = None if is_primary else ident.slot_name
 

@@ -399,3 +399,23 @@ def test_inspect_then_plan_on_real_dirs(tmp_path: Path, make_config) -> None:
     (pgdata / "standby.signal").touch()
     plan = make_plan(make_config(PGDATA=str(pgdata), POD_NAME="postgresql-sfs-1"), inspect(pgdata), server_major=15)
     assert plan.action == START and "check_primary" in plan.steps
+
+
+def test_a_foreign_owner_is_refused_when_not_root(tmp_path: Path) -> None:
+    """Not root, the agent cannot fix a PGDATA owned by someone else: refuse before touching it."""
+    from agent.config import load_config
+    from agent.pgdata import inspect as inspect_pgdata
+    from agent.plan import REFUSE, make_plan
+
+    pgdata = tmp_path / "pgdata"
+    pgdata.mkdir()
+    (pgdata / "PG_VERSION").write_text("15\n")
+    env = {"POD_NAME": "postgresql-sfs-0", "POD_NAMESPACE": "pg", "PGDATA": str(pgdata),
+           "POSTGRES_PASSWORD": "superuser-pw", "PGSFS_REPLICATION_PASSWORD": "replication-pw"}
+    config = load_config(env, hostname=lambda: "x", resolv_conf=tmp_path / "none", sa_namespace_file=tmp_path / "none")
+    state = inspect_pgdata(pgdata)
+    foreign = (state.owner_uid or 0) + 4242
+    plan = make_plan(config, state, server_major=15, secrets_applied=True, euid=foreign)
+    assert plan.action == REFUSE and plan.refusal is not None
+    assert f"owned by uid {state.owner_uid}" in plan.refusal.message and str(foreign) in plan.refusal.message
+    assert make_plan(config, state, server_major=15, secrets_applied=True, euid=0).action == "start"
