@@ -18,7 +18,7 @@ PG_MAJORS_DIR ?= .pg-majors
 MAJORS ?= 14 16 17 18
 
 .PHONY: help deps install lint test test-unit test-static test-integration test-e2e test-py39 \
-        test-lower-bounds test-majors demo cluster-up cluster-status cluster-down image deploy logs clean e2e-clean
+        test-lower-bounds test-majors soak demo cluster-up cluster-status cluster-down image deploy logs clean e2e-clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -84,6 +84,9 @@ test-majors: deps $(VENV)/.done ## integration tests against PostgreSQL $(MAJORS
 	done
 
 test: install lint test-unit test-static test-integration test-py39 test-lower-bounds test-e2e ## everything CI runs
+
+soak: deps $(VENV)/.done ## 30 random pod kills/deletions under a write load: no acknowledged write lost (root)
+	PGSFS_SOAK_KILLS=30 $(VENV)/bin/python -m pytest tests/e2e/test_soak.py -q
 
 demo: deps $(VENV)/.done ## bring up the 3-pod StatefulSet from k8s/ locally, show replication, tear down
 	$(VENV)/bin/python -m tests.emulator demo
