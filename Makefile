@@ -9,7 +9,7 @@ PY39 ?= $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/3.9*/bin/python3.9)
 VENV := .venv
 VENV39 := .venv39
 VENV39MIN := .venv39-min
-APT_PACKAGES := postgresql-15 bind9 bind9-utils bind9-dnsutils unbound iproute2 util-linux procps
+APT_PACKAGES := postgresql-15 bind9 bind9-utils bind9-dnsutils unbound iproute2 util-linux procps time
 IMAGE ?= pg-sfs-agent:14.5
 PG_VERSION ?= 14.5
 NAMESPACE ?= pg
@@ -18,7 +18,7 @@ PG_MAJORS_DIR ?= .pg-majors
 MAJORS ?= 14 16 17 18
 
 .PHONY: help deps install lint test test-unit test-static test-integration test-e2e test-py39 \
-        test-lower-bounds test-majors soak demo cluster-up cluster-status cluster-down image deploy logs clean e2e-clean
+        test-lower-bounds test-majors soak bench bench-quick demo cluster-up cluster-status cluster-down image deploy logs clean e2e-clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -51,7 +51,7 @@ $(VENV39MIN)/.done: pyproject.toml constraints/lower-bounds.txt
 install: deps $(VENV)/.done $(VENV39)/.done $(VENV39MIN)/.done ## Debian packages and the three virtualenvs
 
 lint: $(VENV)/.done ## ruff, mypy --strict, and vermin proving Python 3.9 suffices
-	$(VENV)/bin/ruff check agent tests
+	$(VENV)/bin/ruff check agent tests bench
 	$(VENV)/bin/mypy agent
 	$(VENV)/bin/vermin --no-tips --violations --target=3.9- --eval-annotations --backport typing agent
 
@@ -87,6 +87,12 @@ test: install lint test-unit test-static test-integration test-py39 test-lower-b
 
 soak: deps $(VENV)/.done ## 30 random pod kills/deletions under a write load: no acknowledged write lost (root)
 	PGSFS_SOAK_KILLS=30 $(VENV)/bin/python -m pytest tests/e2e/test_soak.py -q
+
+bench: deps $(VENV)/.done ## performance against PostgreSQL's own commands (root, ~8 min; not part of make test)
+	$(VENV)/bin/python -m bench $(BENCH_ARGS)
+
+bench-quick: deps $(VENV)/.done ## smoke run of the benchmarks (~3.5 min)
+	$(VENV)/bin/python -m bench --quick
 
 demo: deps $(VENV)/.done ## bring up the 3-pod StatefulSet from k8s/ locally, show replication, tear down
 	$(VENV)/bin/python -m tests.emulator demo

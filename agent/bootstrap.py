@@ -438,6 +438,9 @@ class Bootstrap:
     def clone_replica(self) -> None:
         """Wait for the primary, make sure our slot exists, clone beside PGDATA, configure, move."""
         cfg = self.config
+        # psycopg takes ~80 ms to import: pay it before the wait, not after the record appears.
+        import psycopg  # noqa: F401
+
         address = self.wait_for_primary_record()
         self.wait_for_primary(address)
         self.ensure_slot(address)

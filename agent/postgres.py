@@ -131,7 +131,7 @@ class TempServer:
 
         retrying = Retrying(
             retry=retry_if_exception(not_up_yet),
-            wait=wait_fixed(0.1),
+            wait=wait_fixed(0.01),
             stop=stop_after_delay(timeout),
             reraise=True,
         )

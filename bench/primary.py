@@ -1,0 +1,133 @@
+"""1. Primary first start: `pg-sfs-agent postgres` on an empty volume until it serves, against the floors."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bench.common import AGENT, FLOORS, Row, Section, Series, agent_events, event, event_time, pod_env, stop_postmaster
+from bench.context import AS_POSTGRES, Ctx
+from bench.sandbox import Sandbox, replication_ready
+
+KINDS = ("agent", "floor", "entrypoint", "single")
+SCRIPTS = {"floor": "primary_init.sh", "entrypoint": "primary_entrypoint.sh", "single": "primary_single.sh"}
+READY_TIMEOUT = 90.0
+
+
+def first_start(sb: Sandbox, ctx: Ctx, kind: str, tag: str) -> tuple[float, list[dict[str, object]], float]:
+    """One start on a fresh volume in a fresh pod; (seconds to ready, agent events, t0)."""
+    host = sb.pod(f"first-{tag}")
+    vol = sb.volume(f"first-{tag}", postgres_owned=kind != "agent")
+    env = pod_env("postgresql-sfs-0", host.ip, vol)
+    floor = [*AS_POSTGRES, "bash", str(FLOORS / SCRIPTS.get(kind, ""))]
+    argv = [str(AGENT), "postgres"] if kind == "agent" else floor
+    log = ctx.logdir / f"first-{tag}.log"
+    try:
+        t0 = time.time()
+        proc = sb.spawn(host, argv, env, log)
+        # The minimal floor's script exits once the role exists (pg_ctl detached the server).
+        ready = sb.call(
+            replication_ready,
+            host.ip,
+            t0 + READY_TIMEOUT,
+            lambda: proc.poll() is None or proc.returncode == 0,
+            timeout=READY_TIMEOUT + 10,
+        )
+        events = agent_events(log.read_text(errors="replace")) if kind == "agent" else []
+        return ready - t0, events, t0
+    except BaseException as exc:
+        tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+        raise RuntimeError(f"{kind} first start failed: {exc}\n{tail}") from exc
+    finally:
+        stop_postmaster(vol / "pgdata")
+        sb.remove(host)
+        sb.drop_volume(vol)
+
+
+def run(sb: Sandbox, ctx: Ctx) -> Section:
+    """Runs rotate the order of agent and floors so drift and cache effects spread evenly."""
+    sec = Section("primary_first_start", "1. Primary first start (empty PGDATA until it serves replication)")
+    series = {kind: Series() for kind in KINDS}
+    phases: dict[str, Series] = {
+        name: Series() for name in ("python_start", "peer_check", "initdb", "initdb_setup", "to_exec", "after_exec")
+    }
+    ctx.say("primary first start: warm-up (not counted)")
+    for kind in ("agent", "floor"):
+        first_start(sb, ctx, kind, f"warm-{kind}")
+    for i in range(ctx.runs):
+        ctx.check_time(30)
+        order = KINDS[i % len(KINDS) :] + KINDS[: i % len(KINDS)]
+        for kind in order:
+            seconds, events, t0 = first_start(sb, ctx, kind, f"{kind}-{i}")
+            series[kind].add(seconds)
+            if kind == "agent":
+                _phases(phases, events, t0, seconds)
+        ctx.say(
+            "primary first start run {}: {}".format(
+                i + 1, ", ".join(f"{k} {series[k].values[-1]:.2f}s" for k in KINDS)
+            )
+        )
+    ratio_goal = 1.15
+    main = Row(
+        "first_start",
+        "primary first start",
+        "s",
+        series["agent"],
+        series["floor"],
+        "initdb + config + pg_ctl start + CREATE ROLE",
+        goal=f"<= {ratio_goal}x floor",
+    )
+    main.ok = main.ratio is not None and main.ratio <= ratio_goal
+    same_steps = Row(
+        "first_start_same_steps",
+        "primary first start vs the agent's own steps",
+        "s",
+        series["agent"],
+        series["entrypoint"],
+        "initdb + config + temp server + role + stop + exec",
+        goal="(context)",
+    )
+    single = Row(
+        "first_start_single_user",
+        "primary first start vs single-user set-up",
+        "s",
+        series["agent"],
+        series["single"],
+        "initdb + config + postgres --single (role) + exec",
+        goal="(context)",
+    )
+    sec.rows += [main, same_steps, single]
+    sec.data["agent_phases_s"] = {k: v.to_dict() for k, v in phases.items()}
+    sec.notes.append(
+        "ready = the replication role's IDENTIFY_SYSTEM over TCP succeeds (polled every 20 ms from another "
+        "namespace); both sides start through `ip netns exec` + floors/pod.sh, with cluster DNS (BIND) answering "
+        "the agent's peer check"
+    )
+    return sec
+
+
+def _phases(phases: dict[str, Series], events: list[dict[str, object]], t0: float, total: float) -> None:
+    """The agent's own phase durations from its log, to show where its time goes."""
+    start = event(events, "agent_start")
+    exec_ev = event(events, "exec_postgres")
+    if start is not None:
+        phases["python_start"].add(event_time(start) - t0)
+    for name in ("peer_check", "initdb", "initdb_setup"):
+        ev = event(events, name)
+        if ev is not None:
+            phases[name].add(float(ev["duration_s"]))  # type: ignore[arg-type]
+    if exec_ev is not None:
+        phases["to_exec"].add(event_time(exec_ev) - t0)
+        phases["after_exec"].add(t0 + total - event_time(exec_ev))
+
+
+def keep_primary(sb: Sandbox, ctx: Ctx, name: str = "pg0") -> tuple[object, Path, object]:
+    """Start a primary with the agent that stays up (for clones, probes, DNS trials)."""
+    host = sb.pod(name)
+    vol = sb.volume(name)
+    env = pod_env("postgresql-sfs-0", host.ip, vol)
+    log = ctx.logdir / f"{name}.log"
+    t0 = time.time()
+    proc = sb.spawn(host, [str(AGENT), "postgres"], env, log)
+    sb.call(replication_ready, host.ip, t0 + READY_TIMEOUT, lambda: proc.poll() is None, timeout=READY_TIMEOUT + 10)
+    return host, vol, proc
