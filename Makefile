@@ -83,7 +83,7 @@ test-majors: deps $(VENV)/.done ## integration tests against PostgreSQL $(MAJORS
 	  PGSFS_TEST_PG_BIN=$${line#*=} $(VENV)/bin/python -m pytest tests/integration -q; \
 	done
 
-test: install lint test-unit test-static test-integration test-py39 test-lower-bounds test-e2e ## everything CI runs
+test: install lint test-unit test-static test-integration test-py39 test-lower-bounds test-majors test-e2e ## everything CI runs
 
 soak: deps $(VENV)/.done ## 30 random pod kills/deletions under a write load: no acknowledged write lost (root)
 	PGSFS_SOAK_KILLS=30 $(VENV)/bin/python -m pytest tests/e2e/test_soak.py -q
