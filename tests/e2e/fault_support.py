@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from tests.e2e.cluster_support import agent_events, pod
 from tests.emulator.controller import Cluster
 from tests.emulator.manifests import with_overrides
 from tests.emulator.waiting import wait_until
@@ -67,27 +68,11 @@ def make_cluster(**kw: Any) -> Cluster:
     return Cluster(env=env, **kw)
 
 
-def pod(ordinal: int) -> str:
-    """The StatefulSet's pod name for `ordinal`."""
-    return f"postgresql-sfs-{ordinal}"
-
-
 # ---------------------------------------------------------------------------- logs
 
 
-def agent_lines(text: str) -> list[dict[str, Any]]:
-    """The agent's JSON lines in some container output (postgres' own lines skipped)."""
-    out = []
-    for line in text.splitlines():
-        if not line.startswith("{"):
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue  # a line still being written
-        if isinstance(obj, dict) and "event" in obj:
-            out.append(obj)
-    return out
+# One parser for the agent's JSON lines, shared with the scenario tests.
+agent_lines = agent_events
 
 
 def runs(c: Cluster, name: str) -> list[str]:
@@ -95,8 +80,7 @@ def runs(c: Cluster, name: str) -> list[str]:
     log = c.run_dir / "logs" / f"{name}.log"
     try:
         data = log.read_bytes()
-        starts = [int(line.split()[1]) for line in
-                  log.with_name(log.name + ".starts").read_text().splitlines() if line]
+        starts = [int(line.split()[1]) for line in log.with_name(log.name + ".starts").read_text().splitlines() if line]
     except OSError:
         return []
     bounds = [*starts, len(data)]
@@ -123,9 +107,14 @@ def event_names(lines: Iterable[dict[str, Any]]) -> list[str]:
     return [line["event"] for line in lines]
 
 
-def wait_line(c: Cluster, name: str, event: str, timeout: float,
-              where: Callable[[dict[str, Any]], bool] = lambda _line: True,
-              run_index: int | None = None) -> dict[str, Any]:
+def wait_line(
+    c: Cluster,
+    name: str,
+    event: str,
+    timeout: float,
+    where: Callable[[dict[str, Any]], bool] = lambda _line: True,
+    run_index: int | None = None,
+) -> dict[str, Any]:
     """Wait until a container run of the pod (default: any run from `run_index` on, else the
     current one) logs `event` matching `where`; return that line."""
 
@@ -177,6 +166,7 @@ def starts(c: Cluster, name: str, since: float = 0.0) -> list[float]:
 
 def wait_exit(c: Cluster, name: str, since: float, timeout: float, count: int = 1) -> list[Exit]:
     """Wait until the pod has `count` container exits after `since`; return them."""
+
     def seen() -> list[Exit] | None:
         c.check()
         found = exits(c, name, since)
