@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,7 +67,6 @@ class World:
     clock: Clock = time.monotonic
     sleep: Sleep = time.sleep
     heartbeat: Heartbeat | None = None
-    facts: dict[str, Any] = field(default_factory=dict)
 
     def beat(self, phase: str | None = None) -> None:
         """Tell the startup probe we are alive."""
@@ -122,8 +121,6 @@ class Bootstrap:
         self.owner = (self.account.uid, self.account.gid) if self.account else None
         self.pgdata = config.pgdata
         self.work = work_dir_for(config.pgdata)
-        self.primary_info: replication.SystemInfo | None = None
-        self.primary_address: str | None = None
 
     # -- helpers -----------------------------------------------------------------------------
     def _phase(self, name: str, started: float, **fields: Any) -> None:
@@ -394,7 +391,6 @@ class Bootstrap:
                 pgport=cfg.port,
                 hint="PGPORT differs from the Service's named port; using PGPORT",
             )
-        self.primary_address = address
         return address
 
     def wait_for_primary(self, address: str, timeout: float | None = None) -> replication.SystemInfo:
@@ -413,7 +409,6 @@ class Bootstrap:
             sleep=self.world.sleep,
             on_poll=self.world.beat,
         )
-        self.primary_info = info
         return info
 
     def ensure_slot(self, address: str) -> None:

@@ -58,7 +58,7 @@ def _report(logger: Any, exc: AgentError) -> int:
     return exc.exit_code
 
 
-def _prepare(command: str) -> tuple[Any, Any, Any]:
+def _prepare() -> tuple[Any, Any, Any]:
     """Config, logger and runner, shared by `plan` and `postgres`."""
     from agent import log
     from agent.bootstrap import postgres_account
@@ -81,7 +81,7 @@ def cmd_plan() -> int:
 
     logger = None
     try:
-        config, logger, runner = _prepare("plan")
+        config, logger, runner = _prepare()
         plan, _ = observe_and_plan(config, runner)
     except AgentError as exc:
         return _report(logger or _early_logging(), exc)
@@ -97,7 +97,7 @@ def cmd_postgres(args: list[str]) -> int:
     runner: Any = None
     phase = "config"
     try:
-        config, logger, runner = _prepare("postgres")
+        config, logger, runner = _prepare()
         from agent.bootstrap import Bootstrap, World, exec_postgres, observe_and_plan
         from agent.discovery import make_lookup
         from agent.heartbeat import Heartbeat

@@ -40,12 +40,3 @@ class Heartbeat:
         except OSError:
             # A heartbeat that cannot be written only makes the startup probe stricter.
             pass
-
-
-def read_heartbeat(state_dir: Path) -> dict[str, object] | None:
-    """The last heartbeat, or None."""
-    try:
-        data = json.loads((state_dir / HEARTBEAT_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

@@ -11,7 +11,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-FRESH_SECONDS = 60.0
+from agent.heartbeat import FRESH_SECONDS, HEARTBEAT_NAME
+
 _ORDINAL = re.compile(r"-(0|[1-9][0-9]*)$")
 
 
@@ -48,7 +49,7 @@ def postmaster_status(pgdata: Path) -> tuple[int, str, str] | None:
 def heartbeat_age(state_dir: Path, now: float) -> float | None:
     """Seconds since the agent's last heartbeat, or None when there is none."""
     try:
-        data = json.loads((state_dir / "heartbeat.json").read_text())
+        data = json.loads((state_dir / HEARTBEAT_NAME).read_text())
         return now - float(data["ts"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
