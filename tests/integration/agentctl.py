@@ -16,6 +16,8 @@ from typing import Any
 
 import psycopg
 
+from agent import discovery
+
 SUPERUSER_PASSWORD = "su 'pw' \\ &=@:x"
 REPLICATION_PASSWORD = "r'e\\p l&a=y@:x"
 
@@ -136,3 +138,10 @@ def agent_postgres(env: Mapping[str, str], log_path: Path, *args: str, ready_tim
         yield server
     finally:
         server.stop()
+
+
+def loopback_dns(name: str, rdtype: str) -> discovery.DnsAnswer:
+    """Stand-in for cluster DNS (real DNS is the e2e suite's): the primary's pod resolves to loopback."""
+    if rdtype == "A" and name.startswith("postgresql-sfs-0."):
+        return discovery.DnsAnswer(name, rdtype, discovery.FOUND, records=("127.0.0.1",), authoritative=True)
+    return discovery.DnsAnswer(name, rdtype, discovery.NO_RECORD, negative_ttl=5, authoritative=True)

@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -152,5 +153,19 @@ def volume_root() -> Iterator[Path]:
     os.chmod(root, 0o755)
     try:
         yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def primary() -> Iterator[Any]:
+    """A primary initialised and started by the agent (`pg-sfs-agent postgres`), stopped afterwards."""
+    from tests.integration.agentctl import agent_postgres, pod_env
+
+    root = Path(tempfile.mkdtemp(prefix="pgsfs-primary-"))
+    os.chmod(root, 0o755)
+    try:
+        with agent_postgres(pod_env(root, 0, free_port()), root / "agent.log") as server:
+            yield server
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -8,26 +8,21 @@ the end-to-end tests on the emulated StatefulSet; everything else here is real.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import stat
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent import discovery
 from agent.bootstrap import Bootstrap, World, observe_and_plan, postgres_account
 from agent.config import load_config
 from agent.errors import AuthenticationFailed, DataDirConflict, SystemIdentifierMismatch
 from agent.runner import Runner
 from tests.integration.agentctl import (
     REPLICATION_PASSWORD,
-    agent_postgres,
     connect,
+    loopback_dns,
     pod_env,
     wait_for,
 )
@@ -56,24 +51,6 @@ class ListLog:
 
     def names(self) -> list[str]:
         return [e["event"] for e in self.events]
-
-
-def loopback_dns(name: str, rdtype: str) -> discovery.DnsAnswer:
-    """Stand-in for cluster DNS: pod A records resolve to loopback, no SRV records."""
-    if rdtype == "A" and name.startswith("postgresql-sfs-0."):
-        return discovery.DnsAnswer(name, rdtype, discovery.FOUND, records=("127.0.0.1",), authoritative=True)
-    return discovery.DnsAnswer(name, rdtype, discovery.NO_RECORD, negative_ttl=5, authoritative=True)
-
-
-@pytest.fixture
-def primary() -> Iterator[Any]:
-    root = Path(tempfile.mkdtemp(prefix="pgsfs-primary-"))
-    os.chmod(root, 0o755)
-    try:
-        with agent_postgres(pod_env(root, 0, free_port()), root / "agent.log") as server:
-            yield server
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def bootstrap_replica(volume: Path, port: int, **extra: str) -> tuple[ListLog, Any]:

@@ -11,16 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent import discovery, probe, replication
+from agent import probe, replication
 from agent.bootstrap import Bootstrap, World, observe_and_plan, postgres_account
 from agent.config import load_config
 from agent.pgdata import read_system_identifier
@@ -31,6 +28,7 @@ from tests.integration.agentctl import (
     agent_postgres,
     connect,
     json_lines,
+    loopback_dns,
     pod_env,
     run_agent,
     wait_for,
@@ -53,12 +51,6 @@ class _Log:
     warning = debug = info
 
 
-def _loopback_dns(name: str, rdtype: str) -> discovery.DnsAnswer:
-    if rdtype == "A" and name.startswith("postgresql-sfs-0."):
-        return discovery.DnsAnswer(name, rdtype, discovery.FOUND, records=("127.0.0.1",), authoritative=True)
-    return discovery.DnsAnswer(name, rdtype, discovery.NO_RECORD, negative_ttl=5, authoritative=True)
-
-
 def _as_postgres(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     account = postgres_account()
     assert account is not None
@@ -69,18 +61,6 @@ def _as_postgres(argv: list[str], env: dict[str, str] | None = None) -> subproce
 
 def _endpoint(port: int, password: str = REPLICATION_PASSWORD) -> replication.Endpoint:
     return replication.Endpoint(host="127.0.0.1", port=port, user="replicator", password=password)
-
-
-@pytest.fixture
-def primary() -> Iterator[Any]:
-    """A primary initialised and started by the agent on the major under test."""
-    root = Path(tempfile.mkdtemp(prefix="pgsfs-primary-"))
-    os.chmod(root, 0o755)
-    try:
-        with agent_postgres(pod_env(root, 0, free_port()), root / "agent.log") as server:
-            yield server
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.pg_binaries("pg_controldata")
@@ -122,7 +102,7 @@ def _clone_and_start(volume: Path, primary_port: int) -> tuple[subprocess.Popen[
     runner = Runner(postgres_account())
     plan, _ = observe_and_plan(config, runner)
     assert plan.action == "clone"
-    Bootstrap(config, plan, World(runner=runner, lookup=_loopback_dns, sleep=lambda _s: None), _Log()).run()
+    Bootstrap(config, plan, World(runner=runner, lookup=loopback_dns, sleep=lambda _s: None), _Log()).run()
     port = free_port()
     account = postgres_account()
     assert account is not None
