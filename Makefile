@@ -51,7 +51,7 @@ $(VENV39MIN)/.done: pyproject.toml constraints/lower-bounds.txt
 install: deps $(VENV)/.done $(VENV39)/.done $(VENV39MIN)/.done ## Debian packages and the three virtualenvs
 
 lint: $(VENV)/.done ## ruff, mypy --strict, and vermin proving Python 3.9 suffices
-	$(VENV)/bin/ruff check agent tests bench
+	$(VENV)/bin/ruff check agent emulator tests bench
 	$(VENV)/bin/mypy agent
 	$(VENV)/bin/vermin --no-tips --violations --target=3.9- --eval-annotations --backport typing agent
 
@@ -95,19 +95,19 @@ bench-quick: deps $(VENV)/.done ## smoke run of the benchmarks (~3.5 min)
 	$(VENV)/bin/python -m bench --quick
 
 demo: deps $(VENV)/.done ## bring up the 3-pod StatefulSet from k8s/ locally, show replication, tear down
-	$(VENV)/bin/python -m tests.emulator demo
+	$(VENV)/bin/python -m emulator demo
 
 cluster-up: deps $(VENV)/.done ## start the emulated cluster in the background
-	$(VENV)/bin/python -m tests.emulator up
+	$(VENV)/bin/python -m emulator up
 
 cluster-status: $(VENV)/.done ## pods, roles, readiness of the emulated cluster
-	$(VENV)/bin/python -m tests.emulator status
+	$(VENV)/bin/python -m emulator status
 
 cluster-down: $(VENV)/.done ## stop the emulated cluster and remove everything it made
-	$(VENV)/bin/python -m tests.emulator down
+	$(VENV)/bin/python -m emulator down
 
 e2e-clean: $(VENV)/.done ## remove namespaces and processes left by crashed emulator runs
-	$(VENV)/bin/python -c "from tests.emulator.network import Network; print(Network.cleanup_stale())"
+	$(VENV)/bin/python -c "from emulator.network import Network; print(Network.cleanup_stale())"
 
 image: ## docker build (needs a Docker engine)
 	docker build -f docker/Dockerfile --build-arg PG_VERSION=$(PG_VERSION) -t $(IMAGE) .

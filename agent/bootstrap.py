@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
 import shutil
 import tempfile
 import time
@@ -16,7 +15,7 @@ from typing import Any, Callable
 
 from agent import discovery, replication
 from agent.config import Config
-from agent.errors import AgentError, CommandFailed, DataDirConflict, PrimaryVolumeLost, SystemIdentifierMismatch
+from agent.errors import AgentError, CommandFailed, PrimaryVolumeLost, SystemIdentifierMismatch
 from agent.files import fix_tree_ownership, fsync_dir, write_atomic
 from agent.heartbeat import Heartbeat
 from agent.pgdata import WORK_MARKER, DataDirState, inspect, work_dir_for
@@ -39,6 +38,7 @@ from agent.postgres import (
     run_initdb_script,
     server_major,
 )
+from agent.privileges import NSS_VARIABLES, drop_to, postgres_account
 from agent.render import (
     CONF_NAME,
     passfile_line,
@@ -52,7 +52,7 @@ from agent.render import (
 from agent.runner import RunAs, Runner
 from agent.waits import Clock, Sleep
 
-POSTGRES_USER_NAME = "postgres"
+__all__ = ["Bootstrap", "World", "exec_postgres", "observe_and_plan", "postgres_account"]
 
 
 @dataclass
@@ -72,20 +72,6 @@ class World:
         """Tell the startup probe we are alive."""
         if self.heartbeat is not None:
             self.heartbeat.beat(phase)
-
-
-def postgres_account() -> RunAs | None:
-    """The account PostgreSQL runs as when the agent is root; None when not root."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        entry = pwd.getpwnam(POSTGRES_USER_NAME)
-    except KeyError as exc:
-        raise DataDirConflict(
-            "running as root but there is no 'postgres' user to run PostgreSQL as",
-            hint="use an image based on the official postgres image (user postgres, uid 999)",
-        ) from exc
-    return RunAs(uid=entry.pw_uid, gid=entry.pw_gid, home=entry.pw_dir)
 
 
 def secrets_applied(config: Config) -> bool | None:
@@ -279,7 +265,8 @@ class Bootstrap:
     @contextlib.contextmanager
     def _temporary_server(self, datadir: Path, logfile: Path) -> Iterator[TempServer]:
         """A postgres reachable only through a private socket; stopped cleanly, or killed on error."""
-        sockdir = Path(tempfile.mkdtemp(prefix="pgsfs-"))
+        # Private (0700) and on the volume: /tmp may be read-only (readOnlyRootFilesystem) or shared.
+        sockdir = Path(tempfile.mkdtemp(prefix="sock-", dir=self.config.state_dir))
         if self.owner is not None:
             os.chown(sockdir, *self.owner)
         server = TempServer(self.world.runner, datadir, sockdir, self.config.port, self.config.superuser)
@@ -624,12 +611,17 @@ class Bootstrap:
 
 
 def exec_postgres(args: list[str], account: RunAs | None) -> None:
-    """Become postgres: drop to its user, strip secrets from the environment, replace this process."""
-    env = child_env()
+    """Replace this process with postgres, secrets stripped from its environment.
+
+    `account` is given only when still root (the info arguments path): drop to it first.
+    """
     if account is not None:
-        env["HOME"] = account.home
-        env["USER"] = env["LOGNAME"] = POSTGRES_USER_NAME
-        os.setgroups([])
-        os.setgid(account.gid)
-        os.setuid(account.uid)
+        from agent.privileges import account_groups
+
+        drop_to(account, account_groups(account))
+    env = child_env()
+    # nss_wrapper served initdb and psql; postgres itself needs no passwd entry (as in the official image).
+    if env.get("LD_PRELOAD", "").endswith("/libnss_wrapper.so"):
+        for name in NSS_VARIABLES:
+            env.pop(name, None)
     os.execvpe("postgres", ["postgres", *args], env)

@@ -59,9 +59,12 @@ def _report(logger: Any, exc: AgentError) -> int:
 
 
 def _prepare() -> tuple[Any, Any, Any]:
-    """Config, logger and runner, shared by `plan` and `postgres`."""
+    """Config, logger and runner, shared by `plan` and `postgres`.
+
+    The runner starts programs as the agent's own user: `postgres` becomes the postgres user before
+    it starts any, and `plan` only runs `postgres -V`, which root may run.
+    """
     from agent import log
-    from agent.bootstrap import postgres_account
     from agent.config import load_config
     from agent.runner import Runner
 
@@ -70,7 +73,71 @@ def _prepare() -> tuple[Any, Any, Any]:
     log.configure(config.log_format, config.log_level)
     ident = config.identity
     log.bind_identity(ident.pod_name, ident.ordinal, ident.role)
-    return config, logger, Runner(postgres_account())
+    return config, logger, Runner()
+
+
+def _become_postgres(config: Any, runner: Any) -> dict[str, Any]:
+    """Root: refuse a contradicting PGDATA untouched, else hand postgres its directories and drop to it.
+
+    Not root: check the volume is writable and give initdb a passwd entry if our uid has none.
+    Returns fields for the `agent_start` line.
+    """
+    from agent import privileges
+    from agent.bootstrap import observe_and_plan
+    from agent.plan import REFUSE
+
+    account = privileges.postgres_account()
+    if account is None:
+        privileges.check_unprivileged(config)
+        nss = privileges.nss_wrapper_env(config.state_dir)
+        os.environ.update(nss)
+        return {"uid": os.geteuid(), "gid": os.getegid(), "started_as": "non-root", "nss_wrapper": bool(nss)}
+    # Look before touching: a PGDATA the plan refuses keeps its owner and mode.
+    plan, _ = observe_and_plan(config, runner)
+    if plan.action == REFUSE:
+        assert plan.refusal is not None
+        raise plan.refusal.to_error()
+    prepared = privileges.prepare_as_root(config, account)
+    privileges.drop_to(account, prepared.groups)
+    return {
+        "uid": prepared.uid,
+        "gid": prepared.gid,
+        "started_as": "root",
+        "ownership_fixed": prepared.entries_chowned,
+        "volume_chowned": list(prepared.chowned_dirs) or None,
+    }
+
+
+def _stop_children(runner: Any, logger: Any) -> None:
+    """Stop what the agent started; never raises, so the original failure is what gets reported."""
+    if runner is None:
+        return
+    # A second SIGTERM from the kubelet must not cut the cleanup short with a traceback; it is bounded.
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        failures = runner.stop_all(grace=1.0)
+    except Exception as exc:  # stop_all does not raise; this guards the guarantee itself
+        failures = [f"{type(exc).__name__}: {exc}"]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if failures:
+        (logger or _early_logging()).warning(
+            "cleanup_failed",
+            children=failures,
+            note="a child could not be stopped; it ends with the container",
+        )
+
+
+def _where(exc: BaseException) -> str:
+    """file:line of the innermost frame, for an unexpected error's one-line report."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f"{os.path.basename(last.filename)}:{last.lineno} in {last.name}"
 
 
 def cmd_plan() -> int:
@@ -85,6 +152,8 @@ def cmd_plan() -> int:
         plan, _ = observe_and_plan(config, runner)
     except AgentError as exc:
         return _report(logger or _early_logging(), exc)
+    except Exception as exc:
+        return _unexpected(logger, exc, "plan")
     print(json.dumps(plan.to_dict(), indent=2, sort_keys=True))
     return 0
 
@@ -102,9 +171,10 @@ def cmd_postgres(args: list[str]) -> int:
         from agent.discovery import make_lookup
         from agent.heartbeat import Heartbeat
 
-        owner = (runner.run_as.uid, runner.run_as.gid) if runner.run_as else None
+        phase = "privileges"
+        identity = _become_postgres(config, runner)
         # Beat at once: the kubelet's first startup probe may come before the plan is made.
-        heartbeat = Heartbeat(config.state_dir, owner)
+        heartbeat = Heartbeat(config.state_dir)
         heartbeat.beat("start", force=True)
         logger.info(
             "agent_start",
@@ -113,6 +183,7 @@ def cmd_postgres(args: list[str]) -> int:
             namespace=config.namespace,
             service=config.service_name,
             python=sys.version.split()[0],
+            **{k: v for k, v in identity.items() if v is not None},
         )
         phase = "plan"
         plan, _ = observe_and_plan(config, runner)
@@ -125,11 +196,10 @@ def cmd_postgres(args: list[str]) -> int:
         # Signals from here on are postgres' own: restore defaults for the exec.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        exec_postgres(args, runner.run_as)
+        exec_postgres(args, None)
         return 0  # not reached
     except Interrupted as exc:
-        if runner is not None:
-            runner.stop_all(grace=1.0)
+        _stop_children(runner, logger)
         (logger or _early_logging()).warning(
             "interrupted",
             signal=signal.Signals(exc.signum).name,
@@ -140,16 +210,24 @@ def cmd_postgres(args: list[str]) -> int:
         )
         return exc.exit_code
     except AgentError as exc:
-        if runner is not None:
-            runner.stop_all(grace=1.0)
+        _stop_children(runner, logger)
         return _report(logger or _early_logging(), exc)
     except Exception as exc:
-        if runner is not None:
-            runner.stop_all(grace=1.0)
-        (logger or _early_logging()).exception(
-            "unexpected_error", error=f"{type(exc).__name__}: {exc}", phase=phase, exit_code=1
-        )
-        return 1
+        _stop_children(runner, logger)
+        return _unexpected(logger, exc, phase)
+
+
+def _unexpected(logger: Any, exc: BaseException, phase: str) -> int:
+    """An error nobody planned for: one JSON line with where it happened, never a traceback."""
+    (logger or _early_logging()).error(
+        "unexpected_error",
+        error=f"{type(exc).__name__}: {exc}",
+        where=_where(exc),
+        phase=phase,
+        exit_code=1,
+        hint="a bug in pg-sfs-agent: please report it with this line",
+    )
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_plan()
     if command == "postgres":
         if _wants_info(rest):
-            from agent.bootstrap import exec_postgres, postgres_account
+            from agent.bootstrap import exec_postgres
+            from agent.privileges import postgres_account
 
             exec_postgres(rest, postgres_account())
         return cmd_postgres(rest)
@@ -183,5 +262,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """For `python -m agent`."""
-    sys.exit(main())
+    """The console script and `python -m agent`: whatever happens, a JSON line, never a traceback."""
+    try:
+        code = main()
+    except Exception as exc:
+        code = _unexpected(None, exc, "entry")
+    sys.exit(code)

@@ -8,7 +8,7 @@ import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Union
+from typing import IO, Any, Callable, Union
 
 from agent.errors import SecretInArgv
 from agent.secret import contains_secret
@@ -18,7 +18,11 @@ Input = Union[bytes, None]
 
 @dataclass(frozen=True)
 class RunAs:
-    """The unprivileged user PostgreSQL programs run as when the agent is root."""
+    """An unprivileged user to run programs as.
+
+    The entrypoint never uses it (it becomes postgres before starting anything, so no signal ever
+    crosses users); in-process tests running as root do.
+    """
 
     uid: int
     gid: int
@@ -28,9 +32,12 @@ class RunAs:
 class Runner:
     """Starts PostgreSQL's programs; refuses argv holding a secret; stops its children on demand."""
 
-    def __init__(self, run_as: RunAs | None = None) -> None:
+    def __init__(self, run_as: RunAs | None = None, killpg: Callable[[int, int], None] = os.killpg) -> None:
         self.run_as = run_as
         self.children: list[subprocess.Popen[Any]] = []
+        self.stop_failures: list[str] = []
+        # Injectable so tests can make a stop fail the way EPERM did when signals crossed users.
+        self.killpg = killpg
 
     def _check(self, argv: Sequence[str]) -> None:
         if contains_secret(argv):
@@ -92,22 +99,45 @@ class Runner:
         if proc in self.children and proc.poll() is not None:
             self.children.remove(proc)
 
-    def stop(self, proc: subprocess.Popen[Any], grace: float = 1.0, sig: int = signal.SIGTERM) -> None:
-        """Signal a child, give it `grace` seconds, then kill it; always reaps it."""
-        if proc.poll() is None:
-            try:
-                # The child leads its own session: signal the whole group, grandchildren included.
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            except ProcessLookupError:
-                pass
-        self._forget(proc)
+    def stop(self, proc: subprocess.Popen[Any], grace: float = 1.0, sig: int = signal.SIGTERM) -> bool:
+        """Signal a child, give it `grace` seconds, then kill it; reaps it when it can.
 
-    def stop_all(self, grace: float = 1.0) -> None:
-        """Stop every child still running (on SIGINT/SIGTERM or failure)."""
+        Never raises: it runs on every failure and interrupt path, where a second exception would
+        replace the first with a traceback. A child it could not stop is recorded in `stop_failures`
+        and False is returned.
+        """
+        try:
+            if proc.poll() is None:
+                # The child leads its own session: signal the whole group, grandchildren included.
+                self._signal_group(proc, sig)
+                try:
+                    proc.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    self._signal_group(proc, signal.SIGKILL)
+                    proc.wait(timeout=max(grace, 5.0))
+        except (OSError, subprocess.SubprocessError) as exc:
+            self.stop_failures.append(f"pid {proc.pid} ({_program(proc)}): {type(exc).__name__}: {exc}")
+            return False
+        finally:
+            self._forget(proc)
+        return True
+
+    def _signal_group(self, proc: subprocess.Popen[Any], sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.killpg(proc.pid, sig)
+
+    def stop_all(self, grace: float = 1.0) -> list[str]:
+        """Stop every child still running (on SIGINT/SIGTERM or failure); never raises.
+
+        Returns what could not be stopped (empty when all went well), for the caller to log.
+        """
         for proc in list(self.children):
             self.stop(proc, grace=grace)
+        failures, self.stop_failures = self.stop_failures, []
+        return failures
+
+
+def _program(proc: subprocess.Popen[Any]) -> str:
+    args = proc.args
+    first = args[0] if isinstance(args, (list, tuple)) and args else args
+    return os.path.basename(str(first))

@@ -24,7 +24,7 @@ from bench.common import (
 from bench.context import AS_POSTGRES, Ctx
 from bench.members import Member
 from bench.sandbox import Sandbox
-from tests.emulator.network import Host
+from emulator.network import Host
 
 AGENT_POD = "postgresql-sfs-2"
 AGENT_SLOT = "postgresql_sfs_2"

@@ -16,7 +16,7 @@ from typing import Any
 from bench.common import FLOORS, Row, Section, Series, agent_events, event_time, wait_for
 from bench.context import Ctx
 from bench.sandbox import replication_ready, streaming_since
-from tests.emulator.controller import Cluster
+from emulator.controller import Cluster
 
 PODS = ("postgresql-sfs-0", "postgresql-sfs-1", "postgresql-sfs-2")
 PROBE_SCALE = 0.2

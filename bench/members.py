@@ -11,7 +11,7 @@ from typing import Any
 from bench.common import AGENT, SUPERUSER_PASSWORD, pod_env, postmaster_pid, stop_postmaster
 from bench.context import Ctx
 from bench.sandbox import Sandbox, replication_ready, streaming_since
-from tests.emulator.network import Host
+from emulator.network import Host
 
 START_TIMEOUT = 120.0
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from bench.common import NAMESPACE, POD_SH, PORT, PORT_NAME, REPLICATION_PASSWORD, REPLICATION_USER, fqdn
-from tests.emulator.dns import ClusterDNS
-from tests.emulator.network import Host, Network
+from emulator.dns import ClusterDNS
+from emulator.network import Host, Network
 
 T = TypeVar("T")
 

@@ -11,9 +11,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.emulator.controller import Cluster
-from tests.emulator.manifests import REPO_ROOT
-from tests.emulator.waiting import wait_until
+from emulator.controller import Cluster
+from emulator.manifests import REPO_ROOT
+from emulator.waiting import wait_until
 
 PY39_BIN = REPO_ROOT / ".venv39" / "bin"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from emulator.controller import Cluster
+from emulator.manifests import with_overrides
+from emulator.waiting import wait_until
 from tests.e2e.cluster_support import agent_events, pod
-from tests.emulator.controller import Cluster
-from tests.emulator.manifests import with_overrides
-from tests.emulator.waiting import wait_until
 
 VOL = "/var/lib/postgresql/data"
 PGDATA = f"{VOL}/pgdata"

@@ -27,6 +27,8 @@ for _tool in ("ip", "nsenter", "named", "unbound"):
     if shutil.which(_tool) is None:
         pytest.skip(f"{_tool} is not installed", allow_module_level=True)
 
+from emulator.controller import Cluster, slot_name  # noqa: E402
+from emulator.waiting import wait_until  # noqa: E402
 from tests.e2e.cluster_support import (  # noqa: E402
     PG_BIN,
     PRIMARY,
@@ -48,8 +50,6 @@ from tests.e2e.cluster_support import (  # noqa: E402
     walsender_pids,
     write_marker,
 )
-from tests.emulator.controller import Cluster, slot_name  # noqa: E402
-from tests.emulator.waiting import wait_until  # noqa: E402
 
 if not (PG_BIN / "initdb").exists():
     pytest.skip(f"PostgreSQL 15 is not installed ({PG_BIN})", allow_module_level=True)

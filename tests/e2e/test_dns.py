@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from tests.emulator.dns import ClusterDNS
-from tests.emulator.network import Host, Network
-from tests.emulator.nsclient import query_in
-from tests.emulator.waiting import wait_until
+from emulator.dns import ClusterDNS
+from emulator.network import Host, Network
+from emulator.nsclient import query_in
+from emulator.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

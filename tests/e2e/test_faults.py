@@ -30,6 +30,9 @@ for _tool in ("ip", "nsenter", "named", "setpriv"):
 if not Path("/usr/lib/postgresql/15/bin/postgres").exists():
     pytest.skip("postgresql-15 is not installed", allow_module_level=True)
 
+from emulator.controller import Cluster  # noqa: E402
+from emulator.pod import postgres_ids  # noqa: E402
+from emulator.waiting import wait_until  # noqa: E402
 from tests.e2e.fault_support import (  # noqa: E402
     PGDATA,
     PRIMARY,
@@ -63,9 +66,6 @@ from tests.e2e.fault_support import (  # noqa: E402
     wait_exit,
     wait_line,
 )
-from tests.emulator.controller import Cluster  # noqa: E402
-from tests.emulator.pod import postgres_ids  # noqa: E402
-from tests.emulator.waiting import wait_until  # noqa: E402
 
 REPLICA = pod(1)
 EXTRA = pod(2)  # the shared cluster's spare ordinal, scaled up for one fault at a time

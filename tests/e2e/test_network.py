@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.emulator import netns as nsx
-from tests.emulator.network import STATE_DIR, Host, Network
-from tests.emulator.waiting import wait_until
+from emulator import netns as nsx
+from emulator.network import STATE_DIR, Host, Network
+from emulator.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -198,7 +198,7 @@ def test_cleanup_stale_removes_dead_runs() -> None:
 
 _CHILD = """
 import sys, time
-from tests.emulator.network import Network
+from emulator.network import Network
 with Network() as net:
     host = net.add_host("a")
     proc = net.spawn(host, ["sleep", "300"])

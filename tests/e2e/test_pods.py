@@ -25,11 +25,11 @@ for _tool in ("ip", "nsenter", "named"):
     if shutil.which(_tool) is None and not Path("/usr/sbin", _tool).exists():
         pytest.skip(f"{_tool} is not installed", allow_module_level=True)
 
-from tests.emulator import netns as nsx  # noqa: E402
-from tests.emulator.controller import Cluster  # noqa: E402
-from tests.emulator.manifests import Probe  # noqa: E402
-from tests.emulator.network import Network  # noqa: E402
-from tests.emulator.waiting import wait_until  # noqa: E402
+from emulator import netns as nsx  # noqa: E402
+from emulator.controller import Cluster  # noqa: E402
+from emulator.manifests import Probe  # noqa: E402
+from emulator.network import Network  # noqa: E402
+from emulator.waiting import wait_until  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 NSCLIENT = REPO / "tests" / "emulator" / "nsclient.py"
@@ -343,7 +343,7 @@ def test_ctrl_c_tears_everything_down(tmp_path: Path) -> None:
 import json, sys, time
 sys.path.insert(0, {str(REPO)!r})
 from tests.e2e.test_pods import _standin_cluster
-from tests.emulator.waiting import wait_until
+from emulator.waiting import wait_until
 with _standin_cluster(replicas=2, policy="Parallel") as c:
     c.wait_ready(timeout=30)
     wait_until(lambda: all("standin" in c.logs(n) for n in c.pod_names()), 10, 0.05, "logs")

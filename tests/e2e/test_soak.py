@@ -32,10 +32,10 @@ if not Path("/usr/lib/postgresql/15/bin/postgres").exists():
 import dns.resolver  # noqa: E402
 import psycopg  # noqa: E402
 
+from emulator import netns as nsx  # noqa: E402
+from emulator.controller import Cluster  # noqa: E402
+from emulator.waiting import wait_until  # noqa: E402
 from tests.e2e.fault_support import PRIMARY, SU_PW, healthy, make_cluster, pod  # noqa: E402
-from tests.emulator import netns as nsx  # noqa: E402
-from tests.emulator.controller import Cluster  # noqa: E402
-from tests.emulator.waiting import wait_until  # noqa: E402
 
 KILLS = int(os.environ.get("PGSFS_SOAK_KILLS") or 5)
 RECOVERY = 60.0  # seconds for every pod to be Ready again after one fault

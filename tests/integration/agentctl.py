@@ -39,10 +39,21 @@ def pod_env(volume: Path, ordinal: int, port: int, **extra: str) -> dict[str, st
     return env
 
 
+def agent_argv(*args: str) -> list[str]:
+    """`pg-sfs-agent ARGS` as the shipped manifest runs it: root with only the container's
+    capabilities and no_new_privs, the interpreter readable by postgres as in the image."""
+    from emulator import hostroot
+    from emulator.manifests import REPO_ROOT, shipped_security
+    from emulator.pod import security_prefix
+
+    argv = [*security_prefix(shipped_security()), sys.executable, "-m", "agent", *args]
+    return hostroot.wrap(argv, [os.path.realpath(sys.executable), sys.prefix, str(REPO_ROOT)])
+
+
 def run_agent(env: Mapping[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run `pg-sfs-agent ARGS` to completion."""
+    """Run `pg-sfs-agent ARGS` to completion, as the manifest runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
+        agent_argv(*args),
         env=dict(env),
         capture_output=True,
         text=True,
@@ -119,7 +130,7 @@ def agent_postgres(env: Mapping[str, str], log_path: Path, *args: str, ready_tim
     """Start `pg-sfs-agent postgres ARGS`, wait until it accepts connections, stop it afterwards."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "postgres", *args],
+            agent_argv("postgres", *args),
             env=dict(env),
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.agentctl import json_lines, pod_env, wait_for
+from tests.integration.agentctl import agent_argv, json_lines, pod_env, wait_for
 from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -22,7 +21,7 @@ def test_signal_during_the_dns_wait(volume_root: Path, sig: signal.Signals, code
     env = pod_env(volume_root, 1, free_port())
     log_path = volume_root / "agent.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "agent", "postgres"], env=env, stdout=log, stderr=log)
+        proc = subprocess.Popen(agent_argv("postgres"), env=env, stdout=log, stderr=log)
     try:
         wait_for(
             lambda: any(line["event"] == "dns_wait_state" for line in json_lines(log_path.read_text())),

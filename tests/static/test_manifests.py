@@ -246,8 +246,7 @@ def test_secrets_come_from_the_secret(objects: list[Obj], container: Obj) -> Non
 
 
 def test_pgdata_is_a_subdirectory_of_the_volume(sts: Obj, container: Obj) -> None:
-    [mount] = container["volumeMounts"]
-    assert mount["name"] == "data"
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "data"]
     assert mount["mountPath"] == "/var/lib/postgresql/data"
     pgdata = Path(env_of(container)["PGDATA"]["value"])
     # Strictly below: lost+found at a volume root makes initdb refuse the directory.
@@ -258,7 +257,30 @@ def test_pgdata_is_a_subdirectory_of_the_volume(sts: Obj, container: Obj) -> Non
     assert vct["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert vct["spec"]["resources"]["requests"]["storage"] == "10Gi"
     # The data volume must come from the claim template, not a pod volume.
-    assert "volumes" not in sts["spec"]["template"]["spec"]
+    assert "data" not in {v["name"] for v in sts["spec"]["template"]["spec"]["volumes"]}
+
+
+def test_read_only_root_gets_writable_emptydirs_where_postgres_writes(sts: Obj, container: Obj) -> None:
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    # postgres' socket and lock file, and /tmp for tools; each an emptyDir with a size limit.
+    for path in ("/var/run/postgresql", "/tmp"):
+        empty = volumes[mounts[path]]["emptyDir"]
+        assert empty["sizeLimit"]
+
+
+@pytest.mark.parametrize(("overlay", "uid", "gid"), [("non-root", 999, 999), ("openshift", 1000680000, 0)])
+def test_overlays_start_without_root(overlay: str, uid: int, gid: int) -> None:
+    objects = kustomize(ROOT / "k8s-overlays" / overlay)
+    assert {(o["kind"], o["metadata"]["name"]) for o in objects} == EXPECTED
+    [sts] = [o for o in objects if o["kind"] == "StatefulSet"]
+    pod = sts["spec"]["template"]["spec"]
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (uid, gid)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
 
 
 @pytest.mark.parametrize(

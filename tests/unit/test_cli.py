@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -115,3 +116,74 @@ def test_config_error_exit_code_from_main(monkeypatch: pytest.MonkeyPatch, capsy
     assert cli.main(["plan"]) == 2
     err = capsys.readouterr().err
     assert '"config_invalid"' in err
+
+
+@pytest.mark.usefixtures("_restore_structlog")
+def test_a_failure_with_a_child_that_cannot_be_stopped_ends_in_one_json_error_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The shipped image's crash: the error path's stop raised EPERM and printed a traceback."""
+    from agent import bootstrap
+    from agent.errors import CommandFailed
+    from agent.runner import Runner
+
+    for key in list(os.environ):
+        if key.startswith(("POD_", "PGSFS_", "POSTGRES_", "PG")):
+            monkeypatch.delenv(key)
+    for key, value in {
+        "POD_NAME": "postgresql-sfs-0",
+        "POD_NAMESPACE": "pg",
+        "PGDATA": str(tmp_path / "vol" / "pgdata"),
+        "POSTGRES_PASSWORD": "Cli-S3cret-two",
+        "PGSFS_REPLICATION_PASSWORD": "Cli-S3cret-three",
+        "PGSFS_LOG_FORMAT": "json",
+    }.items():
+        monkeypatch.setenv(key, value)
+    children = []
+
+    def refuse(_pid: int, _sig: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    real_prepare = cli._prepare
+
+    def prepare() -> tuple[object, object, Runner]:
+        config, logger, _ = real_prepare()
+        return config, logger, Runner(killpg=refuse)
+
+    def failing_run(self: bootstrap.Bootstrap) -> None:
+        children.append(self.world.runner.spawn(["sleep", "30"]))
+        raise CommandFailed("initdb failed with exit code 1: boom", hint="read it")
+
+    monkeypatch.setattr(cli, "_prepare", prepare)
+    monkeypatch.setattr(cli, "_become_postgres", lambda _config, _runner: {})
+    monkeypatch.setattr(bootstrap.Bootstrap, "run", failing_run)
+    try:
+        assert cli.main(["postgres"]) == 9
+    finally:
+        for proc in children:
+            proc.kill()
+            proc.wait()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [json.loads(line) for line in err.splitlines()]
+    events = [line["event"] for line in lines]
+    assert events[-2:] == ["cleanup_failed", "command_failed"], events
+    assert lines[-1]["exit_code"] == 9 and lines[-1]["level"] == "error"
+
+
+@pytest.mark.usefixtures("_restore_structlog")
+def test_an_unexpected_error_is_one_json_line_without_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def explode(_argv: list[str] | None = None) -> int:
+        raise RuntimeError("nobody planned this")
+
+    monkeypatch.setattr(cli, "main", explode)
+    with pytest.raises(SystemExit) as info:
+        cli.entry()
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    [line] = [json.loads(x) for x in err.splitlines()]
+    assert line["event"] == "unexpected_error" and "nobody planned this" in line["error"]
+    assert line["where"].startswith("test_cli.py:")

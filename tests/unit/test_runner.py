@@ -107,3 +107,32 @@ def test_run_timeout_stops_and_reaps_the_child(tmp_path: Path) -> None:
         runner.run(["sh", "-c", f'echo $$ > "{pidfile}"; exec sleep 30'], timeout=0.5)
     assert runner.children == []
     assert _gone(int(pidfile.read_text()))
+
+
+def _refuse_signals(_pid: int, _sig: int) -> None:
+    """What os.killpg did when root without CAP_KILL signalled postgres' uid."""
+    raise PermissionError(1, "Operation not permitted")
+
+
+def test_a_stop_that_fails_never_raises_and_is_reported() -> None:
+    runner = Runner(killpg=_refuse_signals)
+    proc = runner.spawn(["sleep", "30"])
+    try:
+        assert runner.stop(proc, grace=0.1) is False
+        assert runner.stop_all(grace=0.1) != []  # still there: reported again, still no exception
+        failures = runner.stop_all(grace=0.1)
+        assert len(failures) == 1 and f"pid {proc.pid} (sleep): PermissionError" in failures[0]
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_run_interrupted_with_a_failing_stop_raises_the_original_error(tmp_path: Path) -> None:
+    runner = Runner(killpg=_refuse_signals)
+    pidfile = tmp_path / "pid"
+    with pytest.raises(subprocess.TimeoutExpired):
+        runner.run(["sh", "-c", f'echo $$ > "{pidfile}"; exec sleep 30'], timeout=0.3)
+    pid = int(pidfile.read_text())
+    os.kill(pid, 9)
+    assert runner.stop_failures and "PermissionError" in runner.stop_failures[0]

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # The official postgres images (our base) declare STOPSIGNAL SIGINT: fast shutdown.
 DEFAULT_STOP_SIGNAL = signal.SIGINT
@@ -65,6 +65,43 @@ class EnvVar:
                 "status.podIP": pod_ip}[self.field_path]
 
 
+# The capabilities containerd and CRI-O give a container unless its securityContext drops them.
+DEFAULT_CAPABILITIES = (
+    "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE",
+    "NET_RAW", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
+)
+
+
+@dataclass(frozen=True)
+class SecurityContext:
+    """The pod's and container's securityContext merged as the kubelet does (container wins)."""
+
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    fs_group: int | None = None
+    fs_group_change_policy: str = "Always"
+    supplemental_groups: tuple[int, ...] = ()
+    capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
+    no_new_privs: bool = False
+    read_only_root_filesystem: bool = False
+
+    @property
+    def groups(self) -> tuple[int, ...]:
+        """Supplementary groups of the container's processes: fsGroup and supplementalGroups."""
+        extra = (self.fs_group,) if self.fs_group is not None else ()
+        return tuple(dict.fromkeys((*extra, *self.supplemental_groups)))
+
+
+@dataclass(frozen=True)
+class EmptyDir:
+    """An emptyDir volume mounted in the container (a tmpfs when medium is Memory)."""
+
+    name: str
+    mount_path: str
+    medium: str = ""
+    size_limit: str | None = None
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     """The StatefulSet's governing headless Service."""
@@ -94,6 +131,8 @@ class StatefulSetSpec:
     liveness_probe: Probe | None
     termination_grace_period: float
     stop_signal: signal.Signals
+    security: SecurityContext = SecurityContext()
+    empty_dirs: tuple[EmptyDir, ...] = ()
 
     def pod_name(self, ordinal: int) -> str:
         """Name of the pod with this ordinal."""
@@ -254,6 +293,56 @@ def _probe(raw: dict[str, Any] | None) -> Probe | None:
     )
 
 
+def _capabilities(raw: dict[str, Any] | None) -> tuple[str, ...]:
+    """The container's capability set: the runtime's defaults, minus drop, plus add."""
+    raw = raw or {}
+    drop = {c.upper().removeprefix("CAP_") for c in raw.get("drop") or []}
+    add = {c.upper().removeprefix("CAP_") for c in raw.get("add") or []}
+    kept = set() if "ALL" in drop else set(DEFAULT_CAPABILITIES) - drop
+    return tuple(sorted(kept | add))
+
+
+def security_context(pod: dict[str, Any], container: dict[str, Any]) -> SecurityContext:
+    """Merge the pod's and the container's securityContext as the kubelet does."""
+    pod_sc = pod.get("securityContext") or {}
+    ctr = container.get("securityContext") or {}
+    if ctr.get("privileged"):
+        raise ManifestError("privileged containers are not emulated")
+
+    def pick(key: str) -> Any:
+        return ctr.get(key, pod_sc.get(key))
+
+    uid, gid = pick("runAsUser"), pick("runAsGroup")
+    if pick("runAsNonRoot") and uid in (None, 0):
+        # The kubelet checks the image's USER when runAsUser is unset; our image has none (root).
+        raise ManifestError("runAsNonRoot is set but the container would run as root")
+    return SecurityContext(
+        run_as_user=None if uid is None else int(uid),
+        run_as_group=None if gid is None else int(gid),
+        fs_group=None if pod_sc.get("fsGroup") is None else int(pod_sc["fsGroup"]),
+        fs_group_change_policy=str(pod_sc.get("fsGroupChangePolicy", "Always")),
+        supplemental_groups=tuple(int(g) for g in pod_sc.get("supplementalGroups") or ()),
+        capabilities=_capabilities(ctr.get("capabilities")),
+        # The kubelet sets no_new_privs exactly when allowPrivilegeEscalation is false.
+        no_new_privs=ctr.get("allowPrivilegeEscalation") is False,
+        read_only_root_filesystem=bool(ctr.get("readOnlyRootFilesystem", False)),
+    )
+
+
+def _empty_dirs(pod: dict[str, Any], container: dict[str, Any], claim: str) -> tuple[EmptyDir, ...]:
+    volumes = {v["name"]: v for v in pod.get("volumes") or []}
+    out: list[EmptyDir] = []
+    for mount in container.get("volumeMounts") or []:
+        if mount["name"] == claim:
+            continue
+        volume = volumes.get(mount["name"])
+        if volume is None or "emptyDir" not in volume:
+            raise ManifestError(f"volume {mount['name']}: only the claim and emptyDir volumes are emulated")
+        spec = volume["emptyDir"] or {}
+        out.append(EmptyDir(mount["name"], mount["mountPath"], spec.get("medium", ""), spec.get("sizeLimit")))
+    return tuple(out)
+
+
 def _find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
     for doc in docs:
         if doc.get("kind") == kind and (name is None or doc["metadata"]["name"] == name):
@@ -297,6 +386,8 @@ def spec_from_documents(docs: list[dict[str, Any]], image: ImageConfig,
         liveness_probe=_probe(container.get("livenessProbe")),
         termination_grace_period=float(pod.get("terminationGracePeriodSeconds", _DEFAULT_GRACE)),
         stop_signal=image.stop_signal,
+        security=security_context(pod, container),
+        empty_dirs=_empty_dirs(pod, container, claim),
     )
     svc_spec = ServiceSpec(
         name=svc["metadata"]["name"],
@@ -308,15 +399,23 @@ def spec_from_documents(docs: list[dict[str, Any]], image: ImageConfig,
     return ClusterSpec(sts_spec, svc_spec)
 
 
-def load_spec(repo_root: Path = REPO_ROOT) -> ClusterSpec:
-    """The spec from `kubectl kustomize k8s/` and docker/Dockerfile of a checkout."""
+def load_spec(repo_root: Path = REPO_ROOT, overlay: str | None = None) -> ClusterSpec:
+    """The spec from `kubectl kustomize k8s/` (or `k8s-overlays/OVERLAY`) and docker/Dockerfile."""
     dockerfile = repo_root / "docker" / "Dockerfile"
     if dockerfile.exists():
         image = read_dockerfile(dockerfile)
     else:
         # The image's documented contract, for checkouts without a Dockerfile yet.
         image = ImageConfig(("pg-sfs-agent",), ("postgres",), DEFAULT_STOP_SIGNAL)
-    return spec_from_documents(render_kustomize(repo_root / "k8s"), image)
+    k8s = repo_root / "k8s" if overlay is None else repo_root / "k8s-overlays" / overlay
+    return spec_from_documents(render_kustomize(k8s), image)
+
+
+def shipped_security(repo_root: Path = REPO_ROOT) -> SecurityContext:
+    """The shipped StatefulSet's securityContext, read from k8s/statefulset.yaml (no kubectl needed)."""
+    docs = [d for d in yaml.safe_load_all((repo_root / "k8s" / "statefulset.yaml").read_text()) if d]
+    pod = _find(docs, "StatefulSet")["spec"]["template"]["spec"]
+    return security_context(pod, pod["containers"][0])
 
 
 def _scaled(probe: Probe | None, scale: float, minimum: float) -> Probe | None:
@@ -396,4 +495,19 @@ def describe(spec: ClusterSpec) -> str:
             f" Service {spec.service.name} port {spec.service.port_name}/{spec.service.port}"
             f" publishNotReadyAddresses={spec.service.publish_not_ready_addresses},"
             f" command {shlex.join(sts.command)}, stop {sts.stop_signal.name}"
-            f" grace {sts.termination_grace_period:g}s")
+            f" grace {sts.termination_grace_period:g}s, {describe_security(sts.security)}")
+
+
+def describe_security(sc: SecurityContext) -> str:
+    """The securityContext in one phrase."""
+    user = "root" if sc.run_as_user in (None, 0) else f"uid {sc.run_as_user}"
+    if sc.run_as_group is not None:
+        user += f" gid {sc.run_as_group}"
+    parts = [f"as {user}", f"caps {','.join(sc.capabilities) or 'none'}"]
+    if sc.fs_group is not None:
+        parts.append(f"fsGroup {sc.fs_group}")
+    if sc.no_new_privs:
+        parts.append("no_new_privs")
+    if sc.read_only_root_filesystem:
+        parts.append("read-only root")
+    return " ".join(parts)

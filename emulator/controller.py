@@ -255,7 +255,8 @@ class Cluster:
             volume_dir=self.run_dir / "volumes" / f"{self.sts.volume_name}-{name}",
             pod_dir=self.run_dir / "pods" / name, log_path=self.run_dir / "logs" / f"{name}.log",
             stop_signal=self.sts.stop_signal, grace_period=self.sts.termination_grace_period,
-            agent_bin_dir=self.agent_bin_dir,
+            agent_bin_dir=self.agent_bin_dir, security=self.sts.security,
+            empty_dirs=self.sts.empty_dirs,
         )  # fmt: skip
         pod = Pod(template, register_pid=lambda pid: self.network.register_pid(pid, host))
         rec = _PodRecord(name=name, ordinal=ordinal, host=host, pod=pod, created_at=time.time())

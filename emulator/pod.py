@@ -21,7 +21,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from emulator.manifests import EmptyDir, SecurityContext
 
 # Linux constants (sched.h, mount.h, prctl.h).
 CLONE_NEWNS = 0x00020000
@@ -31,6 +34,7 @@ MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
+MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
@@ -67,11 +71,48 @@ def _mount(src: str, target: str, fstype: str | None, flags: int, data: str | No
     _check(rc, f"mount {src} on {target}")
 
 
+def _load_hostroot() -> Any:
+    """emulator/hostroot.py, loaded by path: the shim runs isolated (-I), with no project on sys.path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_pgsfs_hostroot", Path(__file__).with_name("hostroot.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _mount_empty_dir(target: str, opts: str, keep: list[str]) -> None:
+    """A tmpfs at `target`; the "image" files below it (the host's checkout and venvs, which may
+    live under /tmp) are bound back in, reached through descriptors opened before the cover."""
+    below = [p for p in keep if os.path.commonpath([p, target]) == target and p != target]
+    fds = {p: os.open(p, os.O_PATH) for p in below if os.path.exists(p)}
+    try:
+        _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, opts)
+        for path, fd in fds.items():
+            if os.path.isdir(f"/proc/self/fd/{fd}"):
+                os.makedirs(path, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
 def _container_init(plan: dict[str, Any]) -> None:
-    """PID 1 of the pod: mount what the kubelet mounts, set the hostname, exec the command."""
+    """PID 1 of the pod: mount what the kubelet mounts, set the hostname, exec the command.
+
+    The command runs under the container's securityContext (capability bounding set, no_new_privs,
+    user and groups) through util-linux's setpriv, as runc would set them before the exec.
+    """
     _check(_libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
     # Our own /proc, showing only this PID namespace.
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    # The image's interpreter is readable by every user; the host's may not be (see hostroot.py).
+    _load_hostroot().expose(plan.get("expose", []))
+    read_only = bool(plan.get("read_only_root"))
     # Bind mounts first: their sources may live under /tmp or /run, hidden below.
     vol_parent = plan.get("volume_parent_tmpfs")
     if vol_parent:
@@ -80,19 +121,34 @@ def _container_init(plan: dict[str, Any]) -> None:
     _mount(plan["volume_dir"], plan["mount_path"], None, MS_BIND)
     for src, target in plan["files"]:
         _mount(src, target, None, MS_BIND)
+    if read_only:
+        # readOnlyRootFilesystem: the image's files are read-only. Only the root's own mount flag
+        # changes: mounts made before (the volume) keep theirs, and a bind mount made after copies
+        # its source's, so every bind is done above.
+        _mount("/", "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        if vol_parent:
+            _mount(vol_parent, vol_parent, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
     # Private /run and /dev/shm, as a container has (nothing shared between pods). /tmp stays the
-    # host's: the checkout and its virtualenvs (the "image") may live there, as CI's clone may.
+    # host's unless an emptyDir covers it (the checkout and its venvs, which CI may keep there,
+    # are bound back in then).
     _mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
     _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     os.makedirs(SOCKET_DIR)
-    _mount("tmpfs", SOCKET_DIR, "tmpfs", MS_NOSUID | MS_NODEV, plan["socket_dir_opts"])
+    if not read_only:
+        # The image's /var/run/postgresql (2775, postgres): writable only while the root is.
+        _mount("tmpfs", SOCKET_DIR, "tmpfs", MS_NOSUID | MS_NODEV, plan["socket_dir_opts"])
     os.makedirs(SA_DIR)
     Path(SA_DIR, "namespace").write_text(plan["namespace"])
     os.chmod(SA_DIR, 0o755)
+    if read_only:
+        _mount("/run", "/run", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    for target, opts in plan.get("empty_dirs", []):
+        # emptyDir: a fresh writable directory (mode 0777, as the kubelet makes it).
+        _mount_empty_dir(target, opts, plan.get("expose", []))
     hostname = plan["hostname"].encode()
     _check(_libc().sethostname(hostname, len(hostname)), "sethostname")
     os.chdir(plan.get("workdir", "/"))
-    argv = plan["argv"]
+    argv = [*plan.get("security_prefix", []), *plan["argv"]]
     os.execvpe(argv[0], argv, plan["env"])
 
 
@@ -197,6 +253,57 @@ def hosts_file(ip: str, fqdn: str, hostname: str) -> str:
             f"{ip}\t{fqdn}\t{hostname}\n")
 
 
+def security_prefix(sc: SecurityContext | None) -> list[str]:
+    """setpriv arguments that apply a securityContext the way runc does before exec'ing the command.
+
+    The capability bounding set becomes exactly the container's capabilities (root's effective set
+    after the exec), no_new_privs follows allowPrivilegeEscalation, and a runAsUser switches user
+    and group (gid from the image's passwd entry, else 0, as the kubelet does) with fsGroup and
+    supplementalGroups as supplementary groups.
+    """
+    if sc is None:
+        return []
+    caps = ",".join(["-all", *(f"+{c.lower()}" for c in sc.capabilities)])
+    argv = ["setpriv", f"--bounding-set={caps}"]
+    if sc.no_new_privs:
+        argv.append("--no-new-privs")
+    if sc.run_as_user is not None or sc.run_as_group is not None:
+        uid = sc.run_as_user or 0
+        gid = sc.run_as_group
+        if gid is None:
+            try:
+                gid = pwd.getpwuid(uid).pw_gid
+            except KeyError:
+                gid = 0
+        argv += [f"--reuid={uid}", f"--regid={gid}"]
+    groups = sc.groups
+    argv.append(f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups")
+    return [*argv, "--"]
+
+
+def apply_fs_group(volume: Path, gid: int, policy: str) -> int:
+    """What the kubelet does to a volume for fsGroup: group-own it, setgid dirs, group rw.
+
+    With OnRootMismatch nothing is walked when the root already matches. Returns entries changed.
+    """
+    st = os.stat(volume)
+    if policy == "OnRootMismatch" and st.st_gid == gid and (st.st_mode & 0o2070) == 0o2070:
+        return 0
+    changed = 0
+    for dirpath, dirnames, filenames in os.walk(volume):
+        for name in [".", *dirnames, *filenames]:
+            full = dirpath if name == "." else os.path.join(dirpath, name)
+            info = os.lstat(full)
+            if os.path.islink(full):
+                continue
+            os.lchown(full, -1, gid)
+            mode = info.st_mode & 0o7777
+            mode |= 0o2770 if os.path.isdir(full) else 0o660
+            os.chmod(full, mode)
+            changed += 1
+    return changed
+
+
 @dataclass(frozen=True)
 class PodTemplate:
     """What every container of one pod is made of (resolved from the StatefulSet spec)."""
@@ -217,6 +324,8 @@ class PodTemplate:
     stop_signal: signal.Signals = signal.SIGINT
     grace_period: float = 30.0
     agent_bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
+    security: SecurityContext | None = None
+    empty_dirs: tuple[EmptyDir, ...] = ()
 
     @property
     def fqdn(self) -> str:
@@ -360,6 +469,8 @@ class Pod:
         t = self.t
         t.pod_dir.mkdir(parents=True, exist_ok=True)
         t.volume_dir.mkdir(parents=True, exist_ok=True)
+        if t.security is not None and t.security.fs_group is not None:
+            apply_fs_group(t.volume_dir, t.security.fs_group, t.security.fs_group_change_policy)
         t.log_path.parent.mkdir(parents=True, exist_ok=True)
         (t.pod_dir / "resolv.conf").write_text(resolv_conf(t.dns_ip, t.namespace, t.domain))
         (t.pod_dir / "hosts").write_text(hosts_file(t.ip, t.fqdn, t.name))
@@ -380,6 +491,13 @@ class Pod:
             "socket_dir_opts": f"mode=2775,uid={uid},gid={gid}",
             "argv": list(t.command),
             "env": t.container_env(),
+            "security_prefix": security_prefix(t.security),
+            "read_only_root": bool(t.security and t.security.read_only_root_filesystem),
+            "empty_dirs": [[d.mount_path, _empty_dir_opts(d, t.security)] for d in t.empty_dirs],
+            # The interpreter, its venv and the checkout (an editable install) must be readable by
+            # whatever user the agent becomes, as they are in the image.
+            "expose": [os.path.abspath(t.agent_bin_dir.parent), os.path.realpath(t.agent_bin_dir / "python"),
+                       str(Path(__file__).resolve().parents[1])],
         }
         # The mount point must exist; rather than create it on the host, put a private tmpfs on
         # its parent (/var/lib/postgresql: the postgres user's home, owned by it as in the image).
@@ -458,7 +576,10 @@ class Pod:
         if c is None or c.pid1 is None or not c.running():
             raise PodError(f"{self.name}: container is not running")
         cmd = ["nsenter", "-t", str(c.pid1), "-n", "-m", "-u", "-p", "--"]
-        if user is not None:
+        if user is None:
+            # kubectl exec and exec probes run with the container's securityContext.
+            cmd += security_prefix(self.t.security)
+        else:
             entry = pwd.getpwnam(user)
             cmd += ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}",
                     "--init-groups", "--"]
@@ -504,6 +625,16 @@ class Pod:
     def logs(self, previous: bool = False) -> str:
         """The current container's output, or the previous one's (`kubectl logs --previous`)."""
         return read_logs(self.t.log_path, previous)
+
+
+def _empty_dir_opts(d: EmptyDir, sc: SecurityContext | None) -> str:
+    """tmpfs options for an emptyDir: 0777 (group-owned and setgid with fsGroup), sizeLimit."""
+    opts = "mode=0777"
+    if sc is not None and sc.fs_group is not None:
+        opts = f"mode=2777,gid={sc.fs_group}"
+    if d.size_limit:
+        opts += f",size={d.size_limit.removesuffix('i')}"
+    return opts
 
 
 def read_logs(log_path: Path, previous: bool = False) -> str:

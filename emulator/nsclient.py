@@ -3,7 +3,7 @@
 As a script: `ip netns exec NS python nsclient.py < queries.json` prints one JSON result per query.
 A query is {"name", "type", "search" (bool, default false), "lifetime" (s), "server" (optional: ask
 that address directly instead of resolv.conf's nameserver)}. From Python use `query_in()`.
-The script needs only dnspython, so it runs by path (with `python -I`: tests/emulator/dns.py must not
+The script needs only dnspython, so it runs by path (with `python -I`: emulator/dns.py must not
 shadow dnspython's `dns` package).
 """
 

@@ -1,4 +1,4 @@
-"""`python -m tests.emulator demo|up|status|down`: the emulated StatefulSet for people.
+"""`python -m emulator demo|up|status|down`: the emulated StatefulSet for people.
 
 demo   bring up the StatefulSet from k8s/, prove replication end to end, tear it all down.
 up     start a background emulator (state in .emulator/), wait until every pod is Ready.
@@ -290,7 +290,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     STATUS_FILE.unlink(missing_ok=True)
     DAEMON_FILE.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "tests.emulator", "_serve", *args.passthrough]
+    argv = [sys.executable, "-m", "emulator", "_serve", *args.passthrough]
     with DAEMON_LOG.open("ab") as log:
         proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -308,7 +308,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             rows = _pods_from_status(data)
             if len(rows) == want and all(r.ready for r in rows):
                 _say(format_table(rows))
-                _say("all pods Ready; `python -m tests.emulator status` / `down`")
+                _say("all pods Ready; `python -m emulator status` / `down`")
                 return 0
         time.sleep(0.5)
     _say(format_table(rows))
@@ -376,7 +376,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one command."""
-    parser = argparse.ArgumentParser(prog="python -m tests.emulator", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m emulator", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,up,status,down}")
     demo = sub.add_parser("demo", help="bring up k8s/, prove replication, tear down")

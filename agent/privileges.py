@@ -1,0 +1,172 @@
+"""Who the agent runs as: root only to hand postgres what it needs, then postgres for everything else.
+
+Like the official image's entrypoint (root fixes ownership, then `gosu postgres` re-runs it), a start
+as root does the few things that need root, then becomes postgres in this very process. From then
+on the agent, initdb, the temporary server, pg_basebackup and the initdb.d scripts all run as one
+user with no capabilities, so no signal ever crosses users (stopping a child of another uid needs
+CAP_KILL, which the shipped securityContext does not grant).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.config import Config
+from agent.errors import DataDirConflict
+from agent.files import fix_tree_ownership
+from agent.pgdata import work_dir_for
+from agent.runner import RunAs
+
+POSTGRES_USER_NAME = "postgres"
+# The official image's socket directory (mode 2777 there): postgres' lock file and socket go here.
+SOCKET_DIR = Path("/var/run/postgresql")
+# Where Debian and the official image keep nss_wrapper (the official entrypoint searches the same).
+NSS_WRAPPER_GLOBS = ("/usr/lib/*/libnss_wrapper.so", "/usr/lib/libnss_wrapper.so", "/lib/*/libnss_wrapper.so")
+NSS_VARIABLES = ("LD_PRELOAD", "NSS_WRAPPER_PASSWD", "NSS_WRAPPER_GROUP")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What root changed before dropping to postgres, for the `privileges_dropped` line."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    entries_chowned: int
+    chowned_dirs: tuple[str, ...]
+
+
+def postgres_account() -> RunAs | None:
+    """The account PostgreSQL runs as when the agent is root; None when not root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(POSTGRES_USER_NAME)
+    except KeyError as exc:
+        raise DataDirConflict(
+            "running as root but there is no 'postgres' user to run PostgreSQL as",
+            hint="use an image based on the official postgres image (user postgres, uid 999)",
+        ) from exc
+    return RunAs(uid=entry.pw_uid, gid=entry.pw_gid, home=entry.pw_dir)
+
+
+def account_groups(account: RunAs) -> tuple[int, ...]:
+    """The account's groups from the group database, as `gosu`/initgroups gives them."""
+    return tuple(sorted(set(os.getgrouplist(POSTGRES_USER_NAME, account.gid))))
+
+
+def writable_by(path: Path, uid: int, gids: tuple[int, ...]) -> bool:
+    """Whether uid (with these groups, and no capabilities) may create entries in directory `path`."""
+    st = os.stat(path)
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IWUSR and st.st_mode & stat.S_IXUSR)
+    if st.st_gid in gids:
+        return bool(st.st_mode & stat.S_IWGRP and st.st_mode & stat.S_IXGRP)
+    return bool(st.st_mode & stat.S_IWOTH and st.st_mode & stat.S_IXOTH)
+
+
+def prepare_as_root(config: Config, account: RunAs) -> Prepared:
+    """Give postgres the directories it needs: the volume, the state directory, PGDATA, the socket dir.
+
+    Only ownership and modes change, and only where postgres could not otherwise work; nothing is
+    deleted or moved. Runs before any child is started.
+    """
+    groups = account_groups(account)
+    owner = (account.uid, account.gid)
+    chowned: list[str] = []
+    volume = config.pgdata.parent
+    if not volume.is_dir():
+        # Only when missing: mkdir of an existing mount point under a read-only root fails (EROFS).
+        volume.mkdir(parents=True)
+    # The agent builds beside PGDATA and renames into place, so postgres must write in its parent.
+    # With the shipped manifest fsGroup already allows that; a bare root-owned volume does not.
+    if not writable_by(volume, account.uid, groups):
+        os.chown(volume, account.uid, -1)
+        os.chmod(volume, stat.S_IMODE(os.stat(volume).st_mode) | stat.S_IRWXU)
+        chowned.append(str(volume))
+    state_dir = config.state_dir
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    entries = fix_tree_ownership(state_dir, *owner)
+    os.chmod(state_dir, 0o700)
+    for tree in (config.pgdata, work_dir_for(config.pgdata)):
+        # A symlink is followed by neither chown walk: PGDATA must be a real directory.
+        if tree.is_dir() and not tree.is_symlink():
+            entries += fix_tree_ownership(tree, *owner)
+    if config.pgdata.is_dir() and stat.S_IMODE(os.stat(config.pgdata).st_mode) & 0o077:
+        os.chmod(config.pgdata, 0o700)
+    # Best effort, as in the official entrypoint: with a read-only root filesystem it is an emptyDir.
+    try:
+        if SOCKET_DIR.is_dir() and not writable_by(SOCKET_DIR, account.uid, groups):
+            os.chown(SOCKET_DIR, account.uid, account.gid)
+            os.chmod(SOCKET_DIR, 0o3775)  # noqa: S103 (the official image uses 2777 here)
+            chowned.append(str(SOCKET_DIR))
+    except OSError:
+        pass
+    return Prepared(account.uid, account.gid, groups, entries, tuple(chowned))
+
+
+def drop_to(account: RunAs, groups: tuple[int, ...]) -> None:
+    """Become the account for good: groups, gid, then uid (which clears every capability)."""
+    os.setgroups(list(groups))
+    os.setgid(account.gid)
+    os.setuid(account.uid)
+    os.environ["HOME"] = account.home
+    os.environ["USER"] = os.environ["LOGNAME"] = POSTGRES_USER_NAME
+
+
+def check_unprivileged(config: Config) -> None:
+    """Started as a non-root user: the volume must let us build beside PGDATA."""
+    volume = config.pgdata.parent
+    uid = os.geteuid()
+    groups = tuple(sorted({os.getegid(), *os.getgroups()}))
+    try:
+        ok = writable_by(volume, uid, groups) if volume.exists() else writable_by(volume.parent, uid, groups)
+    except OSError:
+        ok = False
+    if not ok:
+        raise DataDirConflict(
+            f"the agent runs as uid {uid} (groups {', '.join(map(str, groups))}) and cannot write in "
+            f"{volume}, the directory holding PGDATA, where it builds and keeps its state",
+            hint="set the pod's securityContext.fsGroup (the kubelet then makes the volume group-writable), "
+            "or start the container as root (it fixes ownership, then drops to postgres)",
+            volume=str(volume),
+        )
+
+
+def find_nss_wrapper() -> str | None:
+    """The nss_wrapper library, if the image has one."""
+    import glob
+
+    for pattern in NSS_WRAPPER_GLOBS:
+        for candidate in sorted(glob.glob(pattern)):
+            if os.path.getsize(candidate) > 0:
+                return candidate
+    return None
+
+
+def nss_wrapper_env(state_dir: Path) -> dict[str, str]:
+    """When our uid has no passwd entry (OpenShift's arbitrary uids), a fake one for initdb and psql.
+
+    initdb refuses to run as a user it cannot look up; the official image solves this the same way.
+    Returns the variables to set, or nothing when the uid is known or nss_wrapper is missing.
+    """
+    uid, gid = os.geteuid(), os.getegid()
+    try:
+        pwd.getpwuid(uid)
+        return {}
+    except KeyError:
+        pass
+    library = find_nss_wrapper()
+    if library is None:
+        return {}
+    folder = state_dir / "nss"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    passwd, group = folder / "passwd", folder / "group"
+    home = str(state_dir.parent)
+    passwd.write_text(f"{POSTGRES_USER_NAME}:x:{uid}:{gid}:PostgreSQL:{home}:/bin/false\n")
+    group.write_text(f"{POSTGRES_USER_NAME}:x:{gid}:\n")
+    return {"LD_PRELOAD": library, "NSS_WRAPPER_PASSWD": str(passwd), "NSS_WRAPPER_GROUP": str(group)}
