@@ -9,8 +9,13 @@ PY39 ?= $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/3.9*/bin/python3.9)
 VENV := .venv
 VENV39 := .venv39
 VENV39MIN := .venv39-min
-APT_PACKAGES := postgresql-15 bind9 bind9-utils bind9-dnsutils unbound iproute2 util-linux procps time
+APT_PACKAGES := postgresql-15 bind9 bind9-utils bind9-dnsutils unbound iproute2 util-linux procps time \
+                podman buildah runc netavark uidmap debootstrap libnss-wrapper
 IMAGE ?= pg-sfs-agent:14.5
+# Without a Docker engine: podman (runc, host network, settings in docker/containers.conf) on a
+# local stand-in for postgres:14.5 built from docker/base/ (Docker Hub is never asked).
+BASE_IMAGE := localhost/postgres:14.5
+PODMAN_CONF := $(CURDIR)/docker/containers.conf
 PG_VERSION ?= 14.5
 NAMESPACE ?= pg
 PG_MAJORS_DIR ?= .pg-majors
@@ -18,7 +23,7 @@ PG_MAJORS_DIR ?= .pg-majors
 MAJORS ?= 14 16 17 18
 
 .PHONY: help deps install lint test test-unit test-static test-integration test-e2e test-py39 \
-        test-lower-bounds test-majors soak bench bench-quick demo cluster-up cluster-status cluster-down image deploy logs clean e2e-clean
+        test-lower-bounds test-majors test-container soak bench bench-quick demo cluster-up cluster-status cluster-down base-image image deploy logs clean e2e-clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -67,6 +72,9 @@ test-integration: deps $(VENV)/.done ## the agent against real PostgreSQL 15 (ro
 test-e2e: deps $(VENV)/.done $(VENV39)/.done ## the emulated StatefulSet: real BIND, namespaces, PostgreSQL (root)
 	$(VENV)/bin/python -m pytest tests/e2e -q
 
+test-container: deps $(VENV)/.done image ## the built image on the emulated StatefulSet, with podman (root)
+	$(VENV)/bin/python -m pytest tests/container -q -s
+
 test-py39: deps $(VENV39)/.done ## unit + integration tests under Python 3.9 (the image's Python)
 	$(VENV39)/bin/python -m pytest tests/unit -q -p no:cacheprovider
 	$(VENV39)/bin/python -m pytest tests/integration -q -p no:cacheprovider
@@ -83,7 +91,7 @@ test-majors: deps $(VENV)/.done ## integration tests against PostgreSQL $(MAJORS
 	  PGSFS_TEST_PG_BIN=$${line#*=} $(VENV)/bin/python -m pytest tests/integration -q; \
 	done
 
-test: install lint test-unit test-static test-integration test-py39 test-lower-bounds test-majors test-e2e ## everything CI runs
+test: install lint test-unit test-static test-integration test-py39 test-lower-bounds test-majors test-e2e test-container ## everything CI runs
 
 soak: deps $(VENV)/.done ## 30 random pod kills/deletions under a write load: no acknowledged write lost (root)
 	PGSFS_SOAK_KILLS=30 $(VENV)/bin/python -m pytest tests/e2e/test_soak.py -q
@@ -109,8 +117,18 @@ cluster-down: $(VENV)/.done ## stop the emulated cluster and remove everything i
 e2e-clean: $(VENV)/.done ## remove namespaces and processes left by crashed emulator runs
 	$(VENV)/bin/python -c "from emulator.network import Network; print(Network.cleanup_stale())"
 
-image: ## docker build (needs a Docker engine)
-	docker build -f docker/Dockerfile --build-arg PG_VERSION=$(PG_VERSION) -t $(IMAGE) .
+base-image: deps ## the local stand-in for postgres:14.5 (podman; skipped when docker/base is unchanged)
+	CONTAINERS_CONF=$(PODMAN_CONF) docker/base/build.sh $(BASE_IMAGE)
+
+image: ## docker build if a Docker engine answers, else podman FROM the local base-image
+	@if docker info >/dev/null 2>&1; then \
+	  echo "docker build -f docker/Dockerfile --build-arg PG_VERSION=$(PG_VERSION) -t $(IMAGE) ."; \
+	  docker build -f docker/Dockerfile --build-arg PG_VERSION=$(PG_VERSION) -t $(IMAGE) .; \
+	else \
+	  set -e; echo "no Docker engine: podman build FROM postgres:$(PG_VERSION) in local storage"; \
+	  if [ "$(PG_VERSION)" = 14.5 ]; then $(MAKE) --no-print-directory base-image; fi; \
+	  CONTAINERS_CONF=$(PODMAN_CONF) docker/podman-build.sh -f docker/Dockerfile --build-arg PG_VERSION=$(PG_VERSION) -t $(IMAGE) .; \
+	fi
 
 deploy: ## kubectl apply -k k8s/ to the current cluster
 	kubectl apply -k k8s/

@@ -76,36 +76,40 @@ def _prepare() -> tuple[Any, Any, Any]:
     return config, logger, Runner()
 
 
-def _become_postgres(config: Any, runner: Any) -> dict[str, Any]:
+def _become_postgres(config: Any, runner: Any, account: Any, logger: Any) -> None:
     """Root: refuse a contradicting PGDATA untouched, else hand postgres its directories and drop to it.
 
     Not root: check the volume is writable and give initdb a passwd entry if our uid has none.
-    Returns fields for the `agent_start` line.
     """
     from agent import privileges
     from agent.bootstrap import observe_and_plan
     from agent.plan import REFUSE
 
-    account = privileges.postgres_account()
     if account is None:
         privileges.check_unprivileged(config)
         nss = privileges.nss_wrapper_env(config.state_dir)
         os.environ.update(nss)
-        return {"uid": os.geteuid(), "gid": os.getegid(), "started_as": "non-root", "nss_wrapper": bool(nss)}
+        if nss:
+            logger.info("nss_wrapper", uid=os.geteuid(), passwd=nss["NSS_WRAPPER_PASSWD"],
+                        note="this uid has no passwd entry; initdb and psql get one from nss_wrapper")
+        return
     # Look before touching: a PGDATA the plan refuses keeps its owner and mode.
     plan, _ = observe_and_plan(config, runner)
     if plan.action == REFUSE:
         assert plan.refusal is not None
+        logger.info("plan", **plan.to_dict())
         raise plan.refusal.to_error()
     prepared = privileges.prepare_as_root(config, account)
     privileges.drop_to(account, prepared.groups)
-    return {
-        "uid": prepared.uid,
-        "gid": prepared.gid,
-        "started_as": "root",
-        "ownership_fixed": prepared.entries_chowned,
-        "volume_chowned": list(prepared.chowned_dirs) or None,
-    }
+    if prepared.entries_chowned or prepared.chowned_dirs:
+        logger.info(
+            "ownership_fixed",
+            pgdata=str(config.pgdata),
+            entries=prepared.entries_chowned,
+            directories=list(prepared.chowned_dirs) or None,
+        )
+    if prepared.pgdata_mode_was is not None:
+        logger.info("mode_fixed", pgdata=str(config.pgdata), was=oct(prepared.pgdata_mode_was))
 
 
 def _stop_children(runner: Any, logger: Any) -> None:
@@ -167,15 +171,12 @@ def cmd_postgres(args: list[str]) -> int:
     phase = "config"
     try:
         config, logger, runner = _prepare()
+        from agent import privileges
         from agent.bootstrap import Bootstrap, World, exec_postgres, observe_and_plan
         from agent.discovery import make_lookup
         from agent.heartbeat import Heartbeat
 
-        phase = "privileges"
-        identity = _become_postgres(config, runner)
-        # Beat at once: the kubelet's first startup probe may come before the plan is made.
-        heartbeat = Heartbeat(config.state_dir)
-        heartbeat.beat("start", force=True)
+        account = privileges.postgres_account()
         logger.info(
             "agent_start",
             version=__version__,
@@ -183,8 +184,15 @@ def cmd_postgres(args: list[str]) -> int:
             namespace=config.namespace,
             service=config.service_name,
             python=sys.version.split()[0],
-            **{k: v for k, v in identity.items() if v is not None},
+            started_as="root" if account else "non-root",
+            uid=account.uid if account else os.geteuid(),
+            gid=account.gid if account else os.getegid(),
         )
+        phase = "privileges"
+        _become_postgres(config, runner, account, logger)
+        # Beat at once: the kubelet's first startup probe may come before the plan is made.
+        heartbeat = Heartbeat(config.state_dir)
+        heartbeat.beat("start", force=True)
         phase = "plan"
         plan, _ = observe_and_plan(config, runner)
         logger.info("plan", **plan.to_dict())

@@ -31,14 +31,16 @@ def write_atomic(path: Path, content: str, *, mode: int = 0o600, owner: tuple[in
     fsync_dir(path.parent)
 
 
-def fix_tree_ownership(root: Path, uid: int, gid: int) -> int:
-    """chown every entry under root that is not uid:gid; returns how many were changed."""
+def fix_tree_ownership(root: Path, uid: int, gid: int | None) -> int:
+    """chown every entry under root that is not uid:gid (gid None: only the owner, keeping the
+    group, as the official entrypoint's `find ! -user postgres -exec chown postgres` does);
+    returns how many were changed."""
     changed = 0
     for dirpath, dirnames, filenames in os.walk(root):
         for name in [".", *dirnames, *filenames]:
             full = os.path.join(dirpath, name) if name != "." else dirpath
             st = os.lstat(full)
-            if st.st_uid != uid or st.st_gid != gid:
-                os.lchown(full, uid, gid)
+            if st.st_uid != uid or (gid is not None and st.st_gid != gid):
+                os.lchown(full, uid, -1 if gid is None else gid)
                 changed += 1
     return changed

@@ -38,6 +38,7 @@ class Prepared:
     groups: tuple[int, ...]
     entries_chowned: int
     chowned_dirs: tuple[str, ...]
+    pgdata_mode_was: int | None = None
 
 
 def postgres_account() -> RunAs | None:
@@ -55,8 +56,12 @@ def postgres_account() -> RunAs | None:
 
 
 def account_groups(account: RunAs) -> tuple[int, ...]:
-    """The account's groups from the group database, as `gosu`/initgroups gives them."""
-    return tuple(sorted(set(os.getgrouplist(POSTGRES_USER_NAME, account.gid))))
+    """The groups postgres keeps: its own (as initgroups gives them) and the container's
+    supplementary groups except root's (Kubernetes gives every process fsGroup and
+    supplementalGroups; the volume's group access rests on them)."""
+    own = set(os.getgrouplist(POSTGRES_USER_NAME, account.gid))
+    given = set(os.getgroups()) - {0}
+    return tuple(sorted(own | given))
 
 
 def writable_by(path: Path, uid: int, gids: tuple[int, ...]) -> bool:
@@ -76,7 +81,8 @@ def prepare_as_root(config: Config, account: RunAs) -> Prepared:
     deleted or moved. Runs before any child is started.
     """
     groups = account_groups(account)
-    owner = (account.uid, account.gid)
+    # The owner only: a setgid volume (fsGroup) gives new files its group, and that stays.
+    owner = (account.uid, None)
     chowned: list[str] = []
     volume = config.pgdata.parent
     if not volume.is_dir():
@@ -89,14 +95,21 @@ def prepare_as_root(config: Config, account: RunAs) -> Prepared:
         os.chmod(volume, stat.S_IMODE(os.stat(volume).st_mode) | stat.S_IRWXU)
         chowned.append(str(volume))
     state_dir = config.state_dir
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    entries = fix_tree_ownership(state_dir, *owner)
+    entries = 0
+    if state_dir.is_dir():
+        entries += fix_tree_ownership(state_dir, *owner)
+    else:
+        # New, so not a fix worth reporting.
+        state_dir.mkdir(mode=0o700, parents=True)
+        os.chown(state_dir, account.uid, -1)
     os.chmod(state_dir, 0o700)
     for tree in (config.pgdata, work_dir_for(config.pgdata)):
         # A symlink is followed by neither chown walk: PGDATA must be a real directory.
         if tree.is_dir() and not tree.is_symlink():
             entries += fix_tree_ownership(tree, *owner)
+    mode_was = None
     if config.pgdata.is_dir() and stat.S_IMODE(os.stat(config.pgdata).st_mode) & 0o077:
+        mode_was = stat.S_IMODE(os.stat(config.pgdata).st_mode)
         os.chmod(config.pgdata, 0o700)
     # Best effort, as in the official entrypoint: with a read-only root filesystem it is an emptyDir.
     try:
@@ -106,7 +119,7 @@ def prepare_as_root(config: Config, account: RunAs) -> Prepared:
             chowned.append(str(SOCKET_DIR))
     except OSError:
         pass
-    return Prepared(account.uid, account.gid, groups, entries, tuple(chowned))
+    return Prepared(account.uid, account.gid, groups, entries, tuple(chowned), mode_was)
 
 
 def drop_to(account: RunAs, groups: tuple[int, ...]) -> None:

@@ -104,11 +104,13 @@ class Cluster:
         backoff_base: float = 10.0,
         backoff_cap: float = 300.0,
         agent_bin_dir: Path | None = None,
+        image: str | None = None,
         start: bool = True,
     ) -> None:
         """Describe the cluster from k8s/ (or `spec`) with test overrides; nothing runs yet.
 
         `start=False` creates no pod until `scale()` (replicas still describes the target).
+        `image` runs every pod as a podman container of that image instead of the host's agent.
         """
         base = spec if spec is not None else load_spec()
         self.spec = with_overrides(
@@ -129,6 +131,7 @@ class Cluster:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.agent_bin_dir = Path(agent_bin_dir) if agent_bin_dir else Path(sys.executable).parent
+        self.image = image
         self.replicas = self.sts.replicas if start else 0
         self._lock = threading.RLock()
         self._pods: dict[str, _PodRecord] = {}
@@ -256,7 +259,7 @@ class Cluster:
             pod_dir=self.run_dir / "pods" / name, log_path=self.run_dir / "logs" / f"{name}.log",
             stop_signal=self.sts.stop_signal, grace_period=self.sts.termination_grace_period,
             agent_bin_dir=self.agent_bin_dir, security=self.sts.security,
-            empty_dirs=self.sts.empty_dirs,
+            empty_dirs=self.sts.empty_dirs, image=self.image,
         )  # fmt: skip
         pod = Pod(template, register_pid=lambda pid: self.network.register_pid(pid, host))
         rec = _PodRecord(name=name, ordinal=ordinal, host=host, pod=pod, created_at=time.time())
@@ -502,9 +505,12 @@ class Cluster:
 
     def exec_in_pod(self, pod: str, argv: list[str], env: dict[str, str] | None = None,
                     user: str | None = None, timeout: float = 60.0,
-                    input_text: str | None = None) -> subprocess.CompletedProcess[str]:
-        """`kubectl exec`: run argv in the pod's namespaces with the container's environment."""
-        return self.pod(pod).exec(argv, env=env, user=user, timeout=timeout, input_text=input_text)
+                    input_text: str | None = None,
+                    privileged: bool = False) -> subprocess.CompletedProcess[str]:
+        """`kubectl exec`: run argv in the pod's namespaces with the container's environment
+        (`privileged`: without its securityContext, the node's view; see Pod.exec_argv)."""
+        return self.pod(pod).exec(argv, env=env, user=user, timeout=timeout, input_text=input_text,
+                                  privileged=privileged)
 
     def _psql_argv(self, sql: str, database: str = "postgres") -> list[str]:
         user = self.sts.env_for("", "").get("POSTGRES_USER", "postgres")

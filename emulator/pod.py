@@ -326,6 +326,8 @@ class PodTemplate:
     agent_bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
     security: SecurityContext | None = None
     empty_dirs: tuple[EmptyDir, ...] = ()
+    # A container image to run with podman instead of the host's agent (see emulator/podman.py).
+    image: str | None = None
 
     @property
     def fqdn(self) -> str:
@@ -355,12 +357,26 @@ class ContainerStatus:
 class Container:
     """One run of the pod's container: the shim process and the host PID of the pod's PID 1."""
 
-    def __init__(self, shim: subprocess.Popen[bytes], state_file: Path, status: ContainerStatus):
+    def __init__(self, shim: subprocess.Popen[bytes], state_file: Path, status: ContainerStatus,
+                 name: str | None = None, on_finish: Callable[[], None] | None = None):
         self.shim = shim
         self.state_file = state_file
         self.status = status
+        # The runtime's name for it (podman), None for the emulator's own shim.
+        self.name = name
+        self._on_finish = on_finish
         self._pidfd: int | None = None
         self._lock = threading.Lock()
+
+    def attach_pid(self, pid: int | None) -> None:
+        """Hold a pidfd on PID 1 as the runtime reported it (no PID-reuse races)."""
+        if pid is None:
+            return
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._pidfd = None
+        self.status.pid1 = pid
 
     def _attach(self, timeout: float) -> None:
         """Wait for the shim to report PID 1, then hold a pidfd on it (no PID-reuse races)."""
@@ -410,6 +426,8 @@ class Container:
             if self._pidfd is not None:
                 os.close(self._pidfd)
                 self._pidfd = None
+            if self._on_finish is not None:
+                self._on_finish()
 
     def send_signal(self, sig: int) -> bool:
         """Signal the pod's PID 1 through its pidfd; False if it is already gone."""
@@ -525,32 +543,72 @@ class Pod:
             raise PodError(f"{self.name}: container already running")
         restart = len(self.containers)
         state_file = self.t.pod_dir / f"container-{restart}.json"
-        plan_file = self.t.pod_dir / f"container-{restart}.plan.json"
         # A recreated pod reuses its directory: never read a previous incarnation's state.
         state_file.unlink(missing_ok=True)
-        # The plan holds the resolved secrets, as the kubelet's own state would: keep it private.
-        fd = os.open(plan_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self._plan(state_file), fh)
         with self.t.log_path.open("ab") as log:
             offset = log.tell()
             starts = self.t.log_path.with_name(self.t.log_path.name + ".starts")
             with starts.open("a") as fh:
                 fh.write(f"{restart} {offset}\n")
-            # A session of its own: a Ctrl-C at the terminal must not reach the pods directly.
-            shim = subprocess.Popen(
-                [*exec_prefix, sys.executable, "-I", str(Path(__file__).resolve()), str(plan_file)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd="/",
-            )
+            if self.t.image:
+                name, shim = self._spawn_podman(restart, log)
+            else:
+                name, shim = None, self._spawn_shim(restart, state_file, exec_prefix, log)
         self.register_pid(shim.pid)
         status = ContainerStatus(restart=restart, log_offset=offset, started_at=time.time())
-        container = Container(shim, state_file, status)
-        self.containers.append(container)
-        container._attach(_START_TIMEOUT)
+        if name is None:
+            container = Container(shim, state_file, status)
+            self.containers.append(container)
+            container._attach(_START_TIMEOUT)
+        else:
+            from emulator import podman
+
+            container = Container(shim, state_file, status, name=name,
+                                  on_finish=lambda: podman.remove(name))
+            self.containers.append(container)
+            container.attach_pid(podman.container_pid(name, _START_TIMEOUT * 3,
+                                                      running=lambda: shim.poll() is None))
         if container.pid1:
             self.register_pid(container.pid1)
         return container
+
+    def _spawn_shim(self, restart: int, state_file: Path, exec_prefix: list[str],
+                    log: Any) -> subprocess.Popen[bytes]:
+        plan_file = self.t.pod_dir / f"container-{restart}.plan.json"
+        # The plan holds the resolved secrets, as the kubelet's own state would: keep it private.
+        fd = os.open(plan_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self._plan(state_file), fh)
+        # A session of its own: a Ctrl-C at the terminal must not reach the pods directly.
+        return subprocess.Popen(
+            [*exec_prefix, sys.executable, "-I", str(Path(__file__).resolve()), str(plan_file)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd="/",
+        )
+
+    def _spawn_podman(self, restart: int, log: Any) -> tuple[str, subprocess.Popen[bytes]]:
+        from emulator import podman
+
+        t = self.t
+        assert t.image is not None
+        name = f"{t.netns}-{restart}"
+        podman.remove(name)  # a leftover of a crashed run of this very pod
+        env_file = t.pod_dir / f"container-{restart}.env"
+        # The image's own PATH, HOME and HOSTNAME apply: only the manifest's variables are passed.
+        podman.write_env_file(env_file, t.env)
+        namespace_file = t.pod_dir / "namespace"
+        namespace_file.write_text(t.namespace)
+        argv = podman.run_argv(
+            name=name, image=t.image, netns=t.netns, hostname=t.name, command=t.command,
+            env_file=env_file, volume_dir=t.volume_dir, mount_path=t.mount_path,
+            files=[(t.pod_dir / "resolv.conf", "/etc/resolv.conf"), (t.pod_dir / "hosts", "/etc/hosts"),
+                   (namespace_file, f"{SA_DIR}/namespace")],
+            security=t.security, empty_dirs=t.empty_dirs, stop_signal=int(t.stop_signal),
+            grace=t.grace_period,
+        )
+        shim = subprocess.Popen(argv, env=podman.podman_env(), stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, cwd="/")
+        return name, shim
 
     def running(self) -> bool:
         """True while the current container runs."""
@@ -570,15 +628,20 @@ class Pod:
         c = self.container
         return c is not None and c.send_signal(sig)
 
-    def exec_argv(self, argv: list[str], user: str | None = None) -> list[str]:
-        """Command line that runs `argv` inside the pod's namespaces (as `user`, default root)."""
+    def exec_argv(self, argv: list[str], user: str | None = None, privileged: bool = False) -> list[str]:
+        """Command line that runs `argv` inside the pod's namespaces (as `user`, default root).
+
+        `privileged` skips the container's securityContext: the node's view, for tests that must
+        see every process (like `kubectl debug node/...`), never what a pod's user gets.
+        """
         c = self.container
         if c is None or c.pid1 is None or not c.running():
             raise PodError(f"{self.name}: container is not running")
         cmd = ["nsenter", "-t", str(c.pid1), "-n", "-m", "-u", "-p", "--"]
         if user is None:
-            # kubectl exec and exec probes run with the container's securityContext.
-            cmd += security_prefix(self.t.security)
+            if not privileged:
+                # kubectl exec and exec probes run with the container's securityContext.
+                cmd += security_prefix(self.t.security)
         else:
             entry = pwd.getpwnam(user)
             cmd += ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}",
@@ -596,11 +659,22 @@ class Pod:
         return merged
 
     def exec(self, argv: list[str], env: dict[str, str] | None = None, user: str | None = None,
-             timeout: float = 60.0,
-             input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+             timeout: float = 60.0, input_text: str | None = None,
+             privileged: bool = False) -> subprocess.CompletedProcess[str]:
         """Run `argv` in the pod like `kubectl exec` (bounded by `timeout`; killed after it)."""
+        c = self.container
+        if self.t.image:
+            from emulator import podman
+
+            if c is None or c.name is None or not c.running():
+                raise PodError(f"{self.name}: container is not running")
+            cmd = podman.exec_argv(c.name, argv, env_keys=sorted(env or {}), user=user,
+                                   interactive=input_text is not None, privileged=privileged)
+            run_env = podman.podman_env(env)
+        else:
+            cmd, run_env = self.exec_argv(argv, user, privileged), self.exec_env(env, user)
         proc = subprocess.Popen(
-            self.exec_argv(argv, user), env=self.exec_env(env, user), cwd="/",
+            cmd, env=run_env, cwd="/",
             stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         )

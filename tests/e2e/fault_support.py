@@ -220,8 +220,9 @@ def scale_down_to(c: Cluster, replicas: int, timeout: float = 60) -> None:
 
 
 def proc_files(c: Cluster, name: str, what: str = "cmdline") -> dict[int, str]:
-    """pid -> /proc/<pid>/<what> of every process in the pod (NULs kept)."""
-    res = c.exec_in_pod(name, [sys.executable, "-I", "-c", _PROC_SCAN, what], timeout=20)
+    """pid -> /proc/<pid>/<what> of every process in the pod (NULs kept), seen from the node:
+    the container's root lacks CAP_SYS_PTRACE, so it cannot read postgres' environ."""
+    res = c.exec_in_pod(name, [sys.executable, "-I", "-c", _PROC_SCAN, what], timeout=20, privileged=True)
     if res.returncode != 0:
         return {}
     return {int(pid): text for pid, text in json.loads(res.stdout).items()}

@@ -32,7 +32,7 @@ from emulator.network import Network  # noqa: E402
 from emulator.waiting import wait_until  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-NSCLIENT = REPO / "tests" / "emulator" / "nsclient.py"
+NSCLIENT = REPO / "emulator" / "nsclient.py"
 VOL = "/var/lib/postgresql/data"
 SVC = "postgresql-svc.pg.svc.cluster.local"
 
@@ -135,8 +135,10 @@ def test_pod_is_a_container(cluster: Cluster) -> None:
     targets = {line.split()[0]: line for line in mounts.splitlines()}
     assert f"data-{pod}" in targets[VOL]
     assert "tmpfs" in targets["/run/postgresql"]
-    owner = cluster.exec_in_pod(pod, ["stat", "-c", "%U", "/var/run/postgresql"]).stdout.strip()
-    assert owner == "postgres"
+    # The manifest's read-only root gives postgres' socket directory an emptyDir: 0777 (with the
+    # setgid bit and fsGroup as its group, as the kubelet makes it).
+    mode = cluster.exec_in_pod(pod, ["stat", "-c", "%a %g", "/var/run/postgresql"]).stdout.split()
+    assert mode == ["2777", str(cluster.sts.security.fs_group)]
     env = dict(line.split("=", 1) for line in
                cluster.exec_in_pod(pod, ["cat", "/proc/1/environ"]).stdout.split("\0") if "=" in line)
     assert env["POD_NAME"] == pod and env["POD_NAMESPACE"] == "pg" and env["POD_IP"] == ip

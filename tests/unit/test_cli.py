@@ -155,7 +155,7 @@ def test_a_failure_with_a_child_that_cannot_be_stopped_ends_in_one_json_error_li
         raise CommandFailed("initdb failed with exit code 1: boom", hint="read it")
 
     monkeypatch.setattr(cli, "_prepare", prepare)
-    monkeypatch.setattr(cli, "_become_postgres", lambda _config, _runner: {})
+    monkeypatch.setattr(cli, "_become_postgres", lambda _config, _runner, _account, _logger: None)
     monkeypatch.setattr(bootstrap.Bootstrap, "run", failing_run)
     try:
         assert cli.main(["postgres"]) == 9
