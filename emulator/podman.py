@@ -105,6 +105,8 @@ def run_argv(*, name: str, image: str, netns: str, hostname: str, command: tuple
         f"--network=ns:/run/netns/{netns}", f"--hostname={hostname}", "--no-hosts", "--dns=none",
         f"--env-file={env_file}", f"--stop-signal={stop_signal}", f"--stop-timeout={max(1, int(grace))}",
         "--mount", f"type=bind,source={volume_dir},destination={mount_path}",
+        # Podman would add a passwd entry for an unknown --user; Kubernetes runtimes do not.
+        "--passwd=false",
     ]
     for source, target in files:
         argv += ["--mount", f"type=bind,source={source},destination={target},ro=true"]

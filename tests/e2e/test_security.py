@@ -35,10 +35,22 @@ PROBE_SCALE = 0.2
 START = 90.0
 
 
-def _cluster(overlay: str | None, **kwargs: object) -> Cluster:
+def _cluster(overlay: str | None, image: str | None = None, **kwargs: object) -> Cluster:
+    """The StatefulSet of k8s/ (or an overlay): the host's agent on Python 3.9, or `image` (podman)."""
     agent = PY39_BIN if (PY39_BIN / "pg-sfs-agent").exists() else None
-    return Cluster(spec=load_spec(overlay=overlay), probe_scale=PROBE_SCALE, backoff_base=1.0,
-                   backoff_cap=4.0, agent_bin_dir=agent, **kwargs)  # type: ignore[arg-type]
+    settings: dict[str, object] = {"probe_scale": PROBE_SCALE, "backoff_base": 1.0, "backoff_cap": 4.0}
+    settings.update(kwargs)
+    return Cluster(spec=load_spec(overlay=overlay), agent_bin_dir=agent, image=image,
+                   **settings)  # type: ignore[arg-type]
+
+
+def secured_cluster(overlay: str | None, image: str | None = None) -> Iterator[tuple[str | None, Cluster]]:
+    """Two members (primary and one replica) under the variant's securityContext, streaming."""
+    c = _cluster(overlay, image, replicas=2)
+    with c:
+        c.wait_ready(timeout=START)
+        c.wait_streaming(timeout=START, replicas=2)
+        yield overlay, c
 
 
 def _status_of_pid1(c: Cluster, name: str) -> dict[str, str]:
@@ -57,15 +69,13 @@ def _comm_of_pid1(c: Cluster, name: str) -> str:
     return res.stdout.strip()
 
 
-@pytest.fixture(scope="module", params=[None, "non-root", "openshift"], ids=["shipped", "non-root", "openshift"])
+VARIANTS = {"params": [None, "non-root", "openshift"], "ids": ["shipped", "non-root", "openshift"]}
+
+
+@pytest.fixture(scope="module", **VARIANTS)  # type: ignore[call-overload]
 def secured(request: pytest.FixtureRequest) -> Iterator[tuple[str | None, Cluster]]:
-    """Two members (primary and one replica) under the variant's securityContext, streaming."""
-    overlay = request.param
-    c = _cluster(overlay, replicas=2)
-    with c:
-        c.wait_ready(timeout=START)
-        c.wait_streaming(timeout=START, replicas=2)
-        yield overlay, c
+    """The host's agent under each variant (tests/container runs the same tests on the image)."""
+    yield from secured_cluster(request.param)
 
 
 def test_each_member_runs_postgres_unprivileged_as_the_manifest_says(
@@ -134,10 +144,15 @@ exit 3
 def test_a_failure_during_init_is_one_json_error_under_the_shipped_context() -> None:
     """The first real build's crash: the error path stopped a uid-999 server from root without
     CAP_KILL, and the pod printed a traceback (exit 1) at every start."""
+    check_failure_during_init(None)
+
+
+def check_failure_during_init(image: str | None) -> None:
+    """An initdb.d script fails while the temporary server runs: exit 9, one JSON error, no
+    traceback, nothing half-built in place."""
     # A long back-off: the first container's log is the one read, with no restart racing it.
-    c = Cluster(spec=load_spec(), replicas=1, no_probes=True, backoff_base=120.0, backoff_cap=120.0,
-                env={"PGSFS_INITDB_DIR": f"{VOL}/initdb.d"}, start=False,
-                agent_bin_dir=PY39_BIN if (PY39_BIN / "pg-sfs-agent").exists() else None)
+    c = _cluster(None, image, replicas=1, no_probes=True, backoff_base=120.0, backoff_cap=120.0,
+                 env={"PGSFS_INITDB_DIR": f"{VOL}/initdb.d"}, start=False)
     with c:
         volume = c.volume_dir(PRIMARY)
         (volume / "initdb.d").mkdir(parents=True)
@@ -145,13 +160,14 @@ def test_a_failure_during_init_is_one_json_error_under_the_shipped_context() -> 
         script.write_text(FAILING_SCRIPT)
         script.chmod(0o755)
         c.scale(1)
+
         def exited() -> bool:
             return PRIMARY in c.pod_names() and c.pod(PRIMARY).container is not None \
                 and not c.pod(PRIMARY).running()
 
         wait_until(exited, START, 0.1, "the primary's first container to exit")
         container = c.pod(PRIMARY).container
-        assert container is not None and container.status.exit_code == 9
+        assert container is not None and container.status.exit_code == 9, c.logs(PRIMARY)
         text = c.logs(PRIMARY)
         assert "Traceback" not in text
         events = log_events(c, PRIMARY)

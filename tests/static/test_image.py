@@ -280,6 +280,7 @@ def test_base_keeps_the_official_contract() -> None:
         "PG_MAJOR 14",
         "PATH $PATH:/usr/lib/postgresql/$PG_MAJOR/bin",
         "PG_VERSION 14.1",
+        "PGHOST /var/run/postgresql",
         "PGDATA /var/lib/postgresql/data",
     ]
     assert args["VOLUME"] == ["/var/lib/postgresql/data"]
