@@ -23,7 +23,7 @@ PG_MAJORS_DIR ?= .pg-majors
 MAJORS ?= 14 16 17 18
 
 .PHONY: help deps install lint test test-unit test-static test-integration test-e2e test-py39 \
-        test-lower-bounds test-majors test-container soak bench bench-quick demo cluster-up cluster-status cluster-down base-image image deploy logs clean e2e-clean
+        test-lower-bounds test-majors test-container soak bench bench-quick demo demo-image cluster-up cluster-status cluster-down base-image image deploy logs clean e2e-clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -104,6 +104,9 @@ bench-quick: deps $(VENV)/.done ## smoke run of the benchmarks (~3.5 min)
 
 demo: deps $(VENV)/.done ## bring up the 3-pod StatefulSet from k8s/ locally, show replication, tear down
 	$(VENV)/bin/python -m emulator demo
+
+demo-image: deps $(VENV)/.done image ## the same demo, each pod a podman container of the built image
+	$(VENV)/bin/python -m emulator demo --image localhost/$(IMAGE)
 
 cluster-up: deps $(VENV)/.done ## start the emulated cluster in the background
 	$(VENV)/bin/python -m emulator up

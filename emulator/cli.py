@@ -66,6 +66,10 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative-cache", action="store_true",
                    help="put a negative-caching resolver in front of BIND (like CoreDNS cache)")
     p.add_argument("--keep-volumes", action="store_true", help="keep the run directory at the end")
+    p.add_argument("--image", default=None, metavar="IMAGE",
+                   help="run every pod as a podman container of IMAGE (make image) instead of the host's agent")
+    p.add_argument("--overlay", default=None, metavar="NAME",
+                   help="the StatefulSet from k8s-overlays/NAME (non-root, openshift) instead of k8s/")
 
 
 def _cluster_from_args(args: argparse.Namespace) -> Cluster:
@@ -77,9 +81,11 @@ def _cluster_from_args(args: argparse.Namespace) -> Cluster:
         env[name] = value
     agent_bin = args.agent_venv / "bin" if args.agent_venv else None
     return Cluster(
+        spec=load_spec(overlay=args.overlay),
         replicas=args.replicas, policy=args.policy, probe_scale=args.probe_scale,
         grace_period=args.grace, backoff_base=args.backoff, env=env or None,
         agent_bin_dir=agent_bin, negative_cache=args.negative_cache, keep_volumes=args.keep_volumes,
+        image=args.image,
     )  # fmt: skip
 
 

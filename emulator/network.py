@@ -288,6 +288,10 @@ class Network:
                     stale.add(m.group(1))
             for prefix in sorted(stale):
                 theirs = [ns for ns in namespaces if ns.startswith(f"{prefix}-")]
+                # Podman containers of a dead run are named after its namespaces (emulator/podman.py).
+                from .podman import remove_named_after
+
+                remove_named_after(prefix)
                 nsx.sweep_netns(theirs, grace)
                 for ns in theirs:
                     nsx.ip("netns", "delete", ns, check=False)

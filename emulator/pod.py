@@ -290,8 +290,9 @@ def apply_fs_group(volume: Path, gid: int, policy: str) -> int:
     if policy == "OnRootMismatch" and st.st_gid == gid and (st.st_mode & 0o2070) == 0o2070:
         return 0
     changed = 0
-    for dirpath, dirnames, filenames in os.walk(volume):
-        for name in [".", *dirnames, *filenames]:
+    # Each directory is visited as "." of its own walk step, so only files are listed by name.
+    for dirpath, _dirnames, filenames in os.walk(volume):
+        for name in [".", *filenames]:
             full = dirpath if name == "." else os.path.join(dirpath, name)
             info = os.lstat(full)
             if os.path.islink(full):

@@ -151,3 +151,15 @@ def remove(name: str) -> None:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         subprocess.run(["podman", "rm", "--force", "--time=0", "--ignore", name], env=podman_env(),
                        capture_output=True, check=False, timeout=60)
+
+
+def remove_named_after(prefix: str) -> list[str]:
+    """Remove the containers an emulator run named `prefix` left (names `<prefix>-<pod>-<n>`)."""
+    if not available():
+        return []
+    res = subprocess.run(["podman", "ps", "--all", "--format", "{{.Names}}"], env=podman_env(),
+                         capture_output=True, text=True, check=False, timeout=60)
+    names = [n for n in res.stdout.split() if n.startswith(f"{prefix}-")]
+    for name in names:
+        remove(name)
+    return names

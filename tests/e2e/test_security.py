@@ -28,7 +28,8 @@ for _tool in ("ip", "nsenter", "named", "setpriv"):
 from emulator.controller import Cluster  # noqa: E402
 from emulator.manifests import load_spec  # noqa: E402
 from emulator.waiting import wait_until  # noqa: E402
-from tests.e2e.cluster_support import PRIMARY, PY39_BIN, log_events, pod, the_event  # noqa: E402
+from tests.e2e.cluster_support import PRIMARY, PY39_BIN, agent_events, log_events, pod, the_event  # noqa: E402
+from tests.e2e.fault_support import runs  # noqa: E402
 
 VOL = "/var/lib/postgresql/data"
 PROBE_SCALE = 0.2
@@ -150,7 +151,7 @@ def test_a_failure_during_init_is_one_json_error_under_the_shipped_context() -> 
 def check_failure_during_init(image: str | None) -> None:
     """An initdb.d script fails while the temporary server runs: exit 9, one JSON error, no
     traceback, nothing half-built in place."""
-    # A long back-off: the first container's log is the one read, with no restart racing it.
+    # The first restart is immediate (as the kubelet's); the first container is the one checked.
     c = _cluster(None, image, replicas=1, no_probes=True, backoff_base=120.0, backoff_cap=120.0,
                  env={"PGSFS_INITDB_DIR": f"{VOL}/initdb.d"}, start=False)
     with c:
@@ -161,16 +162,17 @@ def check_failure_during_init(image: str | None) -> None:
         script.chmod(0o755)
         c.scale(1)
 
-        def exited() -> bool:
-            return PRIMARY in c.pod_names() and c.pod(PRIMARY).container is not None \
-                and not c.pod(PRIMARY).running()
+        def first_exited() -> bool:
+            if PRIMARY not in c.pod_names() or not c.pod(PRIMARY).containers:
+                return False
+            return not c.pod(PRIMARY).containers[0].running()
 
-        wait_until(exited, START, 0.1, "the primary's first container to exit")
-        container = c.pod(PRIMARY).container
-        assert container is not None and container.status.exit_code == 9, c.logs(PRIMARY)
-        text = c.logs(PRIMARY)
+        wait_until(first_exited, START, 0.1, "the primary's first container to exit")
+        first = c.pod(PRIMARY).containers[0]
+        text = runs(c, PRIMARY)[0]
+        assert first.status.exit_code == 9, text
         assert "Traceback" not in text
-        events = log_events(c, PRIMARY)
+        events = agent_events(text)
         last = events[-1]
         assert last["event"] == "command_failed" and last["exit_code"] == 9, last
         assert "10-fail.sh" in last["error"]
