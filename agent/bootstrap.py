@@ -15,7 +15,13 @@ from typing import Any, Callable
 
 from agent import discovery, replication
 from agent.config import Config
-from agent.errors import AgentError, CommandFailed, PrimaryVolumeLost, SystemIdentifierMismatch
+from agent.errors import (
+    AgentError,
+    CommandFailed,
+    NoRoomToMoveAside,
+    PrimaryVolumeLost,
+    SystemIdentifierMismatch,
+)
 from agent.files import fix_tree_ownership, fsync_dir, write_atomic
 from agent.heartbeat import Heartbeat
 from agent.pgdata import WORK_MARKER, DataDirState, inspect, work_dir_for
@@ -400,11 +406,20 @@ class Bootstrap:
 
     def ensure_slot(self, address: str) -> None:
         """The replica's own physical slot on the primary, so the primary keeps its WAL."""
+        import psycopg
+
         started = self.world.clock()
-        created = self.world.ensure_slot(
-            self._endpoint(self.config.primary_fqdn, address), self.config.identity.slot_name
-        )
-        self._phase("slot_ready", started, slot=self.config.identity.slot_name, created=created)
+        slot = self.config.identity.slot_name
+        try:
+            created = self.world.ensure_slot(self._endpoint(self.config.primary_fqdn, address), slot)
+        except psycopg.Error as exc:
+            raise CommandFailed(
+                f"could not prepare replication slot {slot} on the primary: {' '.join(str(exc).split())}",
+                hint="the slot is still held by another connection or the primary refused; the next start "
+                "tries again; see the primary's log",
+                slot=slot,
+            ) from exc
+        self._phase("slot_ready", started, slot=slot, created=created)
 
     def write_passfile(self) -> Path:
         """The 0600 passfile primary_conninfo and pg_basebackup read: never the password inline."""
@@ -531,15 +546,32 @@ class Bootstrap:
             status = "unknown"
         self._phase("primary_check", started, system_identifier=str(info.system_identifier), slot_status=status)
         if status == "lost":
-            self.reclone_after_lost_slot(endpoint)
+            self.reclone_after_lost_slot()
             return True
         if status is None:
             self.ensure_slot(address)
         return False
 
-    def reclone_after_lost_slot(self, endpoint: replication.Endpoint) -> None:
-        """The primary removed WAL this replica needs: move its data aside, drop the slot, clone again."""
+    def reclone_after_lost_slot(self) -> None:
+        """The primary removed WAL this replica needs: move its data aside and clone again.
+
+        Only when the volume has room for both the moved-aside data and a new copy (the data is
+        never deleted); the clone then drops and recreates the invalidated slot. A crash at any
+        point leaves either the old data in place (this runs again) or an empty PGDATA (a clone).
+        """
         slot = self.config.identity.slot_name
+        needed, free = reclone_room(self.pgdata)
+        if needed > free:
+            raise NoRoomToMoveAside(
+                f"slot {slot} was invalidated (the primary removed WAL this replica still needed), so it "
+                f"must clone again; its data stays and a new copy needs about {needed // 1048576} MB, but "
+                f"the volume has {free // 1048576} MB free. PGDATA was not touched",
+                hint="grow the PersistentVolumeClaim, or, if this replica's data is not needed (the primary "
+                "has everything it had), delete the PVC (or move PGDATA away) so the pod clones afresh",
+                slot=slot,
+                needed_mb=needed // 1048576,
+                free_mb=free // 1048576,
+            )
         aside = self.pgdata.with_name(f"{self.pgdata.name}.slot-invalidated-{time.strftime('%Y%m%dT%H%M%S')}")
         os.rename(self.pgdata, aside)
         fsync_dir(self.pgdata.parent)
@@ -550,8 +582,8 @@ class Bootstrap:
             note="the primary dropped WAL this replica still needed (max_slot_wal_keep_size); cloning again. "
             "Delete the moved-aside copy once you no longer need it",
         )
-        replication.drop_slot(endpoint, slot)
         self.clone_replica()
+
 
     # -- configuration and exec -------------------------------------------------------------
     def write_config(self, datadir: Path, *, standby: bool) -> None:
@@ -625,3 +657,11 @@ def exec_postgres(args: list[str], account: RunAs | None) -> None:
         for name in NSS_VARIABLES:
             env.pop(name, None)
     os.execvpe("postgres", ["postgres", *args], env)
+
+
+def reclone_room(pgdata: Path, margin: int = 64 * 1048576) -> tuple[int, int]:
+    """Bytes a new clone beside the moved-aside data needs (about the old data's size, plus a
+    margin for WAL written meanwhile), and bytes free on PGDATA's volume."""
+    size = sum(f.lstat().st_size for f in pgdata.rglob("*") if f.is_file() and not f.is_symlink())
+    st = os.statvfs(pgdata.parent)
+    return size + margin, st.f_bavail * st.f_frsize

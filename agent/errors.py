@@ -88,6 +88,13 @@ class SecretInArgv(AgentError):
     event = "secret_in_argv_refused"
 
 
+class NoRoomToMoveAside(AgentError):
+    """Data that must make way cannot be moved aside: the volume has no room for it and a new copy."""
+
+    exit_code = 11
+    event = "no_room_to_move_aside"
+
+
 class Interrupted(BaseException):
     """SIGINT or SIGTERM arrived; carries the exit code 128 + signum (130, 143)."""
 

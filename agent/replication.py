@@ -132,11 +132,40 @@ def identify_system(endpoint: Endpoint, timeout: float = 3.0) -> SystemInfo:
         )
 
 
+# A slot's wal_status is NULL until it reserves WAL (created without RESERVE_WAL); ours always do.
+NOT_RESERVED = "not_reserved"
+LOST = "lost"
+KEEP, CREATE, RECREATE = "keep", "create", "recreate"
+
+
+def slot_step(status: str | None) -> str:
+    """What a replica about to clone does with its slot on the primary, given the slot's wal_status.
+
+    Missing: create it. Invalidated (`lost`) or never reserving WAL: its restart point is gone or
+    was never set, so pg_basebackup could not stream from it: drop and create it. Anything else
+    (reserved, extended, unreserved) still holds WAL from its restart point: keep it.
+    """
+    if status is None:
+        return CREATE
+    if status in (LOST, NOT_RESERVED):
+        return RECREATE
+    return KEEP
+
+
 def ensure_slot(endpoint: Endpoint, slot: str, timeout: float = 5.0) -> bool:
-    """Create the physical slot (reserving WAL) unless it exists; True when it was created."""
+    """Make the physical slot usable for a new clone (reserving WAL); True when it was (re)created.
+
+    An invalidated slot left from before is dropped and created again; a walsender of this pod's
+    previous container that still holds it is ended first (it is the same role's own backend).
+    """
     import psycopg
     from psycopg import errors
 
+    step = slot_step(slot_status(endpoint, slot, timeout))
+    if step == KEEP:
+        return False
+    if step == RECREATE:
+        drop_slot(endpoint, slot, timeout)
     with psycopg.connect(**endpoint.connect_kwargs(timeout)) as conn:
         try:
             conn.execute(f"CREATE_REPLICATION_SLOT {slot} PHYSICAL RESERVE_WAL")
@@ -145,28 +174,53 @@ def ensure_slot(endpoint: Endpoint, slot: str, timeout: float = 5.0) -> bool:
     return True
 
 
-def slot_status(endpoint: Endpoint, slot: str, timeout: float = 5.0) -> str | None:
-    """The slot's wal_status on the primary (`lost` once invalidated), or None when it is missing.
-
-    A plain SQL connection as the replication role: pg_replication_slots is readable by everyone,
-    and this works on PostgreSQL 13 and later (READ_REPLICATION_SLOT needs 15).
-    """
-    import psycopg
-
+def _sql_kwargs(endpoint: Endpoint, timeout: float) -> dict[str, Any]:
+    """A plain SQL connection as the replication role (pg_replication_slots is readable by all)."""
     kwargs = endpoint.connect_kwargs(timeout)
     kwargs.pop("replication")
     kwargs["dbname"] = "postgres"
-    with psycopg.connect(**kwargs) as conn:
+    return kwargs
+
+
+def slot_status(endpoint: Endpoint, slot: str, timeout: float = 5.0) -> str | None:
+    """The slot's wal_status on the primary (`lost` once invalidated, `not_reserved` when it never
+    reserved WAL), or None when it is missing. Works on PostgreSQL 13 and later."""
+    import psycopg
+
+    with psycopg.connect(**_sql_kwargs(endpoint, timeout)) as conn:
         row = conn.execute("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
-    return None if row is None else str(row[0])
+    if row is None:
+        return None
+    return NOT_RESERVED if row[0] is None else str(row[0])
 
 
 def drop_slot(endpoint: Endpoint, slot: str, timeout: float = 5.0) -> None:
-    """Drop a physical slot (an invalidated one cannot be used again)."""
+    """Drop a physical slot, ending a lingering walsender of ours that still holds it.
+
+    Called only from this pod's agent, before its own postgres runs: a walsender active on this
+    pod's slot can only be a leftover of its previous container, waiting for wal_sender_timeout.
+    """
     import psycopg
 
-    with psycopg.connect(**endpoint.connect_kwargs(timeout)) as conn:
-        conn.execute(f"DROP_REPLICATION_SLOT {slot}")
+    with psycopg.connect(**_sql_kwargs(endpoint, timeout)) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s AND active",
+            (slot,),
+        )
+    from psycopg import errors
+    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+    def drop() -> None:
+        with psycopg.connect(**endpoint.connect_kwargs(timeout)) as conn:
+            conn.execute(f"DROP_REPLICATION_SLOT {slot}")
+
+    # The ended walsender takes a moment to release the slot: retry "in use", for a bounded time.
+    Retrying(
+        retry=retry_if_exception_type(errors.ObjectInUse),
+        wait=wait_fixed(0.2),
+        stop=stop_after_delay(timeout * 2),
+        reraise=True,
+    )(drop)
 
 
 @dataclass(frozen=True)

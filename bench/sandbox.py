@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from bench.common import NAMESPACE, POD_SH, PORT, PORT_NAME, REPLICATION_PASSWORD, REPLICATION_USER, fqdn
+from bench.common import NAMESPACE, POD_SH, PORT, PORT_NAME, REPLICATION_PASSWORD, REPLICATION_USER, VENV_BIN, fqdn
 from emulator.dns import ClusterDNS
 from emulator.network import Host, Network
 
@@ -93,11 +93,11 @@ class Sandbox:
 
     def argv(self, host: Host, argv: Sequence[str]) -> list[str]:
         """The command line that runs `argv` in the pod (new mount namespace, private socket dir)."""
-        return self.network.exec_argv(host, [str(POD_SH), *argv])
+        return self.network.exec_argv(host, _in_pod(argv))
 
     def spawn(self, host: Host, argv: Sequence[str], env: Mapping[str, str], log: Path) -> subprocess.Popen[Any]:
         """Start `argv` in the pod, output appended to `log`; killed by PID at close at the latest."""
-        return self.network.spawn(host, [str(POD_SH), *argv], log=log, env=dict(env))
+        return self.network.spawn(host, _in_pod(argv), log=log, env=dict(env))
 
     def run(
         self, host: Host, argv: Sequence[str], env: Mapping[str, str], timeout: float = 120.0
@@ -129,6 +129,17 @@ class Sandbox:
 
 
 # ---------------------------------------------------------------------------- pollers (client side)
+
+
+def _in_pod(argv: Sequence[str]) -> list[str]:
+    """argv as a pod of the shipped manifest runs it, for the agent and the floors alike: the
+    container's capabilities and no_new_privs, the interpreter readable by postgres as in the image."""
+    from emulator import hostroot
+    from emulator.manifests import REPO_ROOT, shipped_security
+    from emulator.pod import security_prefix
+
+    exposed = [os.path.realpath(VENV_BIN / "python"), str(VENV_BIN.parent), str(REPO_ROOT)]
+    return [str(POD_SH), *hostroot.wrap([*security_prefix(shipped_security()), *argv], exposed)]
 
 
 def replication_ready(

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from emulator.controller import Cluster
 from emulator.manifests import with_overrides
+from emulator.pod import PodError
 from emulator.waiting import wait_until
 from tests.e2e.cluster_support import agent_events, pod
 
@@ -222,7 +223,10 @@ def scale_down_to(c: Cluster, replicas: int, timeout: float = 60) -> None:
 def proc_files(c: Cluster, name: str, what: str = "cmdline") -> dict[int, str]:
     """pid -> /proc/<pid>/<what> of every process in the pod (NULs kept), seen from the node:
     the container's root lacks CAP_SYS_PTRACE, so it cannot read postgres' environ."""
-    res = c.exec_in_pod(name, [sys.executable, "-I", "-c", _PROC_SCAN, what], timeout=20, privileged=True)
+    try:
+        res = c.exec_in_pod(name, [sys.executable, "-I", "-c", _PROC_SCAN, what], timeout=20, privileged=True)
+    except PodError:
+        return {}  # the container ended between listing the pods and this look: nothing to see
     if res.returncode != 0:
         return {}
     return {int(pid): text for pid, text in json.loads(res.stdout).items()}

@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from agent import probe, replication
@@ -209,3 +210,73 @@ def test_data_of_another_major_is_refused(volume_root: Path, direction: str) -> 
     else:
         _initdb_with(PG_BIN, volume_root / "pgdata")
         _assert_refused(volume_root, other, other_major, MAJOR)
+
+
+def _invalidate(port: int, slot: str) -> None:
+    """Make `slot` lose its WAL: a tiny max_slot_wal_keep_size, a few segment switches, a checkpoint."""
+    with connect(port) as conn:
+        # wal_keep_size (the agent's 1GB default) would keep the slot's WAL on its own.
+        conn.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        conn.execute("ALTER SYSTEM SET wal_keep_size = 0")
+        conn.execute("SELECT pg_reload_conf()")
+        conn.execute("CREATE TABLE IF NOT EXISTS wal_filler(v text)")
+        try:
+            for _ in range(4):
+                conn.execute("INSERT INTO wal_filler SELECT repeat('x', 1000) FROM generate_series(1, 2000)")
+                conn.execute("SELECT pg_switch_wal()")
+                conn.execute("CHECKPOINT")
+                if replication.slot_status(_endpoint(port), slot) == replication.LOST:
+                    return
+        finally:
+            conn.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+            conn.execute("ALTER SYSTEM RESET wal_keep_size")
+            conn.execute("SELECT pg_reload_conf()")
+    raise AssertionError(f"slot {slot} was not invalidated")
+
+
+def test_a_lost_or_unreserved_slot_is_recreated_before_a_clone(primary: Any) -> None:
+    endpoint = _endpoint(primary.port)
+    assert replication.ensure_slot(endpoint, "versions_lost") is True
+    _invalidate(primary.port, "versions_lost")
+    # The clone path used to accept the lost slot as it was (pg_basebackup then cannot use it).
+    assert replication.ensure_slot(endpoint, "versions_lost") is True
+    assert replication.slot_status(endpoint, "versions_lost") == "reserved"
+    replication.drop_slot(endpoint, "versions_lost")
+
+    # A slot that never reserved WAL has wal_status NULL: reported as such, never as "None".
+    with psycopg.connect(**endpoint.connect_kwargs(5.0)) as conn:
+        conn.execute("CREATE_REPLICATION_SLOT versions_bare PHYSICAL")
+    assert replication.slot_status(endpoint, "versions_bare") == replication.NOT_RESERVED
+    assert replication.ensure_slot(endpoint, "versions_bare") is True
+    assert replication.slot_status(endpoint, "versions_bare") == "reserved"
+    replication.drop_slot(endpoint, "versions_bare")
+
+
+@pytest.mark.pg_binaries("pg_receivewal")
+def test_dropping_a_slot_ends_the_walsender_that_lingers_on_it(primary: Any, tmp_path: Path) -> None:
+    """A replica's previous container left its walsender holding the slot: drop it anyway."""
+    endpoint = _endpoint(primary.port)
+    replication.ensure_slot(endpoint, "versions_held")
+    # pg_receivewal streaming from the slot is what a replica's walsender looks like to the primary.
+    wal_dir = tmp_path / "received"
+    wal_dir.mkdir()
+    holder = subprocess.Popen(
+        ["pg_receivewal", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "replicator", "-S", "versions_held",
+         "-D", str(wal_dir), "-n", "-w"],
+        env=dict(os.environ, PGPASSWORD=REPLICATION_PASSWORD), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: _slot_active(primary.port, "versions_held"), 10, "the slot to be active")
+        replication.drop_slot(endpoint, "versions_held", timeout=5.0)
+        assert holder.wait(timeout=10) != 0  # its walsender was ended under it
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait()
+    assert replication.slot_status(endpoint, "versions_held") is None
+
+
+def _slot_active(port: int, slot: str) -> bool:
+    with connect(port) as conn:
+        row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+    return bool(row and row[0])

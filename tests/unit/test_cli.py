@@ -187,3 +187,21 @@ def test_an_unexpected_error_is_one_json_line_without_traceback(
     [line] = [json.loads(x) for x in err.splitlines()]
     assert line["event"] == "unexpected_error" and "nobody planned this" in line["error"]
     assert line["where"].startswith("test_cli.py:")
+
+
+def test_readme_exit_code_table_matches_the_error_classes() -> None:
+    """Every AgentError subclass has its row (code and event) in README's table, and nothing else."""
+    import re
+
+    from agent import errors
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = {(int(code), event) for code, event in re.findall(r"^\| (\d+) \| `([a-z_]+)` \|", table, re.M)}
+    classes = {(cls.exit_code, cls.event) for cls in vars(errors).values()
+               if isinstance(cls, type) and issubclass(cls, errors.AgentError) and cls is not errors.AgentError}
+    assert classes <= rows, classes - rows
+    documented_extra = rows - classes
+    assert documented_extra == {(1, "unexpected_error")}, documented_extra
+    codes = [code for code, _ in classes]
+    assert len(codes) == len(set(codes)), "one exit code per failure"
