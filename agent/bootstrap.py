@@ -278,7 +278,13 @@ class Bootstrap:
         server = TempServer(self.world.runner, datadir, sockdir, self.config.port, self.config.superuser)
         server.logfile = logfile
         try:
-            server.start()
+            server.start(
+                on_poll=self.world.beat,
+                on_progress=lambda elapsed, last: self.log.info(
+                    "temporary_server_wait", elapsed_s=elapsed, last_log=last,
+                    note="still starting (crash recovery can take long); the startup probe stays green",
+                ),
+            )
             yield server
             server.stop()
         finally:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, Callable
 
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
+from tenacity import Retrying, retry_if_exception, stop_after_delay, stop_never, wait_fixed
 
 from agent.config import SECRET_VARIABLES
 from agent.errors import CommandFailed
@@ -24,6 +24,12 @@ from agent.runner import Runner
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)")
 _PROGRESS = re.compile(r"(\d+)/(\d+) kB \((\d+)%\)")
 PROGRESS_INTERVAL = 5.0
+# The temporary server's pg_hba.conf: only its private socket directory reaches it.
+TEMP_SERVER_HBA = (
+    "# pg-sfs-agent's temporary server: reachable only through its private 0700 socket directory\n"
+    "local all all trust\n"
+)
+TEMP_SERVER_PROGRESS = 60.0
 
 
 def child_env(extra: Mapping[str, str] | None = None, *, keep_secrets: bool = False) -> dict[str, str]:
@@ -96,8 +102,22 @@ class TempServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.logfile = datadir.parent / "temporary-server.log"
 
-    def start(self, timeout: float = 60.0) -> None:
-        """Start it and wait until it accepts connections."""
+    def start(
+        self,
+        timeout: float | None = None,
+        on_poll: Callable[[], None] = lambda: None,
+        on_progress: Callable[[float, str], None] = lambda _elapsed, _last: None,
+    ) -> None:
+        """Start it and wait until it accepts connections: for as long as its crash recovery takes
+        (`timeout` None) while the process lives, beating `on_poll` and reporting every minute."""
+        hba = self.sockdir / "pg_hba.conf"
+        # Its own hba file: trust on the private 0700 socket directory only, whatever the cluster's
+        # pg_hba.conf says (a user who hardened local auth must not lock the agent out).
+        hba.write_text(TEMP_SERVER_HBA)
+        os.chmod(hba, 0o600)
+        if os.geteuid() == 0:  # in-process use as root (tests): the server's user must read it
+            owner = os.stat(self.sockdir)
+            os.chown(hba, owner.st_uid, owner.st_gid)
         argv = [
             "postgres",
             "-D",
@@ -108,31 +128,42 @@ class TempServer:
             f"unix_socket_directories={self.sockdir}",
             "-c",
             f"port={self.port}",
+            "-c",
+            f"hba_file={hba}",
         ]
         with open(self.logfile, "ab") as log:
             self.proc = self.runner.spawn(argv, env=child_env(), stdout=log, stderr=log)
         import psycopg
 
+        started = time.monotonic()
+        reported = started
+
         def connect() -> None:
+            nonlocal reported
+            on_poll()
             if self.proc is not None and self.proc.poll() is not None:
                 raise CommandFailed(
                     f"the temporary server exited with code {self.proc.returncode}: {_tail(self.logfile.read_bytes())}",
                     hint="read the server's message; a full volume or a bad setting in POSTGRES_INITDB_ARGS ends here",
                 )
+            now = time.monotonic()
+            if now - reported >= TEMP_SERVER_PROGRESS:
+                reported = now
+                on_progress(round(now - started, 1), _tail(self.logfile.read_bytes(), 300))
             with psycopg.connect(**self.conninfo("postgres"), connect_timeout=2):
                 pass
 
         def not_up_yet(exc: BaseException) -> bool:
             # Only "not there yet" is worth waiting for; a real error (bad role) is raised at once.
             text = str(exc).lower()
-            return isinstance(exc, psycopg.OperationalError) and (
-                "no such file" in text or "starting up" in text or "connection refused" in text
+            return isinstance(exc, psycopg.OperationalError) and any(
+                phrase in text for phrase in ("no such file", "starting up", "connection refused", "not yet accepting")
             )
 
         retrying = Retrying(
             retry=retry_if_exception(not_up_yet),
             wait=wait_fixed(0.01),
-            stop=stop_after_delay(timeout),
+            stop=stop_after_delay(timeout) if timeout is not None else stop_never,
             reraise=True,
         )
         retrying(connect)

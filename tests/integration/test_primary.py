@@ -158,3 +158,28 @@ def test_config_errors_are_all_reported_before_anything_is_touched(volume_root: 
         assert name in problems
     assert REPLICATION_PASSWORD not in done.stderr
     assert list(volume_root.iterdir()) == []
+
+
+def test_rotation_works_when_the_user_hardened_local_auth(volume_root: Path) -> None:
+    """The temporary server brings its own hba file: `local all all scram-sha-256` in the cluster's
+    pg_hba.conf (below the managed block) used to end every primary start with exit 1."""
+    port = free_port()
+    env = pod_env(volume_root, 0, port)
+    with agent_postgres(env, volume_root / "first.log"):
+        pass
+    hba = volume_root / "pgdata" / "pg_hba.conf"
+    text = hba.read_text()
+    hardened = "\n".join(
+        line.replace("trust", "scram-sha-256") if line.startswith("local") else line for line in text.splitlines()
+    )
+    local_lines = [line for line in hardened.splitlines() if line.startswith("local")]
+    assert hardened != text and local_lines and not any("trust" in line for line in local_lines)
+    hba.write_text(hardened + "\n")
+    rotated = dict(env, POSTGRES_PASSWORD="hardened su pw")
+    with agent_postgres(rotated, volume_root / "second.log") as server:
+        events = [line["event"] for line in server.agent_log()]
+        assert "passwords_applied" in events, events
+        with connect(server.port, password="hardened su pw") as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    # The cluster's own pg_hba.conf is as the user left it (below the managed block).
+    assert [line for line in hba.read_text().splitlines() if line.startswith("local")] == local_lines
