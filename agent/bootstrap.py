@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import discovery, replication
+from agent import builddir, discovery, replication
 from agent.config import Config
 from agent.errors import (
     AgentError,
@@ -24,7 +24,7 @@ from agent.errors import (
 )
 from agent.files import fix_tree_ownership, fsync_dir, write_atomic
 from agent.heartbeat import Heartbeat
-from agent.pgdata import WORK_MARKER, DataDirState, inspect, work_dir_for
+from agent.pgdata import DataDirState, inspect, work_dir_for
 from agent.plan import (
     CLONE,
     INIT,
@@ -155,13 +155,10 @@ class Bootstrap:
     def remove_leftover(self, path: Path) -> None:
         """Remove an unfinished init or clone that is provably ours (never used, never started)."""
         started = self.world.clock()
-        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
-        shutil.rmtree(path)
-        fsync_dir(path.parent)
+        size = builddir.discard(path)
         self._phase("leftover_removed", started, path=str(path), size_mb=round(size / 1048576, 1))
 
     def _start_work(self, kind: str) -> Path:
-        self._mkdir_owned(self.work)
         marker = {
             "kind": kind,
             "pgdata": str(self.pgdata),
@@ -169,16 +166,14 @@ class Bootstrap:
             "pid": os.getpid(),
             "started": time.time(),
         }
-        write_atomic(self.work / WORK_MARKER, json.dumps(marker), mode=0o600, owner=self.owner)
-        return self.work / "data"
+        return builddir.create(self.pgdata, marker, self.owner) / "data"
 
     def _move_into_place(self, built: Path) -> None:
         started = self.world.clock()
         # rename(2) atomically replaces a missing or empty PGDATA; then make the rename durable.
         os.rename(built, self.pgdata)
         fsync_dir(self.pgdata.parent)
-        shutil.rmtree(self.work)
-        fsync_dir(self.pgdata.parent)
+        builddir.discard(self.work)
         self._phase("moved_into_place", started, pgdata=str(self.pgdata))
 
     # -- primary ----------------------------------------------------------------------------

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 WORK_SUFFIX = ".pgsfs-work"
+# Names only the agent gives (see builddir.py): a work directory being made, and one being deleted.
+STAGING_SUFFIX = ".pgsfs-new"
+TOMBSTONE_SUFFIX = ".pgsfs-discard"
 WORK_MARKER = "pg-sfs-agent-work.json"
 
 
@@ -49,6 +52,16 @@ def work_dir_for(pgdata: Path) -> Path:
     return pgdata.with_name(pgdata.name + WORK_SUFFIX)
 
 
+def staging_dir_for(pgdata: Path) -> Path:
+    """Where a work directory is made with its marker before it gets its name."""
+    return pgdata.with_name(pgdata.name + STAGING_SUFFIX)
+
+
+def tombstone_for(pgdata: Path) -> Path:
+    """The name a work directory takes before it is deleted."""
+    return pgdata.with_name(pgdata.name + TOMBSTONE_SUFFIX)
+
+
 def read_system_identifier(pgdata: Path) -> int | None:
     """The cluster's system identifier: the first 8 bytes of global/pg_control."""
     try:
@@ -61,8 +74,26 @@ def read_system_identifier(pgdata: Path) -> int | None:
     return int(struct.unpack("<Q", head)[0])
 
 
+def _real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
 def read_leftover(pgdata: Path) -> Leftover | None:
-    """The work directory beside PGDATA, if any; ours only when its marker names this PGDATA."""
+    """An unfinished build beside PGDATA, if any, and whether it is provably ours.
+
+    A tombstone is ours by its name (only discarding gives it); a staging directory when it holds
+    nothing but our marker; a work directory when its marker names this PGDATA.
+    """
+    tombstone = tombstone_for(pgdata)
+    if tombstone.exists() or tombstone.is_symlink():
+        return Leftover(path=str(tombstone), kind="discarded", ours=_real_dir(tombstone))
+    staging = staging_dir_for(pgdata)
+    if staging.exists() or staging.is_symlink():
+        try:
+            names = set(os.listdir(staging)) if _real_dir(staging) else {"(not a directory)"}
+        except OSError:
+            names = {"(unreadable)"}
+        return Leftover(path=str(staging), kind="staging", ours=names <= {WORK_MARKER, f".{WORK_MARKER}.tmp"})
     work = work_dir_for(pgdata)
     if not work.exists():
         return None

@@ -18,7 +18,7 @@ from pathlib import Path
 from agent.config import Config
 from agent.errors import DataDirConflict
 from agent.files import fix_tree_ownership
-from agent.pgdata import work_dir_for
+from agent.pgdata import staging_dir_for, tombstone_for, work_dir_for
 from agent.runner import RunAs
 
 POSTGRES_USER_NAME = "postgres"
@@ -103,7 +103,8 @@ def prepare_as_root(config: Config, account: RunAs) -> Prepared:
         state_dir.mkdir(mode=0o700, parents=True)
         os.chown(state_dir, account.uid, -1)
     os.chmod(state_dir, 0o700)
-    for tree in (config.pgdata, work_dir_for(config.pgdata)):
+    builds = (work_dir_for(config.pgdata), staging_dir_for(config.pgdata), tombstone_for(config.pgdata))
+    for tree in (config.pgdata, *builds):
         # A symlink is followed by neither chown walk: PGDATA must be a real directory.
         if tree.is_dir() and not tree.is_symlink():
             entries += fix_tree_ownership(tree, *owner)
