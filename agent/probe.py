@@ -28,6 +28,16 @@ def _state_dir(env: Mapping[str, str]) -> Path:
     return Path(env.get("PGSFS_STATE_DIR") or str(_pgdata(env).parent / ".pg-sfs-agent"))
 
 
+def _is_postgres(pid: int) -> bool:
+    """Whether a live process `pid` is a postgres. A postmaster.pid left by a crash names a pid
+    that the next container reuses: PID 1 is then the agent, alive but not postgres."""
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            return fh.read().strip() == "postgres"
+    except OSError:
+        return False
+
+
 def postmaster_status(pgdata: Path) -> tuple[int, str, str] | None:
     """(pid, socket dir, status) from postmaster.pid when that postmaster is alive, else None."""
     try:
@@ -35,12 +45,8 @@ def postmaster_status(pgdata: Path) -> tuple[int, str, str] | None:
         pid = int(lines[0])
     except (OSError, ValueError, IndexError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not _is_postgres(pid):
         return None
-    except PermissionError:
-        pass
     sockdir = lines[4].strip() if len(lines) > 4 else ""
     status = lines[7].strip() if len(lines) > 7 else ""
     return pid, sockdir, status

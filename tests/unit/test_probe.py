@@ -47,6 +47,20 @@ def listening() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
+@pytest.fixture
+def postmaster(tmp_path: Path) -> Iterator[int]:
+    """A live process named postgres (comm comes from the name exec'd: a symlink to sleep)."""
+    link = tmp_path / "bin" / "postgres"
+    link.parent.mkdir()
+    link.symlink_to("/bin/sleep")
+    proc = subprocess.Popen([str(link), "60"])
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
@@ -89,9 +103,9 @@ def test_default_state_dir_is_beside_pgdata(tmp_path: Path) -> None:
     assert probe.check_startup({"PGDATA": str(tmp_path / "data")}, NOW)
 
 
-def test_startup_passes_once_postgres_runs(env: dict[str, str]) -> None:
-    write_pid(Path(env["PGDATA"]), os.getpid(), "starting")
-    assert f"pid {os.getpid()}" in probe.check_startup(env, NOW)
+def test_startup_passes_once_postgres_runs(env: dict[str, str], postmaster: int) -> None:
+    write_pid(Path(env["PGDATA"]), postmaster, "starting")
+    assert f"pid {postmaster}" in probe.check_startup(env, NOW)
 
 
 def test_dead_postmaster_is_not_running(env: dict[str, str]) -> None:
@@ -101,9 +115,9 @@ def test_dead_postmaster_is_not_running(env: dict[str, str]) -> None:
         probe.check_startup(env, NOW)
 
 
-def test_postmaster_status_fields(env: dict[str, str]) -> None:
-    write_pid(Path(env["PGDATA"]), os.getpid(), "standby", sockdir="/tmp/sock")
-    assert probe.postmaster_status(Path(env["PGDATA"])) == (os.getpid(), "/tmp/sock", "standby")
+def test_postmaster_status_fields(env: dict[str, str], postmaster: int) -> None:
+    write_pid(Path(env["PGDATA"]), postmaster, "standby", sockdir="/tmp/sock")
+    assert probe.postmaster_status(Path(env["PGDATA"])) == (postmaster, "/tmp/sock", "standby")
     (Path(env["PGDATA"]) / "postmaster.pid").write_text("garbage\n")
     assert probe.postmaster_status(Path(env["PGDATA"])) is None
 
@@ -111,25 +125,27 @@ def test_postmaster_status_fields(env: dict[str, str]) -> None:
 # -- readiness ----------------------------------------------------------------------------------
 
 
-def test_primary_ready(env: dict[str, str], listening: int) -> None:
-    write_pid(Path(env["PGDATA"]), os.getpid(), "ready")
+def test_primary_ready(env: dict[str, str], listening: int, postmaster: int) -> None:
+    write_pid(Path(env["PGDATA"]), postmaster, "ready")
     env.update(POD_IP="127.0.0.1", PGPORT=str(listening))
     assert probe.check_readiness(env, NOW) == "primary ready"
 
 
 @pytest.mark.parametrize("status", ["starting", "standby", "stopping", ""])
-def test_primary_not_ready_unless_status_ready(env: dict[str, str], listening: int, status: str) -> None:
-    write_pid(Path(env["PGDATA"]), os.getpid(), status)
+def test_primary_not_ready_unless_status_ready(
+    env: dict[str, str], listening: int, status: str, postmaster: int
+) -> None:
+    write_pid(Path(env["PGDATA"]), postmaster, status)
     env.update(POD_IP="127.0.0.1", PGPORT=str(listening))
     with pytest.raises(probe.ProbeFailed, match="not ready as a primary"):
         probe.check_readiness(env, NOW)
 
 
-def test_primary_not_ready_without_tcp(env: dict[str, str]) -> None:
+def test_primary_not_ready_without_tcp(env: dict[str, str], postmaster: int) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # bound, not listening: connections are refused
-        write_pid(Path(env["PGDATA"]), os.getpid(), "ready")
+        write_pid(Path(env["PGDATA"]), postmaster, "ready")
         env.update(POD_IP="127.0.0.1", PGPORT=str(port))
         with pytest.raises(probe.ProbeFailed, match="does not accept TCP"):
             probe.check_readiness(env, NOW)
@@ -140,30 +156,32 @@ def test_not_running_is_not_ready(env: dict[str, str]) -> None:
         probe.check_readiness(env, NOW)
 
 
-def test_moved_primary_ordinal(env: dict[str, str], listening: int) -> None:
+def test_moved_primary_ordinal(env: dict[str, str], listening: int, postmaster: int) -> None:
     env.update(POD_NAME="postgresql-sfs-1", PGSFS_PRIMARY_ORDINAL="1", POD_IP="127.0.0.1", PGPORT=str(listening))
-    write_pid(Path(env["PGDATA"]), os.getpid(), "ready")
+    write_pid(Path(env["PGDATA"]), postmaster, "ready")
     assert probe.check_readiness(env, NOW) == "primary ready"
 
 
-def test_replica_must_accept_connections(env: dict[str, str]) -> None:
+def test_replica_must_accept_connections(env: dict[str, str], postmaster: int) -> None:
     env["POD_NAME"] = "postgresql-sfs-2"
-    write_pid(Path(env["PGDATA"]), os.getpid(), "starting")
+    write_pid(Path(env["PGDATA"]), postmaster, "starting")
     with pytest.raises(probe.ProbeFailed, match="not accepting connections yet"):
         probe.check_readiness(env, NOW)
 
 
-def test_primary_ordinal_in_recovery_is_not_ready(env: dict[str, str]) -> None:
+def test_primary_ordinal_in_recovery_is_not_ready(env: dict[str, str], postmaster: int) -> None:
     # A hot standby's postmaster.pid also says "ready": standby.signal is what tells them apart.
-    write_pid(Path(env["PGDATA"]), os.getpid(), "ready")
+    write_pid(Path(env["PGDATA"]), postmaster, "ready")
     (Path(env["PGDATA"]) / "standby.signal").write_text("")
     with pytest.raises(probe.ProbeFailed, match="in recovery"):
         probe.check_readiness(env, NOW)
 
 
-def test_replica_without_psql_fails_cleanly(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_replica_without_psql_fails_cleanly(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], postmaster: int
+) -> None:
     env.update(POD_NAME="postgresql-sfs-2", PATH="/nonexistent-pgsfs-bin")
-    write_pid(Path(env["PGDATA"]), os.getpid(), "standby")
+    write_pid(Path(env["PGDATA"]), postmaster, "standby")
     assert probe.run(["readiness"], env) == 1
     assert capsys.readouterr().out.startswith("readiness probe failed:")
 
@@ -184,3 +202,13 @@ def test_run_exit_codes(env: dict[str, str], capsys: pytest.CaptureFixture[str])
     assert probe.run(["startup"], env) == 0
     assert probe.run(["liveness"], env) == 0
     assert "bootstrap in progress" in capsys.readouterr().out
+
+
+def test_a_stale_pid_reused_by_another_process_is_not_postgres(env: dict[str, str]) -> None:
+    """After a crash, postmaster.pid names PID 1, which the next container's agent now is: alive,
+    but not postgres. The startup and liveness probes must not take it for a running server."""
+    write_pid(Path(env["PGDATA"]), os.getpid(), "ready")  # alive, and a python, not a postgres
+    assert probe.postmaster_status(Path(env["PGDATA"])) is None
+    for check in (probe.check_startup, probe.check_liveness):
+        with pytest.raises(probe.ProbeFailed):
+            check(env, NOW)
