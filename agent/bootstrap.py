@@ -22,7 +22,7 @@ from agent.errors import (
     PrimaryVolumeLost,
     SystemIdentifierMismatch,
 )
-from agent.files import fix_tree_ownership, fsync_dir, write_atomic
+from agent.files import fix_tree_ownership, fsync_dir, tree_size, write_atomic
 from agent.heartbeat import Heartbeat
 from agent.pgdata import DataDirState, inspect, work_dir_for
 from agent.plan import (
@@ -44,7 +44,7 @@ from agent.postgres import (
     run_initdb_script,
     server_major,
 )
-from agent.privileges import NSS_VARIABLES, drop_to, postgres_account
+from agent.privileges import NSS_VARIABLES, account_groups, drop_to, postgres_account
 from agent.render import (
     CONF_NAME,
     passfile_line,
@@ -93,11 +93,15 @@ def secrets_applied(config: Config) -> bool | None:
     )
 
 
-def observe_and_plan(config: Config, runner: Runner) -> tuple[Plan, DataDirState]:
-    """Read the local world (PGDATA, the server version, applied secrets) and decide."""
+def observe_and_plan(config: Config, runner: Runner, major: int | None = None) -> tuple[Plan, DataDirState]:
+    """Read the local world (PGDATA, the server version, applied secrets) and decide.
+
+    `major`: the server's major version when already known (it is asked of `postgres -V` otherwise).
+    """
     state = inspect(config.pgdata)
     applied = secrets_applied(config) if state.initialised and config.identity.role == "primary" else None
-    plan = make_plan(config, state, server_major=server_major(runner), secrets_applied=applied, euid=os.geteuid())
+    major = major if major is not None else server_major(runner)
+    plan = make_plan(config, state, server_major=major, secrets_applied=applied, euid=os.geteuid())
     return plan, state
 
 
@@ -585,7 +589,6 @@ class Bootstrap:
         )
         self.clone_replica()
 
-
     # -- configuration and exec -------------------------------------------------------------
     def write_config(self, datadir: Path, *, standby: bool) -> None:
         """The managed files: settings file and its include, pg_hba block, standby settings."""
@@ -649,8 +652,6 @@ def exec_postgres(args: list[str], account: RunAs | None) -> None:
     `account` is given only when still root (the info arguments path): drop to it first.
     """
     if account is not None:
-        from agent.privileges import account_groups
-
         drop_to(account, account_groups(account))
     env = child_env()
     # nss_wrapper served initdb and psql; postgres itself needs no passwd entry (as in the official image).
@@ -663,6 +664,5 @@ def exec_postgres(args: list[str], account: RunAs | None) -> None:
 def reclone_room(pgdata: Path, margin: int = 64 * 1048576) -> tuple[int, int]:
     """Bytes a new clone beside the moved-aside data needs (about the old data's size, plus a
     margin for WAL written meanwhile), and bytes free on PGDATA's volume."""
-    size = sum(f.lstat().st_size for f in pgdata.rglob("*") if f.is_file() and not f.is_symlink())
     st = os.statvfs(pgdata.parent)
-    return size + margin, st.f_bavail * st.f_frsize
+    return tree_size(pgdata) + margin, st.f_bavail * st.f_frsize

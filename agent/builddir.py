@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from agent.files import fsync_dir, write_atomic
+from agent.files import fsync_dir, tree_size, write_atomic
 from agent.pgdata import WORK_MARKER, staging_dir_for, tombstone_for, work_dir_for
 
 
@@ -36,7 +36,7 @@ def create(pgdata: Path, marker: dict[str, Any], owner: tuple[int, int] | None =
 
 def discard(path: Path) -> int:
     """Delete a work, staging or tombstone directory of ours, tombstone first; returns bytes freed."""
-    size = sum(f.lstat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+    size = tree_size(path)
     pgdata = _pgdata_of(path)
     tombstone = tombstone_for(pgdata)
     if path != tombstone:

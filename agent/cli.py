@@ -76,10 +76,11 @@ def _prepare() -> tuple[Any, Any, Any]:
     return config, logger, Runner()
 
 
-def _become_postgres(config: Any, runner: Any, account: Any, logger: Any) -> None:
+def _become_postgres(config: Any, runner: Any, account: Any, logger: Any) -> int | None:
     """Root: refuse a contradicting PGDATA untouched, else hand postgres its directories and drop to it.
 
     Not root: check the volume is writable and give initdb a passwd entry if our uid has none.
+    Returns the server's major version when it was asked for (the plan after the drop reuses it).
     """
     from agent import privileges
     from agent.bootstrap import observe_and_plan
@@ -92,7 +93,7 @@ def _become_postgres(config: Any, runner: Any, account: Any, logger: Any) -> Non
         if nss:
             logger.info("nss_wrapper", uid=os.geteuid(), passwd=nss["NSS_WRAPPER_PASSWD"],
                         note="this uid has no passwd entry; initdb and psql get one from nss_wrapper")
-        return
+        return None
     # Look before touching: a PGDATA the plan refuses keeps its owner and mode.
     plan, _ = observe_and_plan(config, runner)
     if plan.action == REFUSE:
@@ -110,6 +111,7 @@ def _become_postgres(config: Any, runner: Any, account: Any, logger: Any) -> Non
         )
     if prepared.pgdata_mode_was is not None:
         logger.info("mode_fixed", pgdata=str(config.pgdata), was=oct(prepared.pgdata_mode_was))
+    return plan.server_major
 
 
 def _stop_children(runner: Any, logger: Any) -> None:
@@ -189,12 +191,13 @@ def cmd_postgres(args: list[str]) -> int:
             gid=account.gid if account else os.getegid(),
         )
         phase = "privileges"
-        _become_postgres(config, runner, account, logger)
+        major = _become_postgres(config, runner, account, logger)
         # Beat at once: the kubelet's first startup probe may come before the plan is made.
         heartbeat = Heartbeat(config.state_dir)
         heartbeat.beat("start", force=True)
         phase = "plan"
-        plan, _ = observe_and_plan(config, runner)
+        # Again after the drop: ownership may have changed, and the plan checks it for this uid.
+        plan, _ = observe_and_plan(config, runner, major)
         logger.info("plan", **plan.to_dict())
         phase = plan.action
         world = World(runner=runner, lookup=make_lookup(), heartbeat=heartbeat)

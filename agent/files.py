@@ -44,3 +44,8 @@ def fix_tree_ownership(root: Path, uid: int, gid: int | None) -> int:
                 os.lchown(full, uid, -1 if gid is None else gid)
                 changed += 1
     return changed
+
+
+def tree_size(root: Path) -> int:
+    """Bytes of the regular files below root (links not followed)."""
+    return sum(f.lstat().st_size for f in root.rglob("*") if f.is_file() and not f.is_symlink())

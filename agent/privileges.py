@@ -31,10 +31,9 @@ NSS_VARIABLES = ("LD_PRELOAD", "NSS_WRAPPER_PASSWD", "NSS_WRAPPER_GROUP")
 
 @dataclass(frozen=True)
 class Prepared:
-    """What root changed before dropping to postgres, for the `privileges_dropped` line."""
+    """What root changed before dropping to postgres (the `ownership_fixed` and `mode_fixed` lines),
+    and the groups postgres keeps."""
 
-    uid: int
-    gid: int
     groups: tuple[int, ...]
     entries_chowned: int
     chowned_dirs: tuple[str, ...]
@@ -120,7 +119,7 @@ def prepare_as_root(config: Config, account: RunAs) -> Prepared:
             chowned.append(str(SOCKET_DIR))
     except OSError:
         pass
-    return Prepared(account.uid, account.gid, groups, entries, tuple(chowned), mode_was)
+    return Prepared(groups, entries, tuple(chowned), mode_was)
 
 
 def drop_to(account: RunAs, groups: tuple[int, ...]) -> None:

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from tenacity import RetryCallState
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 from tenacity.wait import wait_base, wait_random
 
 from agent.errors import AuthenticationFailed, PrimaryUnavailable
@@ -201,14 +201,13 @@ def drop_slot(endpoint: Endpoint, slot: str, timeout: float = 5.0) -> None:
     pod's slot can only be a leftover of its previous container, waiting for wal_sender_timeout.
     """
     import psycopg
+    from psycopg import errors
 
     with psycopg.connect(**_sql_kwargs(endpoint, timeout)) as conn:
         conn.execute(
             "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s AND active",
             (slot,),
         )
-    from psycopg import errors
-    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
     def drop() -> None:
         with psycopg.connect(**endpoint.connect_kwargs(timeout)) as conn:

@@ -191,8 +191,9 @@ def _print_agent_logs(c: Cluster, previous_too: bool = False) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Bring the StatefulSet up, prove replication, show status and logs, tear down."""
     t0 = time.time()
-    _step("reading k8s/ (kubectl kustomize) and docker/Dockerfile")
-    _say("  " + describe(load_spec()))
+    source = f"k8s-overlays/{args.overlay}" if args.overlay else "k8s/"
+    _step(f"reading {source} (kubectl kustomize) and docker/Dockerfile")
+    _say("  " + describe(load_spec(overlay=args.overlay)))
     cluster = _cluster_from_args(args)
     failed: BaseException | None = None
     try:

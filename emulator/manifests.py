@@ -101,6 +101,11 @@ class EmptyDir:
     medium: str = ""
     size_limit: str | None = None
 
+    @property
+    def tmpfs_size(self) -> str | None:
+        """sizeLimit as a tmpfs size option (binary suffixes: 64Mi -> 64M)."""
+        return self.size_limit.removesuffix("i") if self.size_limit else None
+
 
 @dataclass(frozen=True)
 class ServiceSpec:

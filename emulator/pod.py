@@ -15,6 +15,7 @@ import json
 import os
 import pwd
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -295,11 +296,11 @@ def apply_fs_group(volume: Path, gid: int, policy: str) -> int:
         for name in [".", *filenames]:
             full = dirpath if name == "." else os.path.join(dirpath, name)
             info = os.lstat(full)
-            if os.path.islink(full):
+            if stat.S_ISLNK(info.st_mode):
                 continue
             os.lchown(full, -1, gid)
             mode = info.st_mode & 0o7777
-            mode |= 0o2770 if os.path.isdir(full) else 0o660
+            mode |= 0o2770 if stat.S_ISDIR(info.st_mode) else 0o660
             os.chmod(full, mode)
             changed += 1
     return changed
@@ -707,8 +708,8 @@ def _empty_dir_opts(d: EmptyDir, sc: SecurityContext | None) -> str:
     opts = "mode=0777"
     if sc is not None and sc.fs_group is not None:
         opts = f"mode=2777,gid={sc.fs_group}"
-    if d.size_limit:
-        opts += f",size={d.size_limit.removesuffix('i')}"
+    if d.tmpfs_size:
+        opts += f",size={d.tmpfs_size}"
     return opts
 
 

@@ -79,8 +79,8 @@ def empty_dir_flags(dirs: tuple[EmptyDir, ...]) -> list[str]:
     flags = []
     for d in dirs:
         opts = f"type=tmpfs,destination={d.mount_path},tmpfs-mode=1777"
-        if d.size_limit:
-            opts += f",tmpfs-size={d.size_limit.removesuffix('i')}"
+        if d.tmpfs_size:
+            opts += f",tmpfs-size={d.tmpfs_size}"
         flags += ["--mount", opts]
     return flags
 

@@ -5,11 +5,15 @@ reading the agent's JSON log lines, markers in PGDATA, slots and replication sta
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from emulator.controller import Cluster
 from emulator.manifests import REPO_ROOT
@@ -21,6 +25,15 @@ PRIMARY = "postgresql-sfs-0"
 MARKER = "e2e-marker"
 # Keys every log line carries that are not the event's own fields.
 ENVELOPE = frozenset({"timestamp", "level", "event"})
+
+
+def require_pods(*tools: str) -> None:
+    """Skip the calling test module unless it can run pods: root, and the programs they need."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network, mount and PID namespaces)", allow_module_level=True)
+    for tool in ("ip", "nsenter", "named", "setpriv", *tools):
+        if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
+            pytest.skip(f"{tool} is not installed", allow_module_level=True)
 
 
 def pod(ordinal: int) -> str:

@@ -22,11 +22,9 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-if os.geteuid() != 0:
-    pytest.skip("needs root (network, mount and PID namespaces)", allow_module_level=True)
-for _tool in ("ip", "nsenter", "named", "setpriv"):
-    if shutil.which(_tool) is None and not Path("/usr/sbin", _tool).exists():
-        pytest.skip(f"{_tool} is not installed", allow_module_level=True)
+from tests.e2e.cluster_support import require_pods  # noqa: E402
+
+require_pods()
 if not Path("/usr/lib/postgresql/15/bin/postgres").exists():
     pytest.skip("postgresql-15 is not installed", allow_module_level=True)
 

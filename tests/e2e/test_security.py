@@ -10,20 +10,15 @@ initdb.d script that fails) ends in one JSON error line: the path that crash-loo
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.e2e
 
-if os.geteuid() != 0:
-    pytest.skip("needs root (network, mount and PID namespaces)", allow_module_level=True)
-for _tool in ("ip", "nsenter", "named", "setpriv"):
-    if shutil.which(_tool) is None and not Path("/usr/sbin", _tool).exists():
-        pytest.skip(f"{_tool} is not installed", allow_module_level=True)
+from tests.e2e.cluster_support import require_pods  # noqa: E402
+
+require_pods()
 
 from emulator.controller import Cluster  # noqa: E402
 from emulator.manifests import load_spec  # noqa: E402

@@ -80,6 +80,10 @@ def test_podman_flags() -> None:
                                   "--read-only-tmpfs=false", "--user=999:999", "--group-add=999"]
 
 
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="chown to other users needs root")
+
+
+@ROOT_ONLY
 def test_writable_by_follows_owner_then_group_then_others(tmp_path: Path) -> None:
     d = tmp_path / "vol"
     d.mkdir()
@@ -96,6 +100,7 @@ def test_writable_by_follows_owner_then_group_then_others(tmp_path: Path) -> Non
     assert not writable_by(d, 4242, (999,))  # the owner's bits decide for the owner
 
 
+@ROOT_ONLY
 def test_fs_group_as_the_kubelet_applies_it(tmp_path: Path) -> None:
     vol = tmp_path / "vol"
     (vol / "sub").mkdir(parents=True)
