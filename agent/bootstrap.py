@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import builddir, discovery, replication
+from agent import builddir, discovery, replication, walbudget
 from agent.config import Config
 from agent.errors import (
     AgentError,
@@ -93,15 +93,21 @@ def secrets_applied(config: Config) -> bool | None:
     )
 
 
-def observe_and_plan(config: Config, runner: Runner, major: int | None = None) -> tuple[Plan, DataDirState]:
-    """Read the local world (PGDATA, the server version, applied secrets) and decide.
+def observe_and_plan(
+    config: Config, runner: Runner, major: int | None = None, args: tuple[str, ...] = ()
+) -> tuple[Plan, DataDirState]:
+    """Read the local world (PGDATA, the server version, applied secrets, pg_wal's volume) and decide.
 
-    `major`: the server's major version when already known (it is asked of `postgres -V` otherwise).
+    `major`: the server's major version when already known (it is asked of `postgres -V` otherwise);
+    `args`: postgres' own arguments, whose settings win over the agent's.
     """
     state = inspect(config.pgdata)
     applied = secrets_applied(config) if state.initialised and config.identity.role == "primary" else None
     major = major if major is not None else server_major(runner)
-    plan = make_plan(config, state, server_major=major, secrets_applied=applied, euid=os.geteuid())
+    wal = walbudget.observe(config.pgdata, config.initdb_args, args)
+    plan = make_plan(
+        config, state, server_major=major, secrets_applied=applied, euid=os.geteuid(), wal_observed=wal
+    )
     return plan, state
 
 
@@ -608,12 +614,12 @@ class Bootstrap:
                 ),
                 "primary_slot_name": cfg.identity.slot_name,
             }
+        wal = self.plan.wal or walbudget.decide(cfg.wal_configured(), walbudget.observe(datadir, (), ()))
         settings = settings_file(
             port=cfg.port,
             max_wal_senders=cfg.max_wal_senders,
             max_replication_slots=cfg.max_replication_slots,
-            wal_keep_size=cfg.wal_keep_size,
-            max_slot_wal_keep_size=cfg.max_slot_wal_keep_size,
+            wal=wal.written.conf_values(),
             standby=standby_settings,
         )
         write_atomic(datadir / CONF_NAME, settings, mode=0o600, owner=self.owner)
@@ -631,7 +637,18 @@ class Bootstrap:
             written.append("standby.signal")
         # postgresql.auto.conf from a clone may carry the primary's ALTER SYSTEM settings; that is
         # wanted, but a primary_conninfo there (someone ran pg_basebackup -R) would win over ours.
-        self._phase("config_written", started, datadir=str(datadir), files=written, standby=standby)
+        self._phase(
+            "config_written", started, datadir=str(datadir), files=written, standby=standby,
+            wal_volume_mb=wal.written.volume_mb, **wal.written.conf_values(),
+        )  # fmt: skip
+        if wal.problem is not None:
+            self.log.warning(
+                "wal_budget_exceeded",
+                problem=wal.problem,
+                effective=wal.effective.conf_values(),
+                hint="WAL could fill the volume and stop the primary: lower the setting (PGSFS_* variables, "
+                "ALTER SYSTEM or postgres -c), leave them at auto, or grow the PersistentVolumeClaim",
+            )
 
     def fix_ownership(self) -> None:
         """PGDATA owned by postgres with mode 0700, as postgres insists (a foreign owner was refused in the plan)."""

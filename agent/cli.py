@@ -197,7 +197,7 @@ def cmd_postgres(args: list[str]) -> int:
         heartbeat.beat("start", force=True)
         phase = "plan"
         # Again after the drop: ownership may have changed, and the plan checks it for this uid.
-        plan, _ = observe_and_plan(config, runner, major)
+        plan, _ = observe_and_plan(config, runner, major, tuple(args))
         logger.info("plan", **plan.to_dict())
         phase = plan.action
         world = World(runner=runner, lookup=make_lookup(), heartbeat=heartbeat)

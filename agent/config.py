@@ -23,7 +23,7 @@ _DNS_LABEL = re.compile(r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$")
 _DOMAIN = re.compile(r"^(?:[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$")
 _PORT_NAME = re.compile(r"^[a-z0-9](?:[-a-z0-9]{0,13}[a-z0-9])?$")
 _ROLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_SIZE = re.compile(r"^(?:-1|[0-9]+(?:kB|MB|GB|TB)?)$")
+_WAL_SIZE = re.compile(r"^(?:auto|-1|[0-9]+(?:kB|MB|GB|TB)?)$")
 # pg_basebackup --max-rate: kB/s, or with a k or M suffix; 32 kB/s .. 1 GB/s.
 _RATE = re.compile(r"^(?P<n>[0-9]+)(?P<unit>[kM]?)$")
 _TRUE = {"1", "true", "yes", "on"}
@@ -67,9 +67,18 @@ class Config:
     max_replication_slots: int
     wal_keep_size: str
     max_slot_wal_keep_size: str
+    max_wal_size: str
     log_format: str
     log_level: str
     extra: Mapping[str, str] = field(default_factory=dict)
+
+    def wal_configured(self) -> dict[str, str]:
+        """The WAL settings as configured (`auto` or a size), by PostgreSQL's names."""
+        return {
+            "max_wal_size": self.max_wal_size,
+            "wal_keep_size": self.wal_keep_size,
+            "max_slot_wal_keep_size": self.max_slot_wal_keep_size,
+        }
 
     def pod_fqdn(self, pod: str) -> str:
         """Absolute per-pod DNS name, as the headless Service publishes it."""
@@ -354,9 +363,15 @@ def load_config(
     allow_reinit = _bool(env, "PGSFS_ALLOW_REINIT", problems)
     max_wal_senders = _int(env, "PGSFS_MAX_WAL_SENDERS", 10, problems, 2, 1000)
     max_slots = _int(env, "PGSFS_MAX_REPLICATION_SLOTS", 10, problems, 2, 1000)
-    size_expected = "a size like 512MB or 1GB (units kB, MB, GB, TB), or -1"
-    wal_keep = _matching(env, "PGSFS_WAL_KEEP_SIZE", "1GB", _SIZE, size_expected, problems)
-    slot_keep = _matching(env, "PGSFS_MAX_SLOT_WAL_KEEP_SIZE", "10GB", _SIZE, size_expected, problems)
+    size_expected = "auto (follow the volume's size), or a size like 512MB or 1GB (units kB, MB, GB, TB)"
+    wal_keep = _matching(env, "PGSFS_WAL_KEEP_SIZE", "auto", _WAL_SIZE, size_expected, problems)
+    slot_keep = _matching(
+        env, "PGSFS_MAX_SLOT_WAL_KEEP_SIZE", "auto", _WAL_SIZE, size_expected + ", or -1 (no limit)", problems
+    )
+    max_wal = _matching(env, "PGSFS_MAX_WAL_SIZE", "auto", _WAL_SIZE, size_expected, problems)
+    for name, value in (("PGSFS_WAL_KEEP_SIZE", wal_keep), ("PGSFS_MAX_WAL_SIZE", max_wal)):
+        if value == "-1":
+            problems.add(name, value, size_expected)
     log_format = _choice(env, "PGSFS_LOG_FORMAT", "auto", ("auto", "json", "console"), problems)
     log_level = _choice(env, "PGSFS_LOG_LEVEL", "info", ("debug", "info", "warning", "error"), problems)
 
@@ -390,6 +405,7 @@ def load_config(
         max_replication_slots=max_slots,
         wal_keep_size=wal_keep,
         max_slot_wal_keep_size=slot_keep,
+        max_wal_size=max_wal,
         log_format=log_format,
         log_level=log_level,
     )

@@ -10,6 +10,7 @@ from agent.errors import AgentError, DataDirConflict
 from agent.identity import PRIMARY
 from agent.pgdata import DataDirState
 from agent.render import CONF_NAME
+from agent.walbudget import WalDecision, WalObservation, decide
 
 INIT = "init"
 CLONE = "clone"
@@ -52,6 +53,7 @@ class Plan:
     server_major: int | None
     data_major: int | None
     refusal: Refusal | None
+    wal: WalDecision | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view (lists instead of tuples)."""
@@ -139,6 +141,7 @@ def make_plan(
     server_major: int | None,
     secrets_applied: bool | None = None,
     euid: int = 0,
+    wal_observed: WalObservation | None = None,
 ) -> Plan:
     """Decide what to do; pure, so `plan` and `postgres` always agree for the same inputs."""
     ident = config.identity
@@ -218,4 +221,5 @@ def make_plan(
         server_major=server_major,
         data_major=_major(state.pg_version),
         refusal=refusal,
+        wal=decide(config.wal_configured(), wal_observed) if wal_observed is not None and refusal is None else None,
     )

@@ -67,11 +67,10 @@ def settings_file(
     port: int,
     max_wal_senders: int,
     max_replication_slots: int,
-    wal_keep_size: str,
-    max_slot_wal_keep_size: str,
+    wal: dict[str, str],
     standby: dict[str, str] | None = None,
 ) -> str:
-    """The agent's settings file; `standby` adds primary_conninfo and primary_slot_name."""
+    """The agent's settings file; `wal` holds the WAL sizes, `standby` adds primary_conninfo and slot."""
     lines = [
         "# Managed by pg-sfs-agent and rewritten at every start: do not edit.",
         "# Override a setting with ALTER SYSTEM (postgresql.auto.conf is read after this file).",
@@ -81,8 +80,8 @@ def settings_file(
         f"max_wal_senders = {max_wal_senders}",
         f"max_replication_slots = {max_replication_slots}",
         "hot_standby = on",
-        f"wal_keep_size = {quote_conf(wal_keep_size)}",
-        f"max_slot_wal_keep_size = {quote_conf(max_slot_wal_keep_size)}",
+        # Sized from the volume holding pg_wal (agent/walbudget.py) so WAL can never fill it.
+        *(f"{name} = {quote_conf(value)}" for name, value in wal.items()),
         "password_encryption = 'scram-sha-256'",
         # Long clones must not be cut by the walsender timeout while the primary is busy.
         "wal_sender_timeout = '5min'",

@@ -10,6 +10,7 @@ nothing can leave the machine, and no real resolver is ever asked.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -25,6 +26,8 @@ import pytest
 
 DEFAULT_PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PG_BIN = Path(os.environ.get("PGSFS_TEST_PG_BIN") or DEFAULT_PG_BIN)
+# Every test volume is a filesystem of this size (2 GiB): the WAL sizes follow it.
+VOLUME_SIZE = 2 * 1024 * 1024 * 1024
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 FQDNS = [f"postgresql-sfs-{n}.postgresql-svc.pg.svc.cluster.local" for n in range(3)]
@@ -148,12 +151,27 @@ def free_port() -> int:
 
 @pytest.fixture
 def volume_root() -> Iterator[Path]:
-    """A fresh directory standing in for a pod's volume mount (traversable by postgres)."""
-    root = Path(tempfile.mkdtemp(prefix="pgsfs-vol-"))
-    os.chmod(root, 0o755)
+    """A fresh size-limited filesystem standing in for a pod's volume (traversable by postgres)."""
+    with sized_volume("pgsfs-vol-") as root:
+        yield root
+
+
+@contextlib.contextmanager
+def sized_volume(prefix: str, size: int = VOLUME_SIZE) -> Iterator[Path]:
+    """A tmpfs of `size` bytes: a real filesystem with a real size, like a PersistentVolume.
+
+    The test process has its own mount namespace, so the mount is invisible to the host.
+    """
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "pgsfs-test-volume", str(root)],
+        check=False, capture_output=True, text=True,
+    )  # fmt: skip
+    assert mounted.returncode == 0, mounted.stderr
     try:
         yield root
     finally:
+        subprocess.run(["umount", "-l", str(root)], check=False, capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -162,10 +180,7 @@ def primary() -> Iterator[Any]:
     """A primary initialised and started by the agent (`pg-sfs-agent postgres`), stopped afterwards."""
     from tests.integration.agentctl import agent_postgres, pod_env
 
-    root = Path(tempfile.mkdtemp(prefix="pgsfs-primary-"))
-    os.chmod(root, 0o755)
-    try:
-        with agent_postgres(pod_env(root, 0, free_port()), root / "agent.log") as server:
-            yield server
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with sized_volume("pgsfs-primary-") as root, agent_postgres(
+        pod_env(root, 0, free_port()), root / "agent.log"
+    ) as server:
+        yield server

@@ -77,8 +77,10 @@ def test_the_agent_detects_and_runs_the_major_on_path(volume_root: Path) -> None
         with connect(server.port) as conn:
             assert conn.execute("SELECT current_setting('server_version_num')::int / 10000").fetchone() == (MAJOR,)
             assert conn.execute("SHOW data_checksums").fetchone() == ("on",)
-            assert conn.execute("SHOW wal_keep_size").fetchone() == ("1GB",)
-            assert conn.execute("SHOW max_slot_wal_keep_size").fetchone() == ("10GB",)
+            # Sized from the 2 GiB volume (agent/walbudget.py), not PostgreSQL's 1GB and 10GB.
+            assert conn.execute("SHOW max_wal_size").fetchone() == ("204MB",)
+            assert conn.execute("SHOW wal_keep_size").fetchone() == ("102MB",)
+            assert conn.execute("SHOW max_slot_wal_keep_size").fetchone() == ("512MB",)
         info = replication.identify_system(_endpoint(server.port))
         assert info.server_version // 10000 == MAJOR and not info.in_hot_standby
 

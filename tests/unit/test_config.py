@@ -61,8 +61,7 @@ def test_defaults(make_config) -> None:
     assert cfg.allow_reinit is False
     assert cfg.max_wal_senders == 10
     assert cfg.max_replication_slots == 10
-    assert cfg.wal_keep_size == "1GB"
-    assert cfg.max_slot_wal_keep_size == "10GB"
+    assert cfg.wal_configured() == {"max_wal_size": "auto", "wal_keep_size": "auto", "max_slot_wal_keep_size": "auto"}
     assert cfg.log_format == "auto"
     assert cfg.log_level == "info"
     assert cfg.primary_fqdn == "postgresql-sfs-0.postgresql-svc.pg.svc.cluster.local."
@@ -256,6 +255,9 @@ BAD_VALUES = [
     ("PGSFS_WAL_KEEP_SIZE", "1 GB"),
     ("PGSFS_WAL_KEEP_SIZE", "1gb"),
     ("PGSFS_MAX_SLOT_WAL_KEEP_SIZE", "lots"),
+    ("PGSFS_WAL_KEEP_SIZE", "-1"),
+    ("PGSFS_MAX_WAL_SIZE", "-1"),
+    ("PGSFS_MAX_WAL_SIZE", "Auto"),
     ("PGSFS_LOG_FORMAT", "xml"),
     ("PGSFS_LOG_LEVEL", "verbose"),
     ("POD_NAMESPACE", "Team_A"),
@@ -422,7 +424,8 @@ KNOWN_VARIABLES = [
     "POSTGRES_INITDB_ARGS", "POSTGRES_HOST_AUTH_METHOD", "POSTGRES_PASSWORD", "PGSFS_REPLICATION_USER",
     "PGSFS_REPLICATION_PASSWORD", "PGSFS_WAIT_TIMEOUT", "PGSFS_RESTART_CHECK_TIMEOUT", "PGSFS_PEER_CHECK_TIMEOUT",
     "PGSFS_AUTH_ATTEMPTS", "PGSFS_CLONE_MAX_RATE", "PGSFS_ALLOW_REINIT", "PGSFS_MAX_WAL_SENDERS",
-    "PGSFS_MAX_REPLICATION_SLOTS", "PGSFS_WAL_KEEP_SIZE", "PGSFS_MAX_SLOT_WAL_KEEP_SIZE", "PGSFS_LOG_FORMAT",
+    "PGSFS_MAX_REPLICATION_SLOTS", "PGSFS_WAL_KEEP_SIZE", "PGSFS_MAX_SLOT_WAL_KEEP_SIZE", "PGSFS_MAX_WAL_SIZE",
+    "PGSFS_LOG_FORMAT",
     "PGSFS_LOG_LEVEL",
 ]  # fmt: skip
 

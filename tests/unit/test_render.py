@@ -332,8 +332,7 @@ def test_primary_conninfo_in_settings_file_survives_both_quotings() -> None:
         port=5432,
         max_wal_senders=10,
         max_replication_slots=10,
-        wal_keep_size="1GB",
-        max_slot_wal_keep_size="-1",
+        wal={"max_wal_size": "64MB", "wal_keep_size": "1GB", "max_slot_wal_keep_size": "-1"},
         standby={"primary_conninfo": info, "primary_slot_name": "postgresql_sfs_1"},
     )
     conf = parse_conf(text)
@@ -353,7 +352,7 @@ def test_primary_conninfo_in_settings_file_survives_both_quotings() -> None:
         assert "password" not in params
     assert "primary_conninfo" not in parse_conf(
         render.settings_file(
-            port=1, max_wal_senders=2, max_replication_slots=2, wal_keep_size="1GB", max_slot_wal_keep_size="1GB"
+            port=1, max_wal_senders=2, max_replication_slots=2, wal={"wal_keep_size": "1GB"}
         )
     )
 
