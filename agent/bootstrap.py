@@ -9,17 +9,18 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import builddir, discovery, replication, walbudget
+from agent import builddir, discovery, history, replication, walbudget
 from agent.config import Config
 from agent.errors import (
     AgentError,
     CommandFailed,
     NoRoomToMoveAside,
     PrimaryVolumeLost,
+    ReplicaDiverged,
     SystemIdentifierMismatch,
 )
 from agent.files import fix_tree_ownership, fsync_dir, tree_size, write_atomic
@@ -39,6 +40,7 @@ from agent.postgres import (
     TempServer,
     basebackup,
     child_env,
+    controldata,
     initdb,
     initdb_scripts,
     run_initdb_script,
@@ -70,6 +72,7 @@ class World:
     identify: Callable[[replication.Endpoint, float], replication.Attempt] = replication.try_identify
     ensure_slot: Callable[[replication.Endpoint, str], bool] = replication.ensure_slot
     slot_status: Callable[[replication.Endpoint, str], str | None] = replication.slot_status
+    timeline_history: Callable[[replication.Endpoint, int], str] = replication.timeline_history
     clock: Clock = time.monotonic
     sleep: Sleep = time.sleep
     heartbeat: Heartbeat | None = None
@@ -242,9 +245,9 @@ class Bootstrap:
                 f"PGDATA is empty on the primary ordinal, but {who} still run(s) a cluster: this pod's "
                 "volume was probably lost or replaced; initialising would start a new cluster that the "
                 "replicas cannot follow",
-                hint="recover by restoring the primary's volume, or by copying a replica's data "
-                "(pg_basebackup from it into this pod's PGDATA, then remove standby.signal); to start a "
-                "new, empty cluster anyway set PGSFS_ALLOW_REINIT=true (the replicas will then refuse "
+                hint="recover by restoring the primary's volume, or promote the replica that replayed the most "
+                "(SELECT pg_promote()) and pg_basebackup it into this pod's PGDATA (see README, Limitations); "
+                "to start a new, empty cluster anyway set PGSFS_ALLOW_REINIT=true (the replicas will then refuse "
                 "to follow and must be re-cloned)",
                 holders=holders,
             )
@@ -550,12 +553,19 @@ class Bootstrap:
                 primary_system_identifier=str(info.system_identifier),
             )
         endpoint = self._endpoint(cfg.primary_fqdn, address)
+        verdict = self.compare_histories(endpoint, info)
+        if not verdict.may_follow:
+            self._phase("primary_check", started, system_identifier=str(info.system_identifier),
+                        history=verdict.outcome)  # fmt: skip
+            self.diverged(verdict)
+            return True
         try:
             status = self.world.slot_status(endpoint, cfg.identity.slot_name)
         except Exception as exc:  # a slot problem must not block a restart
             self.log.warning("slot_check_failed", detail=str(exc))
             status = "unknown"
-        self._phase("primary_check", started, system_identifier=str(info.system_identifier), slot_status=status)
+        self._phase("primary_check", started, system_identifier=str(info.system_identifier),
+                    history=verdict.outcome, timeline=verdict.local_timeline, slot_status=status)  # fmt: skip
         if status == "lost":
             self.reclone_after_lost_slot()
             return True
@@ -563,35 +573,84 @@ class Bootstrap:
             self.ensure_slot(address)
         return False
 
-    def reclone_after_lost_slot(self) -> None:
-        """The primary removed WAL this replica needs: move its data aside and clone again.
+    def compare_histories(self, endpoint: replication.Endpoint, info: replication.SystemInfo) -> history.Verdict:
+        """Where this replica's data ends (pg_control) against the primary's timeline history."""
+        local = history.parse_controldata(controldata(self.world.runner, self.pgdata))
+        text = ""
+        if local.timeline < info.timeline:
+            import psycopg
 
-        Only when the volume has room for both the moved-aside data and a new copy (the data is
-        never deleted); the clone then drops and recreates the invalidated slot. A crash at any
-        point leaves either the old data in place (this runs again) or an empty PGDATA (a clone).
+            try:
+                text = self.world.timeline_history(endpoint, info.timeline)
+            except psycopg.Error as exc:
+                raise CommandFailed(
+                    f"could not read the primary's timeline history {info.timeline}: {' '.join(str(exc).split())}",
+                    hint="the next start tries again; the data here was left untouched",
+                ) from exc
+        return history.compare(local, info.timeline, history.parse_lsn(info.xlogpos), history.parse_history(text))
+
+    def diverged(self, verdict: history.Verdict) -> None:
+        """Not on the primary's history: refuse with the data untouched, or clone again if allowed."""
+        where = {
+            history.AHEAD_OF_PRIMARY: "it has replayed WAL the primary has not written: the primary's data is "
+            "older than this replica's (a restored or copied volume started without promotion)",
+            history.FORKED: "it went on past the point where the primary's history left its timeline",
+            history.NEWER_TIMELINE: "it is on a newer timeline than the primary",
+            history.NOT_IN_HISTORY: "its timeline is not in the primary's history",
+        }[verdict.outcome]
+        fields = asdict(verdict)
+        if self.config.on_divergence != "reclone":
+            raise ReplicaDiverged(
+                f"this replica's data is not on the primary's history: {where} (replica timeline "
+                f"{verdict.local_timeline} at {verdict.local_lsn}, primary timeline {verdict.primary_timeline} "
+                f"at {verdict.primary_lsn}); streaming would silently mix the two. The data here was left untouched",
+                hint="find out which copy holds the writes you need. If it is the primary's, set "
+                "PGSFS_ON_DIVERGENCE=reclone on this pod (its data is moved aside, never deleted, and it clones "
+                "again) or delete its PVC; if it is this replica's, make it the primary instead",
+                **fields,
+            )
+        self.move_aside_and_clone(
+            "diverged",
+            "replica_diverged_recloning",
+            f"this replica's data is not on the primary's history ({where})",
+            outcome=verdict.outcome,
+        )
+
+    def reclone_after_lost_slot(self) -> None:
+        """The primary removed WAL this replica needs: move its data aside and clone again."""
+        self.move_aside_and_clone(
+            "slot-invalidated",
+            "slot_invalidated",
+            f"slot {self.config.identity.slot_name} was invalidated (the primary removed WAL this replica still "
+            "needed, max_slot_wal_keep_size)",
+            slot=self.config.identity.slot_name,
+        )
+
+    def move_aside_and_clone(self, suffix: str, event: str, why: str, **fields: Any) -> None:
+        """Rename PGDATA to `$PGDATA.<suffix>-<time>` and clone again, only if a new copy fits beside it.
+
+        The data is never deleted; a crash at any point leaves either the old data in place (this
+        runs again) or an empty PGDATA (a clone); the clone drops and recreates an invalidated slot.
         """
-        slot = self.config.identity.slot_name
         needed, free = reclone_room(self.pgdata)
         if needed > free:
             raise NoRoomToMoveAside(
-                f"slot {slot} was invalidated (the primary removed WAL this replica still needed), so it "
-                f"must clone again; its data stays and a new copy needs about {needed // 1048576} MB, but "
-                f"the volume has {free // 1048576} MB free. PGDATA was not touched",
+                f"{why}, so it must clone again; its data stays and a new copy needs about {needed // 1048576} MB, "
+                f"but the volume has {free // 1048576} MB free. PGDATA was not touched",
                 hint="grow the PersistentVolumeClaim, or, if this replica's data is not needed (the primary "
                 "has everything it had), delete the PVC (or move PGDATA away) so the pod clones afresh",
-                slot=slot,
                 needed_mb=needed // 1048576,
                 free_mb=free // 1048576,
+                **fields,
             )
-        aside = self.pgdata.with_name(f"{self.pgdata.name}.slot-invalidated-{time.strftime('%Y%m%dT%H%M%S')}")
+        aside = self.pgdata.with_name(f"{self.pgdata.name}.{suffix}-{time.strftime('%Y%m%dT%H%M%S')}")
         os.rename(self.pgdata, aside)
         fsync_dir(self.pgdata.parent)
         self.log.warning(
-            "slot_invalidated",
-            slot=slot,
+            event,
             moved_aside=str(aside),
-            note="the primary dropped WAL this replica still needed (max_slot_wal_keep_size); cloning again. "
-            "Delete the moved-aside copy once you no longer need it",
+            note=f"{why}; cloning again. Delete the moved-aside copy once you no longer need it",
+            **fields,
         )
         self.clone_replica()
 

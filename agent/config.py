@@ -63,6 +63,7 @@ class Config:
     auth_attempts: int
     clone_max_rate: str | None
     allow_reinit: bool
+    on_divergence: str
     max_wal_senders: int
     max_replication_slots: int
     wal_keep_size: str
@@ -361,6 +362,7 @@ def load_config(
     auth_attempts = _int(env, "PGSFS_AUTH_ATTEMPTS", 3, problems, 1, 100)
     max_rate = _max_rate(env, problems)
     allow_reinit = _bool(env, "PGSFS_ALLOW_REINIT", problems)
+    on_divergence = _choice(env, "PGSFS_ON_DIVERGENCE", "refuse", ("refuse", "reclone"), problems)
     max_wal_senders = _int(env, "PGSFS_MAX_WAL_SENDERS", 10, problems, 2, 1000)
     max_slots = _int(env, "PGSFS_MAX_REPLICATION_SLOTS", 10, problems, 2, 1000)
     size_expected = "auto (follow the volume's size), or a size like 512MB or 1GB (units kB, MB, GB, TB)"
@@ -401,6 +403,7 @@ def load_config(
         auth_attempts=auth_attempts,
         clone_max_rate=max_rate,
         allow_reinit=allow_reinit,
+        on_divergence=on_divergence,
         max_wal_senders=max_wal_senders,
         max_replication_slots=max_slots,
         wal_keep_size=wal_keep,

@@ -95,6 +95,13 @@ class NoRoomToMoveAside(AgentError):
     event = "no_room_to_move_aside"
 
 
+class ReplicaDiverged(AgentError):
+    """The replica's data is not on the primary's history: streaming would silently mix two histories."""
+
+    exit_code = 12
+    event = "replica_diverged"
+
+
 class Interrupted(BaseException):
     """SIGINT or SIGTERM arrived; carries the exit code 128 + signum (130, 143)."""
 

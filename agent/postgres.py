@@ -58,6 +58,13 @@ def server_major(runner: Runner) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def controldata(runner: Runner, datadir: Path) -> str:
+    """pg_controldata's report on `datadir`, in English whatever the locale (the labels are parsed)."""
+    done = runner.run(["pg_controldata", str(datadir)], env=child_env({"LC_ALL": "C", "LANG": "C"}), timeout=60)
+    check(done, "pg_controldata", "PGDATA's pg_control could not be read; see the message above")
+    return done.stdout.decode("utf-8", "replace")
+
+
 def check(done: subprocess.CompletedProcess[bytes], what: str, hint: str) -> None:
     """Raise CommandFailed with the program's last words when it failed."""
     if done.returncode != 0:

@@ -132,6 +132,19 @@ def identify_system(endpoint: Endpoint, timeout: float = 3.0) -> SystemInfo:
         )
 
 
+def timeline_history(endpoint: Endpoint, timeline: int, timeout: float = 5.0) -> str:
+    """The primary's history file for `timeline` (TIMELINE_HISTORY); timeline 1 has none."""
+    import psycopg
+
+    if timeline <= 1:
+        return ""
+    with psycopg.connect(**endpoint.connect_kwargs(timeout)) as conn:
+        row = conn.execute(f"TIMELINE_HISTORY {int(timeline)}").fetchone()
+        if row is None:
+            raise psycopg.OperationalError(f"TIMELINE_HISTORY {timeline} returned no row")
+        return _text(row[1])
+
+
 # A slot's wal_status is NULL until it reserves WAL (created without RESERVE_WAL); ours always do.
 NOT_RESERVED = "not_reserved"
 LOST = "lost"

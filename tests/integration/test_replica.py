@@ -8,6 +8,8 @@ the end-to-end tests on the emulated StatefulSet; everything else here is real.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 
 from agent.bootstrap import Bootstrap, World, observe_and_plan, postgres_account
 from agent.config import load_config
-from agent.errors import AuthenticationFailed, DataDirConflict, SystemIdentifierMismatch
+from agent.errors import AuthenticationFailed, DataDirConflict, ReplicaDiverged, SystemIdentifierMismatch
 from agent.runner import Runner
 from tests.integration.agentctl import (
     REPLICATION_PASSWORD,
@@ -26,7 +28,7 @@ from tests.integration.agentctl import (
     pod_env,
     wait_for,
 )
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, sized_volume
 
 pytestmark = pytest.mark.integration
 
@@ -212,3 +214,93 @@ def test_unfinished_clone_beside_pgdata_is_removed_and_never_used(primary: Any, 
     assert log.names()[0] == "leftover_removed"
     assert (volume_root / "pgdata" / "standby.signal").exists()
     assert not work.exists()
+
+
+def _as_postgres(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    account = postgres_account()
+    assert account is not None
+    return subprocess.run(
+        argv, check=False, user=account.uid, group=account.gid, capture_output=True, text=True, **kwargs
+    )
+
+
+def _copy_of_the_primary(primary_port: int, target: Path) -> None:
+    """A base backup of the primary, taken now: its data as a restored volume would hold it."""
+    env = {**os.environ, "PGPASSWORD": REPLICATION_PASSWORD}
+    done = _as_postgres(
+        ["pg_basebackup", "-h", "127.0.0.1", "-p", str(primary_port), "-U", "replicator", "-D", str(target),
+         "-X", "stream", "-c", "fast"],
+        env=env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def _replayed_up_to_the_primary(primary_port: int, replica_port: int) -> None:
+    """Write 4 MB on the primary and wait until the replica has replayed all of it."""
+    with connect(primary_port) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS later (v text)")
+        conn.execute("INSERT INTO later SELECT repeat('x', 1000) FROM generate_series(1, 4000)")
+        target = conn.execute("SELECT pg_current_wal_flush_lsn()").fetchone()[0]
+
+    def replayed() -> bool:
+        with connect(replica_port) as rconn:
+            return bool(rconn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (str(target),)).fetchone()[0])
+
+    wait_for(replayed, 30, "the replica to replay the primary's writes")
+
+
+@pytest.mark.parametrize("how", ["restored_without_promotion", "promoted_copy"])
+def test_replica_refuses_a_primary_whose_history_it_is_not_on(primary: Any, volume_root: Path, how: str) -> None:
+    # The replica streams and replays writes made after a copy of the primary was taken; then that
+    # older copy becomes the primary: started as it was (same timeline, behind the replica), or
+    # promoted (a new timeline forking off before the replica's position).
+    bootstrap_replica(volume_root, primary.port)
+    with sized_volume("pgsfs-older-") as other_volume:
+        older = other_volume / "pgdata"
+        other_volume.chmod(0o777)
+        _copy_of_the_primary(primary.port, older)
+        _diverge_and_check(primary, volume_root, older, how)
+
+
+def _diverge_and_check(primary: Any, volume_root: Path, older: Path, how: str) -> None:
+    replica_port = free_port()
+    proc = start_postgres(volume_root / "pgdata", replica_port)
+    try:
+        _replayed_up_to_the_primary(primary.port, replica_port)
+    finally:
+        stop_postgres(proc)
+
+    older_port = free_port()
+    if how == "promoted_copy":
+        (older / "standby.signal").write_text("")
+        shutil.chown(older / "standby.signal", "postgres", "postgres")
+    older_proc = start_postgres(older, older_port)
+    try:
+        if how == "promoted_copy":
+            wait_for(lambda: connect(older_port).execute("SELECT pg_promote()").fetchone() == (True,), 30, "promotion")
+        wait_for(
+            lambda: connect(older_port).execute("SELECT NOT pg_is_in_recovery()").fetchone() == (True,),
+            30, "the older copy to accept writes",
+        )  # fmt: skip
+        pgdata = volume_root / "pgdata"
+        before = {p.name: p.stat().st_mtime_ns for p in pgdata.iterdir()}
+        with pytest.raises(ReplicaDiverged) as caught:
+            bootstrap_replica(volume_root, older_port)
+        refused = caught.value
+        assert refused.exit_code == 12 and refused.event == "replica_diverged"
+        expected = "ahead_of_primary" if how == "restored_without_promotion" else "forked"
+        assert refused.fields["outcome"] == expected
+        assert (refused.fields["switch_lsn"] is None) == (expected == "ahead_of_primary")
+        assert "left untouched" in refused.message
+        assert {p.name: p.stat().st_mtime_ns for p in pgdata.iterdir()} == before
+
+        # Allowed: the data is moved aside (kept) and the replica clones the primary it must follow.
+        log, _ = bootstrap_replica(volume_root, older_port, PGSFS_ON_DIVERGENCE="reclone")
+        assert "replica_diverged_recloning" in log.names() and "clone" in log.names()
+        aside = list(volume_root.glob("pgdata.diverged-*"))
+        assert len(aside) == 1 and (aside[0] / "PG_VERSION").exists()
+        log, _ = bootstrap_replica(volume_root, older_port)
+        check = next(e for e in log.events if e["event"] == "primary_check")
+        assert check["history"] == "on_history"
+    finally:
+        stop_postgres(older_proc)

@@ -80,7 +80,11 @@ def test_explicit_values_win_over_auto() -> None:
     chosen = walbudget.choose(
         {"max_wal_size": "auto", "wal_keep_size": "0", "max_slot_wal_keep_size": "1GB"}, 10 * GiB
     )
-    assert chosen.conf_values() == {"max_wal_size": "1024MB", "wal_keep_size": "0MB", "max_slot_wal_keep_size": "1024MB"}
+    assert chosen.conf_values() == {
+        "max_wal_size": "1024MB",
+        "wal_keep_size": "0MB",
+        "max_slot_wal_keep_size": "1024MB",
+    }
 
 
 def test_unlimited_slot_is_reported() -> None:

@@ -1,0 +1,98 @@
+"""Whether a replica's data lies on the primary's history: pure decisions over observed positions."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent import history
+from agent.history import LocalPosition
+
+LSNS = st.integers(min_value=0, max_value=2**64 - 1)
+
+STANDBY_CONTROLDATA = """\
+pg_control version number:            1300
+Database cluster state:               shut down in recovery
+Latest checkpoint location:           0/5000060
+Latest checkpoint's REDO location:    0/5000028
+Latest checkpoint's TimeLineID:       1
+Minimum recovery ending location:     0/7A3C1F0
+Min recovery ending loc's timeline:   1
+"""
+
+PRIMARY_CONTROLDATA = """\
+Database cluster state:               shut down
+Latest checkpoint location:           0/9000028
+Latest checkpoint's TimeLineID:       2
+Minimum recovery ending location:     0/0
+Min recovery ending loc's timeline:   0
+"""
+
+
+@given(LSNS)
+def test_lsn_text_round_trips(lsn: int) -> None:
+    assert history.parse_lsn(history.format_lsn(lsn)) == lsn
+
+
+@pytest.mark.parametrize("text", ["", "0/", "/1", "G/0", "1/2/3", "123456789/0"])
+def test_not_an_lsn(text: str) -> None:
+    with pytest.raises(ValueError):
+        history.parse_lsn(text)
+
+
+def test_history_file() -> None:
+    text = "1\t0/3000000\tno recovery target specified\n\n2\t0/5A00000\tat restore point \"x\"\n"
+    assert history.parse_history(text) == {1: 0x3000000, 2: 0x5A00000}
+    assert history.parse_history("") == {}
+
+
+def test_controldata_of_a_standby_uses_its_minimum_recovery_point() -> None:
+    assert history.parse_controldata(STANDBY_CONTROLDATA) == LocalPosition(1, 0x7A3C1F0)
+
+
+def test_controldata_of_a_former_primary_uses_its_last_checkpoint() -> None:
+    assert history.parse_controldata(PRIMARY_CONTROLDATA) == LocalPosition(2, 0x9000028)
+
+
+def test_same_timeline_behind_or_level_may_follow() -> None:
+    assert history.compare(LocalPosition(1, 100), 1, 100, {}).may_follow
+    assert history.compare(LocalPosition(1, 99), 1, 100, {}).may_follow
+
+
+def test_same_timeline_ahead_of_the_primary_is_an_older_primary() -> None:
+    verdict = history.compare(LocalPosition(1, 101), 1, 100, {})
+    assert verdict.outcome == history.AHEAD_OF_PRIMARY and not verdict.may_follow
+
+
+def test_older_timeline_up_to_the_switch_point_follows_the_promotion() -> None:
+    verdict = history.compare(LocalPosition(1, 0x5000000), 2, 0x9000000, {1: 0x5000000})
+    assert verdict.may_follow and verdict.switch_lsn == "0/5000000"
+
+
+def test_older_timeline_past_the_switch_point_has_forked() -> None:
+    verdict = history.compare(LocalPosition(1, 0x5000001), 2, 0x9000000, {1: 0x5000000})
+    assert verdict.outcome == history.FORKED
+
+
+def test_newer_timeline_than_the_primary() -> None:
+    assert history.compare(LocalPosition(3, 1), 2, 0x9000000, {1: 5}).outcome == history.NEWER_TIMELINE
+
+
+def test_timeline_absent_from_the_primarys_history() -> None:
+    # The primary's timeline 3 came from 1 through 2'; this replica's timeline 2 is another branch.
+    assert history.compare(LocalPosition(2, 1), 4, 9, {1: 1, 3: 5}).outcome == history.NOT_IN_HISTORY
+
+
+@given(
+    st.integers(min_value=1, max_value=20), LSNS, st.integers(min_value=1, max_value=20), LSNS,
+    st.dictionaries(st.integers(min_value=1, max_value=20), LSNS),
+)  # fmt: skip
+def test_a_replica_may_follow_only_a_primary_that_contains_its_whole_past(
+    local_tli: int, local_lsn: int, primary_tli: int, primary_lsn: int, switches: dict[int, int]
+) -> None:
+    verdict = history.compare(LocalPosition(local_tli, local_lsn), primary_tli, primary_lsn, switches)
+    contained = (local_tli == primary_tli and local_lsn <= primary_lsn) or (
+        local_tli < primary_tli and local_tli in switches and local_lsn <= switches[local_tli]
+    )
+    assert verdict.may_follow == contained
