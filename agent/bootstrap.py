@@ -13,12 +13,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import builddir, discovery, history, replication, walbudget
+from agent import announce, builddir, discovery, history, replication, survey, walbudget
 from agent.config import Config
 from agent.errors import (
     AgentError,
     CommandFailed,
     NoRoomToMoveAside,
+    PeerCheckIncomplete,
     PrimaryVolumeLost,
     ReplicaDiverged,
     SystemIdentifierMismatch,
@@ -76,6 +77,7 @@ class World:
     clock: Clock = time.monotonic
     sleep: Sleep = time.sleep
     heartbeat: Heartbeat | None = None
+    announcer: Callable[[int, str], announce.Announcer] = announce.Announcer
 
     def beat(self, phase: str | None = None) -> None:
         """Tell the startup probe we are alive."""
@@ -126,6 +128,7 @@ class Bootstrap:
         self.owner = (self.account.uid, self.account.gid) if self.account else None
         self.pgdata = config.pgdata
         self.work = work_dir_for(config.pgdata)
+        self.announcer: announce.Announcer | None = None
 
     # -- helpers -----------------------------------------------------------------------------
     def _phase(self, name: str, started: float, **fields: Any) -> None:
@@ -155,15 +158,38 @@ class Bootstrap:
             raise self.plan.refusal.to_error()
         self._mkdir_owned(self.config.state_dir)
         self.world.beat(self.plan.action)
-        if self.plan.remove_leftover:
-            self.remove_leftover(Path(self.plan.remove_leftover))
-        if self.plan.action == INIT:
-            self.init_primary()
-        elif self.plan.action == CLONE:
-            self.clone_replica()
-        elif self.plan.action == START:
-            self.restart()
-        self.fix_ownership()
+        with self._announcing():
+            if self.plan.remove_leftover:
+                self.remove_leftover(Path(self.plan.remove_leftover))
+            if self.plan.action == INIT:
+                self.init_primary()
+            elif self.plan.action == CLONE:
+                self.clone_replica()
+            elif self.plan.action == START:
+                self.restart()
+            self.fix_ownership()
+
+    @contextlib.contextmanager
+    def _announcing(self) -> Iterator[None]:
+        """A replica says on postgres' port what it holds until postgres starts (see agent/announce.py)."""
+        if self.config.identity.role == "primary":
+            yield
+            return
+        local = inspect(self.pgdata).system_identifier
+        message = (
+            announce.holds_message(local, "checking the primary before starting")
+            if local is not None
+            else announce.empty_message("waiting to clone the primary")
+        )
+        self.announcer = self.world.announcer(self.config.port, message)
+        problem = self.announcer.start()
+        if problem is not None:
+            self.log.warning("announce_failed", port=self.config.port, detail=problem,
+                             note="a primary initialising now cannot see what this member holds")  # fmt: skip
+        try:
+            yield
+        finally:
+            self.announcer.close()
 
     def remove_leftover(self, path: Path) -> None:
         """Remove an unfinished init or clone that is provably ours (never used, never started)."""
@@ -191,65 +217,75 @@ class Bootstrap:
 
     # -- primary ----------------------------------------------------------------------------
     def check_peers_for_data(self) -> None:
-        """Refuse to initialise when another member still runs a cluster: our volume was lost."""
+        """Refuse to initialise while another member may still hold the cluster: our volume was lost.
+
+        Fails closed: a survey that could not see every member refuses too (retryable).
+        """
         started = self.world.clock()
-        deadline = started + self.config.peer_check_timeout
         cfg = self.config
-        names: list[str] = []
         srv, _, outcome = discovery.service_srv(self.world.lookup, cfg.srv_fqdn, cfg.service_fqdn)
-        names += [r.target if r.target.endswith(".") else r.target + "." for r in srv]
-        names += [cfg.pod_fqdn(cfg.identity.peer_pod(n)) for n in range(0, 5)]
-        own = cfg.pod_fqdn(cfg.identity.pod_name)
-        checked: list[str] = []
-        holders: list[dict[str, Any]] = []
-        dns_down = "no nameserver answered the SRV query" if outcome == discovery.DNS_UNREACHABLE else ""
-        for name in dict.fromkeys(n.lower() for n in names):
-            if name == own or self.world.clock() >= deadline or dns_down:
-                continue
-            answer = self.world.lookup(name, "A")
-            if answer.outcome == discovery.DNS_UNREACHABLE:
-                # Without DNS nothing can be checked; a fresh cluster must still be able to start.
-                dns_down = answer.detail
-                continue
-            if not answer.found:
-                continue
-            checked.append(name)
-            budget = max(1.0, min(3.0, deadline - self.world.clock()))
-            attempt = self.world.identify(self._endpoint(name, answer.records[0]), budget)
-            if attempt.info is not None or attempt.outcome in (*replication.AUTH_FAILURES, replication.STARTING):
-                holders.append(
-                    {
-                        "member": name.rstrip("."),
-                        "outcome": attempt.outcome,
-                        "system_identifier": str(attempt.info.system_identifier) if attempt.info else None,
-                    }
-                )
-        if dns_down:
-            self.log.warning(
-                "peer_check_incomplete",
-                reason="dns_unreachable",
-                detail=dns_down,
-                note="could not look for members that still hold data; initialising",
-            )
-        self._phase(
-            "peer_check",
-            started,
-            complete=not dns_down,
-            members_answering=len(checked),
-            holding_data=holders,
-            allow_reinit=cfg.allow_reinit,
+        peers = survey.Survey(
+            lookup=self.world.lookup,
+            identify=lambda name, address, budget: self.world.identify(self._endpoint(name, address), budget),
+            clock=self.world.clock,
+            sleep=self.world.sleep,
+            own_name=cfg.pod_fqdn(cfg.identity.pod_name).lower(),
+            pod_fqdn=lambda n: cfg.pod_fqdn(cfg.identity.peer_pod(n)),
         )
-        if holders and not cfg.allow_reinit:
-            who = ", ".join(h["member"] for h in holders)
+        if outcome == discovery.DNS_UNREACHABLE:
+            peers.dns_problem = "no nameserver answered the Service's SRV query"
+            unchecked: list[str] = []
+        else:
+            targets = [r.target if r.target.endswith(".") else r.target + "." for r in srv]
+            unchecked = peers.run(
+                targets, cfg.peer_check_timeout, stop_early=cfg.allow_reinit is None, on_poll=self.world.beat
+            )
+        verdict = survey.judge(list(peers.members.values()), unchecked, peers.dns_problem, cfg.allow_reinit)
+        members = [
+            {"member": m.name, "state": m.state,
+             "system_identifier": str(m.system_identifier) if m.system_identifier else None}
+            for m in verdict.members if m.state != survey.ABSENT
+        ]  # fmt: skip
+        self._phase(
+            "peer_check", started, decision=verdict.decision, complete=verdict.decision != survey.INCOMPLETE,
+            members=members, unchecked=[n.rstrip(".") for n in verdict.unchecked] or None,
+            dns_problem=verdict.dns_problem,
+            overridden=str(verdict.overridden) if verdict.overridden else None,
+        )  # fmt: skip
+        if verdict.decision == survey.REFUSE_HOLDERS:
+            holders = [h for h in members if h["state"] == survey.HOLDS_DATA]
+            who = ", ".join(f"{h['member']} (cluster {h['system_identifier'] or 'unknown'})" for h in holders)
             raise PrimaryVolumeLost(
-                f"PGDATA is empty on the primary ordinal, but {who} still run(s) a cluster: this pod's "
+                f"PGDATA is empty on the primary ordinal, but {who} still hold(s) a cluster: this pod's "
                 "volume was probably lost or replaced; initialising would start a new cluster that the "
                 "replicas cannot follow",
                 hint="recover by restoring the primary's volume, or promote the replica that replayed the most "
                 "(SELECT pg_promote()) and pg_basebackup it into this pod's PGDATA (see README, Limitations); "
-                "to start a new, empty cluster anyway set PGSFS_ALLOW_REINIT=true (the replicas will then refuse "
-                "to follow and must be re-cloned)",
+                "to give that cluster up and start a new, empty one, set PGSFS_ALLOW_REINIT to its system "
+                "identifier (the replicas will then refuse to follow and must be cloned again)",
                 holders=holders,
+            )
+        if verdict.decision == survey.INCOMPLETE:
+            silent = [m.name for m in verdict.silent]
+            why = verdict.dns_problem or (
+                f"{', '.join(silent)} exist(s) but did not say what they hold" if silent
+                else f"{len(verdict.unchecked)} member name(s) were not checked in time"
+            )
+            raise PeerCheckIncomplete(
+                f"PGDATA is empty on the primary ordinal and the survey of the other members was incomplete "
+                f"({why}): initialising now could start a new cluster beside one a member still holds",
+                hint="the next start surveys again (the pod restarts); if it persists, check cluster DNS and the "
+                "other pods (kubectl get pods; their logs); raise PGSFS_PEER_CHECK_TIMEOUT for slow starts",
+                silent=silent or None,
+                unchecked=[n.rstrip(".") for n in verdict.unchecked] or None,
+                dns_problem=verdict.dns_problem,
+            )
+        if verdict.overridden:
+            self.log.warning(
+                "reinit_allowed",
+                system_identifier=str(verdict.overridden),
+                note="PGSFS_ALLOW_REINIT named this cluster: it is given up and a new one is initialised; "
+                "remove the variable (it matches no other cluster)",
             )
 
     def init_primary(self) -> None:
@@ -486,6 +522,9 @@ class Bootstrap:
         self._phase("clone", started, **{k: v for k, v in result.items() if k != "elapsed_s"})
         self.write_config(datadir, standby=True)
         self._move_into_place(datadir)
+        cloned = inspect(self.pgdata).system_identifier
+        if self.announcer is not None and cloned is not None:
+            self.announcer.say(announce.holds_message(cloned, "clone done, starting"))
 
     def _clone_failed(self, exc: CommandFailed) -> CommandFailed:
         """Discard the partial clone now (it is ours and never usable) and explain a full volume."""

@@ -62,7 +62,7 @@ class Config:
     peer_check_timeout: float
     auth_attempts: int
     clone_max_rate: str | None
-    allow_reinit: bool
+    allow_reinit: int | None
     on_divergence: str
     max_wal_senders: int
     max_replication_slots: int
@@ -246,6 +246,22 @@ def _password_problems(value: str) -> list[str]:
     return []
 
 
+def _reinit_override(env: Mapping[str, str], problems: _Problems) -> int | None:
+    """PGSFS_ALLOW_REINIT: the system identifier of the cluster a new init may give up, or None."""
+    raw = env.get("PGSFS_ALLOW_REINIT", "").strip()
+    if raw.lower() in _FALSE:
+        return None
+    if raw.isdigit() and len(raw) >= 10 and int(raw) < 2**64:
+        return int(raw)
+    problems.add(
+        "PGSFS_ALLOW_REINIT",
+        raw,
+        "unset, or the system identifier of the cluster to give up (the primary_volume_lost error lists it "
+        "per member); a bare true is not accepted: it would re-initialise again at every later loss",
+    )
+    return None
+
+
 def _max_rate(env: Mapping[str, str], problems: _Problems) -> str | None:
     raw = env.get("PGSFS_CLONE_MAX_RATE", "").strip()
     if not raw:
@@ -358,10 +374,10 @@ def load_config(
 
     wait_timeout = _seconds(env, "PGSFS_WAIT_TIMEOUT", 600.0, problems)
     restart_check_timeout = _seconds(env, "PGSFS_RESTART_CHECK_TIMEOUT", 10.0, problems)
-    peer_check_timeout = _seconds(env, "PGSFS_PEER_CHECK_TIMEOUT", 5.0, problems)
+    peer_check_timeout = _seconds(env, "PGSFS_PEER_CHECK_TIMEOUT", 30.0, problems)
     auth_attempts = _int(env, "PGSFS_AUTH_ATTEMPTS", 3, problems, 1, 100)
     max_rate = _max_rate(env, problems)
-    allow_reinit = _bool(env, "PGSFS_ALLOW_REINIT", problems)
+    allow_reinit = _reinit_override(env, problems)
     on_divergence = _choice(env, "PGSFS_ON_DIVERGENCE", "refuse", ("refuse", "reclone"), problems)
     max_wal_senders = _int(env, "PGSFS_MAX_WAL_SENDERS", 10, problems, 2, 1000)
     max_slots = _int(env, "PGSFS_MAX_REPLICATION_SLOTS", 10, problems, 2, 1000)

@@ -102,6 +102,13 @@ class ReplicaDiverged(AgentError):
     event = "replica_diverged"
 
 
+class PeerCheckIncomplete(AgentError):
+    """A primary with an empty PGDATA could not see every member: initialising could fork the cluster."""
+
+    exit_code = 13
+    event = "peer_check_incomplete"
+
+
 class Interrupted(BaseException):
     """SIGINT or SIGTERM arrived; carries the exit code 128 + signum (130, 143)."""
 

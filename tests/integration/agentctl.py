@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from typing import Any
 import psycopg
 
 from agent import discovery
+from agent.announce import Announcer
 
 SUPERUSER_PASSWORD = "su 'pw' \\ &=@:x"
 REPLICATION_PASSWORD = "r'e\\p l&a=y@:x"
@@ -149,6 +151,14 @@ def agent_postgres(env: Mapping[str, str], log_path: Path, *args: str, ready_tim
         yield server
     finally:
         server.stop()
+
+
+def own_port_announcer(_port: int, message: str) -> Announcer:
+    """The replica's announcer on a port of its own: in-process replicas here share the primary's port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    return Announcer(port, message, host="127.0.0.1")
 
 
 def loopback_dns(name: str, rdtype: str) -> discovery.DnsAnswer:

@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ MODULE_BINARIES = {
     "test_versions.py": ("postgres", "initdb"),
 }
 _isolated: dict[str, str] = {}
+_processes: list[subprocess.Popen[Any]] = []
 
 
 def is_default_bin() -> bool:
@@ -71,7 +73,10 @@ def _isolate() -> str:
     etc = Path(tempfile.mkdtemp(prefix="pgsfs-etc-"))
     _isolated["etc"] = str(etc)
     (etc / "hosts").write_text("127.0.0.1 localhost\n" + "".join(f"127.0.0.1 {name}\n" for name in FQDNS))
-    # A nameserver on our own loopback where nothing listens: every DNS question fails here, fast.
+    # BIND on our own loopback, authoritative for an empty cluster domain: every pod name is
+    # NXDOMAIN, so a primary's re-init guard sees a complete survey of nobody (replicas here get
+    # the primary's address from a stand-in lookup, or wait for a record that never appears).
+    _start_named(etc)
     (etc / "resolv.conf").write_text(
         "nameserver 127.0.0.1\nsearch pg.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
     )
@@ -83,6 +88,42 @@ def _isolate() -> str:
     shutil.chown(run_dir, "postgres", "postgres")
     os.environ["PATH"] = f"{PG_BIN}:{os.environ['PATH']}"
     return ""
+
+
+def _start_named(workdir: Path) -> None:
+    """named on 127.0.0.1:53 in this namespace with an empty cluster.local and root zone."""
+    soa = "$TTL 5\n@ IN SOA ns.invalid. hostmaster.invalid. (1 7200 1800 86400 5)\n@ IN NS ns.invalid.\n"
+    (workdir / "empty.zone").write_text(soa)
+    (workdir / "named.conf").write_text(f"""\
+options {{
+    directory "{workdir}";
+    pid-file none;
+    listen-on port 53 {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    dnssec-validation no;
+    notify no;
+}};
+controls {{ }};
+zone "cluster.local" {{ type primary; file "{workdir}/empty.zone"; }};
+zone "." {{ type primary; file "{workdir}/empty.zone"; }};
+""")
+    named = shutil.which("named") or "/usr/sbin/named"
+    log = open(workdir / "named.log", "w")  # noqa: SIM115 - kept open for the server's lifetime
+    proc = subprocess.Popen([named, "-g", "-4", "-c", str(workdir / "named.conf")], stdout=log, stderr=log)
+    _isolated["named_pid"] = str(proc.pid)
+    _processes.append(proc)
+    import dns.message
+    import dns.query
+
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            dns.query.udp(dns.message.make_query("cluster.local.", "SOA"), "127.0.0.1", timeout=0.5)
+            return
+        except Exception:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"named did not start: {(workdir / 'named.log').read_text()[-2000:]}") from None
 
 
 def _check_other_bin() -> None:
@@ -111,6 +152,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure() -> None:
     """Remove the private /etc files (the bind mounts vanish with the process's namespace)."""
+    for proc in _processes:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     if "etc" in _isolated:
         shutil.rmtree(_isolated.pop("etc"), ignore_errors=True)
 

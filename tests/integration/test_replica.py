@@ -25,6 +25,7 @@ from tests.integration.agentctl import (
     REPLICATION_PASSWORD,
     connect,
     loopback_dns,
+    own_port_announcer,
     pod_env,
     wait_for,
 )
@@ -62,7 +63,7 @@ def bootstrap_replica(volume: Path, port: int, **extra: str) -> tuple[ListLog, A
     runner = Runner(postgres_account())
     plan, _ = observe_and_plan(config, runner)
     log = ListLog()
-    world = World(runner=runner, lookup=loopback_dns, sleep=lambda _s: None)
+    world = World(runner=runner, lookup=loopback_dns, sleep=lambda _s: None, announcer=own_port_announcer)
     Bootstrap(config, plan, world, log).run()
     return log, plan
 

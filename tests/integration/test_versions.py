@@ -30,6 +30,7 @@ from tests.integration.agentctl import (
     connect,
     json_lines,
     loopback_dns,
+    own_port_announcer,
     pod_env,
     run_agent,
     wait_for,
@@ -105,7 +106,8 @@ def _clone_and_start(volume: Path, primary_port: int) -> tuple[subprocess.Popen[
     runner = Runner(postgres_account())
     plan, _ = observe_and_plan(config, runner)
     assert plan.action == "clone"
-    Bootstrap(config, plan, World(runner=runner, lookup=loopback_dns, sleep=lambda _s: None), _Log()).run()
+    world = World(runner=runner, lookup=loopback_dns, sleep=lambda _s: None, announcer=own_port_announcer)
+    Bootstrap(config, plan, world, _Log()).run()
     port = free_port()
     account = postgres_account()
     assert account is not None

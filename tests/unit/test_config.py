@@ -55,10 +55,10 @@ def test_defaults(make_config) -> None:
     assert cfg.replication_password.reveal() == "repl-secret-pw"
     assert cfg.wait_timeout == 600.0
     assert cfg.restart_check_timeout == 10.0
-    assert cfg.peer_check_timeout == 5.0
+    assert cfg.peer_check_timeout == 30.0
     assert cfg.auth_attempts == 3
     assert cfg.clone_max_rate is None
-    assert cfg.allow_reinit is False
+    assert cfg.allow_reinit is None
     assert cfg.max_wal_senders == 10
     assert cfg.max_replication_slots == 10
     assert cfg.wal_configured() == {"max_wal_size": "auto", "wal_keep_size": "auto", "max_slot_wal_keep_size": "auto"}
@@ -92,7 +92,7 @@ def test_every_setting_is_read(make_config) -> None:
         PGSFS_PEER_CHECK_TIMEOUT="1",
         PGSFS_AUTH_ATTEMPTS="7",
         PGSFS_CLONE_MAX_RATE="100M",
-        PGSFS_ALLOW_REINIT="Yes",
+        PGSFS_ALLOW_REINIT="7711490745716584460",
         PGSFS_MAX_WAL_SENDERS="20",
         PGSFS_MAX_REPLICATION_SLOTS="30",
         PGSFS_WAL_KEEP_SIZE="512MB",
@@ -113,7 +113,7 @@ def test_every_setting_is_read(make_config) -> None:
     assert (cfg.wait_timeout, cfg.restart_check_timeout, cfg.peer_check_timeout) == (30.5, 2.0, 1.0)
     assert cfg.auth_attempts == 7
     assert cfg.clone_max_rate == "100M"
-    assert cfg.allow_reinit is True
+    assert cfg.allow_reinit == 7711490745716584460
     assert (cfg.max_wal_senders, cfg.max_replication_slots) == (20, 30)
     assert (cfg.wal_keep_size, cfg.max_slot_wal_keep_size) == ("512MB", "-1")
     assert (cfg.log_format, cfg.log_level) == ("json", "debug")
@@ -250,6 +250,8 @@ BAD_VALUES = [
     ("PGSFS_CLONE_MAX_RATE", "10 M"),
     ("PGSFS_CLONE_MAX_RATE", "100m"),
     ("PGSFS_ALLOW_REINIT", "maybe"),
+    ("PGSFS_ALLOW_REINIT", "true"),  # a permanent override would re-initialise at every later loss
+    ("PGSFS_ALLOW_REINIT", "123"),
     ("PGSFS_MAX_WAL_SENDERS", "1"),
     ("PGSFS_MAX_REPLICATION_SLOTS", "1001"),
     ("PGSFS_WAL_KEEP_SIZE", "1 GB"),

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from agent.announce import GSSENC_REQUEST, SSL_REQUEST, error_response, read_exact
 from agent.errors import AuthenticationFailed, PrimaryUnavailable
 from agent.replication import (
     BAD_PASSWORD,
@@ -104,33 +105,11 @@ def test_classify_multi_host_wrapper() -> None:
 
 # -- real libpq against a scripted server ------------------------------------------------------
 
-SSL_REQUEST, GSSENC_REQUEST = 80877103, 80877104
-
-
-def _error_response(severity: str, code: str, message: str, detail: str | None) -> bytes:
-    fields = b"S" + severity.encode() + b"\0V" + severity.encode() + b"\0C" + code.encode() + b"\0"
-    fields += b"M" + message.encode() + b"\0"
-    if detail:
-        fields += b"D" + detail.encode() + b"\0"
-    body = fields + b"\0"
-    return b"E" + struct.pack("!I", len(body) + 4) + body
-
-
-def _recv_exact(conn: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = conn.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("client went away")
-        data += chunk
-    return data
-
-
 class ScriptedServer:
     """Accepts connections on 127.0.0.1 and answers each startup packet with one ErrorResponse."""
 
     def __init__(self, code: str, message: str, detail: str | None = None) -> None:
-        self.reply = _error_response("FATAL", code, message, detail)
+        self.reply = error_response(message, code=code, detail=detail)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
@@ -151,11 +130,11 @@ class ScriptedServer:
                 conn.settimeout(5.0)
                 try:
                     while True:
-                        length, code = struct.unpack("!II", _recv_exact(conn, 8))
+                        length, code = struct.unpack("!II", read_exact(conn, 8))
                         if code in (SSL_REQUEST, GSSENC_REQUEST):
                             conn.sendall(b"N")  # no encryption here: the client goes on in plain text
                             continue
-                        self.startups.append(_recv_exact(conn, length - 8))
+                        self.startups.append(read_exact(conn, length - 8))
                         conn.sendall(self.reply)
                         break
                 except (OSError, ConnectionError):

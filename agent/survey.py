@@ -1,0 +1,154 @@
+"""The re-init guard: before a primary with an empty PGDATA initialises, ask every member what it holds.
+
+Observing (DNS, one connection per member) is kept apart from judging: `judge` is pure, so the
+decision to initialise, to refuse because another member holds the cluster, or to refuse because
+the survey could not see everyone, is tested over every combination of answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from agent import announce, discovery, replication
+from agent.waits import Clock, Sleep
+
+HOLDS_DATA = "holds_data"
+EMPTY = "empty"
+SILENT = "silent"
+ABSENT = "absent"
+DEFINITIVE = frozenset({HOLDS_DATA, EMPTY, ABSENT})
+
+INIT = "init"
+REFUSE_HOLDERS = "refuse_holders"
+INCOMPLETE = "incomplete"
+
+# Without SRV records, ordinals are tried up to this one, and two past the highest that exists.
+MIN_ORDINALS = 5
+ORDINALS_PAST_HIGHEST = 2
+
+
+@dataclass(frozen=True)
+class Member:
+    """What one member answered: holds data (and of which cluster), empty, silent, or absent."""
+
+    name: str
+    state: str
+    system_identifier: int | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The guard's decision and everything it rests on."""
+
+    decision: str
+    members: tuple[Member, ...]
+    unchecked: tuple[str, ...] = ()
+    dns_problem: str | None = None
+    overridden: int | None = None
+
+    @property
+    def holders(self) -> tuple[Member, ...]:
+        """Members that still run (or announce) a cluster."""
+        return tuple(m for m in self.members if m.state == HOLDS_DATA)
+
+    @property
+    def silent(self) -> tuple[Member, ...]:
+        """Members that exist in DNS but answered nothing that says what they hold."""
+        return tuple(m for m in self.members if m.state == SILENT)
+
+
+def classify(name: str, attempt: replication.Attempt) -> Member:
+    """One member's answer to IDENTIFY_SYSTEM, as what it tells about its data."""
+    if attempt.info is not None:
+        return Member(name, HOLDS_DATA, attempt.info.system_identifier)
+    announced = announce.read_announcement(attempt.detail)
+    if announced is not None:
+        holds, system_identifier = announced
+        return Member(name, HOLDS_DATA if holds else EMPTY, system_identifier)
+    if attempt.outcome in replication.AUTH_FAILURES or attempt.outcome == replication.STARTING:
+        # A postgres runs there (it checks passwords, or recovers): it has a cluster.
+        return Member(name, HOLDS_DATA, None, attempt.outcome)
+    return Member(name, SILENT, None, attempt.outcome)
+
+
+def judge(members: list[Member], unchecked: list[str], dns_problem: str | None, allow_reinit: int | None) -> Verdict:
+    """Initialise only when every member was seen and none holds data (or only the cluster given up)."""
+    holders = [m for m in members if m.state == HOLDS_DATA]
+    given_up = allow_reinit is not None and all(m.system_identifier in (None, allow_reinit) for m in holders)
+    incomplete = bool(dns_problem or unchecked or any(m.state == SILENT for m in members))
+    if holders and not given_up:
+        decision = REFUSE_HOLDERS
+    elif incomplete:
+        decision = INCOMPLETE
+    else:
+        decision = INIT
+    overridden = allow_reinit if holders and given_up and decision == INIT else None
+    return Verdict(decision, tuple(members), tuple(unchecked), dns_problem, overridden)
+
+
+def ordinals_to_try(found: set[int]) -> int:
+    """How many ordinals to try when SRV does not list the members: a few, and past the highest seen."""
+    return max(MIN_ORDINALS, max(found, default=-1) + 1 + ORDINALS_PAST_HIGHEST)
+
+
+@dataclass
+class Survey:
+    """Asks each member, again for those that do not answer yet, until all answered or the deadline."""
+
+    lookup: discovery.Lookup
+    identify: Callable[[str, str, float], replication.Attempt]
+    clock: Clock
+    sleep: Sleep
+    own_name: str
+    pod_fqdn: Callable[[int], str]
+    members: dict[str, Member] = field(default_factory=dict)
+    dns_problem: str | None = None
+
+    def run(self, srv_targets: list[str], timeout: float, stop_early: bool, on_poll: Callable[[], None]) -> list[str]:
+        """Survey until every member answered definitively or `timeout`; returns names never checked."""
+        deadline = self.clock() + timeout
+        names = list(dict.fromkeys(t.lower() for t in srv_targets))
+        found_ordinals: set[int] = set()
+        while True:
+            on_poll()
+            wanted = self._names(names, found_ordinals)
+            pending = [n for n in wanted if n not in self.members or self.members[n].state == SILENT]
+            for name in pending:
+                if self.clock() >= deadline or self.dns_problem:
+                    break
+                self._ask(name, deadline, found_ordinals)
+            wanted = self._names(names, found_ordinals)
+            unchecked = [n for n in wanted if n not in self.members]
+            open_ = [n for n in wanted if n not in self.members or self.members[n].state == SILENT]
+            holders = any(m.state == HOLDS_DATA for m in self.members.values())
+            if not open_ or self.dns_problem or self.clock() >= deadline or (holders and stop_early):
+                return unchecked
+            self.sleep(min(1.0, max(0.0, deadline - self.clock())))
+
+    def _names(self, srv_names: list[str], found_ordinals: set[int]) -> list[str]:
+        by_ordinal = [self.pod_fqdn(n).lower() for n in range(ordinals_to_try(found_ordinals))]
+        return [n for n in dict.fromkeys([*srv_names, *by_ordinal]) if n != self.own_name]
+
+    def _ordinal_of(self, name: str, limit: int) -> int | None:
+        return next((n for n in range(limit) if self.pod_fqdn(n).lower() == name), None)
+
+    def _ask(self, name: str, deadline: float, found_ordinals: set[int]) -> None:
+        address = None
+        for rdtype in ("A", "AAAA"):
+            answer = self.lookup(name, rdtype)
+            if answer.outcome == discovery.DNS_UNREACHABLE:
+                self.dns_problem = answer.detail or "no nameserver answered"
+                return
+            if answer.found:
+                address = answer.records[0]
+                break
+        if address is None:
+            self.members[name] = Member(name.rstrip("."), ABSENT)
+            return
+        ordinal = self._ordinal_of(name, ordinals_to_try(found_ordinals))
+        if ordinal is not None:
+            found_ordinals.add(ordinal)
+        budget = max(1.0, min(3.0, deadline - self.clock()))
+        self.members[name] = classify(name.rstrip("."), self.identify(name, address, budget))
