@@ -61,6 +61,9 @@ from agent.render import (
 from agent.runner import RunAs, Runner
 from agent.waits import Clock, Sleep
 
+# A long initdb.d script (a restore) says it still runs this often.
+SCRIPT_PROGRESS_INTERVAL = 60.0
+
 __all__ = ["Bootstrap", "World", "exec_postgres", "observe_and_plan", "postgres_account"]
 
 
@@ -377,8 +380,20 @@ class Bootstrap:
         for script in scripts:
             started = self.world.clock()
             self.world.beat("initdb_scripts")
-            run_initdb_script(self.world.runner, script, env)
+            run_initdb_script(self.world.runner, script, env, on_tick=self._script_ticker(script.name))
             self._phase("initdb_script", started, script=script.name)
+
+    def _script_ticker(self, name: str) -> Callable[[float], None]:
+        """Beats while a script runs (a restore may take hours), and a progress line every minute."""
+        reported = [0.0]
+
+        def tick(elapsed: float) -> None:
+            self.world.beat("initdb_scripts")
+            if elapsed - reported[0] >= SCRIPT_PROGRESS_INTERVAL:
+                reported[0] = elapsed
+                self.log.info("initdb_script_running", script=name, elapsed_s=round(elapsed))
+
+        return tick
 
     def _record_applied_secrets(self) -> None:
         record = {
@@ -516,6 +531,7 @@ class Bootstrap:
                 on_progress=lambda fields: self.log.info("clone_progress", **fields),
                 on_tick=self.world.beat,
                 clock=self.world.clock,
+                stall_timeout=cfg.clone_stall_timeout,
             )
         except CommandFailed as exc:
             raise self._clone_failed(exc) from exc

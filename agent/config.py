@@ -62,6 +62,7 @@ class Config:
     peer_check_timeout: float
     auth_attempts: int
     clone_max_rate: str | None
+    clone_stall_timeout: float
     allow_reinit: int | None
     on_divergence: str
     max_wal_senders: int
@@ -377,6 +378,7 @@ def load_config(
     peer_check_timeout = _seconds(env, "PGSFS_PEER_CHECK_TIMEOUT", 30.0, problems)
     auth_attempts = _int(env, "PGSFS_AUTH_ATTEMPTS", 3, problems, 1, 100)
     max_rate = _max_rate(env, problems)
+    clone_stall_timeout = _seconds(env, "PGSFS_CLONE_STALL_TIMEOUT", 300.0, problems)
     allow_reinit = _reinit_override(env, problems)
     on_divergence = _choice(env, "PGSFS_ON_DIVERGENCE", "refuse", ("refuse", "reclone"), problems)
     max_wal_senders = _int(env, "PGSFS_MAX_WAL_SENDERS", 10, problems, 2, 1000)
@@ -418,6 +420,7 @@ def load_config(
         peer_check_timeout=peer_check_timeout,
         auth_attempts=auth_attempts,
         clone_max_rate=max_rate,
+        clone_stall_timeout=clone_stall_timeout,
         allow_reinit=allow_reinit,
         on_divergence=on_divergence,
         max_wal_senders=max_wal_senders,

@@ -19,6 +19,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, stop_never,
 
 from agent.config import SECRET_VARIABLES
 from agent.errors import CommandFailed
+from agent.render import conninfo
 from agent.runner import Runner
 
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)")
@@ -211,16 +212,32 @@ def initdb_scripts(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(SCRIPT_SUFFIXES))
 
 
-def run_initdb_script(runner: Runner, script: Path, env: Mapping[str, str]) -> None:
-    """Run one initdb.d script as the official image does: .sh with bash, SQL with psql."""
+def _has_shebang(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(2) == b"#!"
+    except OSError:
+        return False
+
+
+def run_initdb_script(
+    runner: Runner, script: Path, env: Mapping[str, str], on_tick: Callable[[float], None] | None = None
+) -> None:
+    """Run one initdb.d script as the official image does: .sh with bash, SQL with psql.
+
+    No time limit: a restore may take hours; `on_tick(elapsed)` runs every second meanwhile.
+    """
     if script.name.endswith(".sh"):
-        argv = [str(script)] if os.access(script, os.X_OK) else ["bash", str(script)]
-        done = runner.run(argv, env=env)
+        # The official entrypoint runs an executable script from bash, which runs one without a
+        # `#!` line itself (execve's ENOEXEC): do the same rather than fail with "Exec format error".
+        argv = [str(script)] if os.access(script, os.X_OK) and _has_shebang(script) else ["bash", str(script)]
+        done = runner.run(argv, env=env, on_tick=on_tick)
     else:
         done = runner.run(
             ["psql", "-v", "ON_ERROR_STOP=1", "--no-psqlrc", "--quiet"],
             env=env,
             input=read_script(script),
+            on_tick=on_tick,
         )
     check(done, f"initdb script {script.name}", f"fix {script} (it runs only on a first initialisation)")
 
@@ -240,11 +257,19 @@ def basebackup(
     on_progress: Callable[[dict[str, Any]], None],
     on_tick: Callable[[], None] = lambda: None,
     clock: Callable[[], float] = time.monotonic,
+    stall_timeout: float = 300.0,
 ) -> dict[str, Any]:
-    """pg_basebackup with WAL streaming, a fast checkpoint and our slot; progress as events."""
-    conn = f"host={host} port={port} user={user} application_name={application_name}"
+    """pg_basebackup with WAL streaming, a fast checkpoint and our slot; progress as events.
+
+    Ended (CommandFailed, `reason=stalled`) when it reports nothing for `stall_timeout` seconds:
+    a primary that stopped sending, or a connection that died without a reset.
+    """
+    params = {"host": host, "port": str(port), "user": user, "application_name": application_name}
     if hostaddr:
-        conn += f" hostaddr={hostaddr}"
+        params["hostaddr"] = hostaddr
+    # A primary that vanishes without a reset is noticed in about 25 s, not after two hours.
+    params.update(keepalives_idle="10", keepalives_interval="5", keepalives_count="3")
+    conn = conninfo(params)
     argv = [
         "pg_basebackup",
         "-d",
@@ -287,6 +312,7 @@ def basebackup(
     reader = threading.Thread(target=pump, args=(proc.stderr,), daemon=True)
     reader.start()
     last_report = started
+    last_change = started
     done_kb, total_kb, percent = 0, 0, 0
     try:
         while True:
@@ -296,6 +322,21 @@ def basebackup(
                 line = ""
             if line is None:
                 break
+            now = clock()
+            if line:
+                last_change = now
+            elif now - last_change > stall_timeout:
+                runner.stop(proc)
+                raise CommandFailed(
+                    f"pg_basebackup made no progress for {stall_timeout:.0f} s (at {percent}%, "
+                    f"{done_kb // 1024} MB of {total_kb // 1024} MB): the primary stopped sending or the "
+                    "connection is dead",
+                    hint="the partial clone is discarded and the next start clones again; if it keeps "
+                    "stalling, look at the primary (its load, its log) and the network; raise "
+                    "PGSFS_CLONE_STALL_TIMEOUT if its checkpoint alone takes that long",
+                    reason="stalled",
+                    stall_timeout_s=stall_timeout,
+                )
             if line:
                 match = _PROGRESS.search(line)
                 if match:
@@ -303,7 +344,6 @@ def basebackup(
                 else:
                     tail.append(line)
                     del tail[:-20]
-            now = clock()
             if now - last_report >= PROGRESS_INTERVAL:
                 last_report = now
                 elapsed = now - started

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Mapping
@@ -80,9 +81,54 @@ def check_startup(env: Mapping[str, str], now: float) -> str:
     )
 
 
+# A postmaster that accepts a connection and forks a backend answers an SSLRequest at once.
+LIVENESS_ANSWER_SECONDS = 1.5
+SSL_REQUEST = struct.pack("!II", 8, 80877103)
+
+
+def postmaster_answers(sockdir: str, port: int, timeout: float = LIVENESS_ANSWER_SECONDS) -> str | None:
+    """None when postgres answers on its Unix socket within `timeout`, else why not.
+
+    An SSLRequest needs no password and logs nothing, yet proves the postmaster accepts, forks and
+    the backend runs; a server in crash recovery or at its connection limit still answers it.
+    """
+    path = os.path.join(sockdir or "/var/run/postgresql", f".s.PGSQL.{port}")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.sendall(SSL_REQUEST)
+            answer = sock.recv(1)
+    except socket.timeout:
+        return f"postgres did not answer on {path} within {timeout} s (hung?)"
+    except OSError as exc:
+        return f"postgres did not answer on {path}: {exc.strerror or exc}"
+    if answer not in (b"N", b"S", b"E"):
+        return f"postgres gave no answer on {path}"
+    return None
+
+
+def _postmaster_port(pgdata: Path, env: Mapping[str, str]) -> int:
+    """The port postgres really listens on (postmaster.pid's fourth line), else PGPORT."""
+    try:
+        return int((pgdata / "postmaster.pid").read_text().splitlines()[3])
+    except (OSError, ValueError, IndexError):
+        return int(env.get("PGPORT", "5432") or 5432)
+
+
 def check_liveness(env: Mapping[str, str], now: float) -> str:
-    """Local only, never the primary: the postmaster lives, or the bootstrap still beats."""
-    return check_startup(env, now)
+    """Local only, never the primary: postgres answers on its socket, or the bootstrap still beats."""
+    running = postmaster_status(_pgdata(env))
+    if running is None:
+        return check_startup(env, now)
+    pid, sockdir, status = running
+    if status in ("starting", "stopping", ""):
+        # Crash recovery or a shutdown in progress: the process lives, and it may take long.
+        return f"postgres {status or 'starting'} (pid {pid})"
+    problem = postmaster_answers(sockdir, _postmaster_port(_pgdata(env), env))
+    if problem is not None:
+        raise ProbeFailed(problem)
+    return f"postgres answers (pid {pid}, {status})"
 
 
 def _tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Callable, Union
@@ -14,6 +15,8 @@ from agent.errors import SecretInArgv
 from agent.secret import contains_secret
 
 Input = Union[bytes, None]
+# How often a long-running child's caller hears that it still runs (heartbeats follow it).
+TICK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -83,11 +86,30 @@ class Runner:
         input: Input = None,
         cwd: str | None = None,
         timeout: float | None = None,
+        on_tick: Callable[[float], None] | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run to completion and capture output; the child is stopped if the agent is interrupted."""
+        """Run to completion and capture output; the child is stopped if the agent is interrupted.
+
+        `on_tick(elapsed)` is called about every second while the child runs (heartbeats, progress).
+        """
         proc = self.spawn(argv, env=env, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL, cwd=cwd)
+        started = time.monotonic()
         try:
-            out, err = proc.communicate(input=input, timeout=timeout)
+            while True:
+                step = TICK_SECONDS if on_tick is not None else None
+                if timeout is not None:
+                    remaining = timeout - (time.monotonic() - started)
+                    step = remaining if step is None else min(step, max(0.0, remaining))
+                try:
+                    # communicate() may be called again after it times out: it keeps what it read.
+                    out, err = proc.communicate(input=input, timeout=step)
+                    break
+                except subprocess.TimeoutExpired:
+                    elapsed = time.monotonic() - started
+                    if timeout is not None and elapsed >= timeout:
+                        raise
+                    if on_tick is not None:
+                        on_tick(elapsed)
         except BaseException:
             self.stop(proc)
             raise

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
 import stat
+import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -183,3 +186,42 @@ def test_rotation_works_when_the_user_hardened_local_auth(volume_root: Path) -> 
             assert conn.execute("SELECT 1").fetchone() == (1,)
     # The cluster's own pg_hba.conf is as the user left it (below the managed block).
     assert [line for line in hba.read_text().splitlines() if line.startswith("local")] == local_lines
+
+
+def test_the_heartbeat_follows_a_long_initdb_script(volume_root: Path) -> None:
+    # A restore in initdb.d may take hours: the startup and liveness probes read the heartbeat, which
+    # must keep beating while the script runs (a stale one gets the pod killed and initdb run again).
+    scripts = volume_root / "initdb.d"
+    scripts.mkdir(mode=0o755)
+    running = volume_root / "script-running"
+    script = scripts / "01-slow-restore.sh"
+    script.write_text(f'#!/bin/sh\ntouch "{running}"\nsleep 4\nrm -f "{running}"\n')
+    script.chmod(0o755)
+    # Executable without a `#!` line: bash runs it as a script in the official image, so here too.
+    plain = scripts / "02-no-shebang.sh"
+    plain.write_text(f'touch "{volume_root}/no-shebang-ran"\n')
+    plain.chmod(0o755)
+    volume_root.chmod(0o777)
+    heartbeat = volume_root / ".pg-sfs-agent" / "heartbeat.json"
+    ages: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            if running.exists():
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    ages.append(time.time() - json.loads(heartbeat.read_text())["ts"])
+            stop.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        env = pod_env(volume_root, 0, free_port(), PGSFS_INITDB_DIR=str(scripts))
+        with agent_postgres(env, volume_root / "agent.log") as server:
+            assert "initdb_script" in [line["event"] for line in server.agent_log()]
+    finally:
+        stop.set()
+        sampler.join(5)
+    assert (volume_root / "no-shebang-ran").exists()
+    assert len(ages) > 20, "the script's run was not observed"
+    assert max(ages) < 2.5, f"the heartbeat went {max(ages):.1f} s without a beat while the script ran"

@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ import pytest
 
 from agent.bootstrap import Bootstrap, World, observe_and_plan, postgres_account
 from agent.config import load_config
-from agent.errors import AuthenticationFailed, DataDirConflict, ReplicaDiverged, SystemIdentifierMismatch
+from agent.errors import AuthenticationFailed, CommandFailed, DataDirConflict, ReplicaDiverged, SystemIdentifierMismatch
 from agent.runner import Runner
 from tests.integration.agentctl import (
     REPLICATION_PASSWORD,
@@ -305,3 +308,49 @@ def _diverge_and_check(primary: Any, volume_root: Path, older: Path, how: str) -
         assert check["history"] == "on_history"
     finally:
         stop_postgres(older_proc)
+
+
+def test_a_stalled_clone_is_ended_and_discarded(primary: Any, volume_root: Path) -> None:
+    # The primary's walsenders for this clone are frozen (SIGSTOP) mid-copy: bytes stop arriving
+    # while every connection stays open. The agent must end the clone itself within its bound.
+    with connect(primary.port) as conn:
+        conn.execute("CREATE TABLE ballast AS SELECT repeat('x', 1000) AS v FROM generate_series(1, 20000)")
+    outcome: dict[str, Any] = {}
+
+    def clone() -> None:
+        try:
+            bootstrap_replica(volume_root, primary.port, PGSFS_CLONE_MAX_RATE="64", PGSFS_CLONE_STALL_TIMEOUT="3")
+        except Exception as exc:
+            outcome["error"] = exc
+        outcome["ended"] = time.monotonic()
+
+    worker = threading.Thread(target=clone, daemon=True)
+    worker.start()
+    frozen: list[int] = []
+    try:
+        def walsenders() -> list[int]:
+            with connect(primary.port) as conn:
+                rows = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = 'postgresql-sfs-1-clone'"
+                    " AND backend_type = 'walsender' AND state IS NOT NULL"
+                ).fetchall()
+            return [int(r[0]) for r in rows] if len(rows) == 2 else []
+
+        pids = wait_for(walsenders, 30, "the clone's two walsenders (base backup and WAL stream)")
+        wait_for((volume_root / "pgdata.pgsfs-work" / "data" / "base").exists, 30, "data to arrive")
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+            frozen.append(pid)
+        stalled_at = time.monotonic()
+        worker.join(30)
+        assert not worker.is_alive(), "the stalled clone was never ended"
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    error = outcome.get("error")
+    assert isinstance(error, CommandFailed), error
+    assert error.fields["reason"] == "stalled" and "no progress for 3 s" in error.message
+    took = outcome["ended"] - stalled_at
+    print(f"stalled clone ended {took:.2f} s after the primary froze (stall timeout 3 s)")
+    assert took < 3 + 3, "ended later than the stall bound (plus one poll and the stop)"
+    assert not (volume_root / "pgdata.pgsfs-work").exists() and not (volume_root / "pgdata").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -427,7 +428,7 @@ KNOWN_VARIABLES = [
     "PGSFS_REPLICATION_PASSWORD", "PGSFS_WAIT_TIMEOUT", "PGSFS_RESTART_CHECK_TIMEOUT", "PGSFS_PEER_CHECK_TIMEOUT",
     "PGSFS_AUTH_ATTEMPTS", "PGSFS_CLONE_MAX_RATE", "PGSFS_ALLOW_REINIT", "PGSFS_MAX_WAL_SENDERS",
     "PGSFS_MAX_REPLICATION_SLOTS", "PGSFS_WAL_KEEP_SIZE", "PGSFS_MAX_SLOT_WAL_KEEP_SIZE", "PGSFS_MAX_WAL_SIZE",
-    "PGSFS_LOG_FORMAT",
+    "PGSFS_LOG_FORMAT", "PGSFS_ON_DIVERGENCE", "PGSFS_CLONE_STALL_TIMEOUT",
     "PGSFS_LOG_LEVEL",
 ]  # fmt: skip
 
@@ -516,3 +517,12 @@ def test_no_secret_in_error_from_file(password: str, no_kube_files, tmp_path: Pa
     # Compare against the same error for another password: identical text means nothing leaked.
     path.write_text("completely-different")
     assert config_error(env, no_kube_files).message == error.message
+
+
+def test_every_variable_the_agent_reads_is_in_readmes_reference() -> None:
+    source = (Path(__file__).parents[2] / "agent" / "config.py").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    reference = readme.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    read = set(re.findall(r'"((?:PGSFS|POSTGRES)_[A-Z_]+)"', source)) - {"PGSFS_"}
+    missing = sorted(name for name in read if f"`{name}" not in reference)
+    assert not missing, f"not in README's configuration reference: {missing}"

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +56,11 @@ def postmaster(tmp_path: Path) -> Iterator[int]:
     link.symlink_to("/bin/sleep")
     proc = subprocess.Popen([str(link), "60"])
     try:
+        # Until the child has exec'd, its comm is still the test's own: wait for the name.
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{proc.pid}/comm").read_text().strip() != "postgres":
+            assert time.monotonic() < deadline, "the stand-in postgres did not start"
+            time.sleep(0.01)
         yield proc.pid
     finally:
         proc.kill()
@@ -212,3 +218,69 @@ def test_a_stale_pid_reused_by_another_process_is_not_postgres(env: dict[str, st
     for check in (probe.check_startup, probe.check_liveness):
         with pytest.raises(probe.ProbeFailed):
             check(env, NOW)
+
+
+# -- liveness once postgres runs ----------------------------------------------------------------
+
+
+@pytest.fixture
+def socket_server(tmp_path: Path) -> Iterator[tuple[str, list[bytes]]]:
+    """A Unix socket where postgres' would be; `answer` holds what each connection gets (none = hang)."""
+    sockdir = tmp_path / "sock"
+    sockdir.mkdir()
+    answer: list[bytes] = [b"N"]
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(sockdir / ".s.PGSQL.5432"))
+    server.listen(4)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            conn.recv(8)
+            if answer[0]:
+                conn.sendall(answer[0])
+                conn.close()
+            else:
+                held.append(conn)  # a hung backend: accepted, never answers
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield str(sockdir), answer
+    finally:
+        stop.set()
+        thread.join(2)
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+def test_liveness_passes_when_postgres_answers(env: dict[str, str], postmaster: int, socket_server) -> None:
+    sockdir, _ = socket_server
+    write_pid(Path(env["PGDATA"]), postmaster, "ready", sockdir=sockdir)
+    assert "postgres answers" in probe.check_liveness(env, NOW)
+
+
+def test_liveness_fails_when_postgres_hangs(env: dict[str, str], postmaster: int, socket_server) -> None:
+    sockdir, answer = socket_server
+    answer[0] = b""
+    write_pid(Path(env["PGDATA"]), postmaster, "ready", sockdir=sockdir)
+    with pytest.raises(probe.ProbeFailed, match=r"did not answer .* within"):
+        probe.check_liveness(env, NOW)
+
+
+def test_liveness_fails_when_the_socket_is_gone(env: dict[str, str], postmaster: int, tmp_path: Path) -> None:
+    write_pid(Path(env["PGDATA"]), postmaster, "standby", sockdir=str(tmp_path / "nowhere"))
+    with pytest.raises(probe.ProbeFailed, match="did not answer"):
+        probe.check_liveness(env, NOW)
+
+
+def test_liveness_leaves_a_long_crash_recovery_alone(env: dict[str, str], postmaster: int, tmp_path: Path) -> None:
+    write_pid(Path(env["PGDATA"]), postmaster, "starting", sockdir=str(tmp_path / "nowhere"))
+    assert "starting" in probe.check_liveness(env, NOW)
