@@ -54,6 +54,9 @@ class Plan:
     data_major: int | None
     refusal: Refusal | None
     wal: WalDecision | None = None
+    # Decisions that need what other members answer: made at run time by pure functions, listed here
+    # with their outcomes, since `plan` asks nobody.
+    remote_decisions: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view (lists instead of tuples)."""
@@ -132,6 +135,22 @@ def _refusal(state: DataDirState, config: Config, server_major: int | None, euid
             "inspect it and move it away; the agent does not delete what it cannot prove is its own",
         )
     return None
+
+
+REMOTE_DECISIONS = {
+    INIT: (
+        "peer_survey (survey.judge): init | refuse_holders (exit 8) | incomplete (exit 13)",
+    ),
+    CLONE: (
+        "wait_for_primary: its record, then IDENTIFY_SYSTEM as a primary (exit 3, 4 or 5 at the deadline)",
+        "slot (replication.slot_step): create | keep | recreate",
+    ),
+    "restart_replica": (
+        "primary_check (follow.decide_restart): start | create_slot | reclone_lost_slot | "
+        "refuse_other_cluster (exit 7) | refuse_diverged (exit 12) | reclone_diverged; skipped while the "
+        "primary does not answer within PGSFS_RESTART_CHECK_TIMEOUT",
+    ),
+}
 
 
 def make_plan(
@@ -221,5 +240,8 @@ def make_plan(
         server_major=server_major,
         data_major=_major(state.pg_version),
         refusal=refusal,
+        remote_decisions=REMOTE_DECISIONS.get(
+            "restart_replica" if action == START and not is_primary else action, ()
+        ),
         wal=decide(config.wal_configured(), wal_observed) if wal_observed is not None and refusal is None else None,
     )

@@ -151,7 +151,7 @@ def test_a_failure_with_a_child_that_cannot_be_stopped_ends_in_one_json_error_li
         return config, logger, Runner(killpg=refuse)
 
     def failing_run(self: bootstrap.Bootstrap) -> None:
-        children.append(self.world.runner.spawn(["sleep", "30"]))
+        children.append(self.ctx.world.runner.spawn(["sleep", "30"]))
         raise CommandFailed("initdb failed with exit code 1: boom", hint="read it")
 
     monkeypatch.setattr(cli, "_prepare", prepare)

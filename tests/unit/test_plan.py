@@ -419,3 +419,21 @@ def test_a_foreign_owner_is_refused_when_not_root(tmp_path: Path) -> None:
     assert plan.action == REFUSE and plan.refusal is not None
     assert f"owned by uid {state.owner_uid}" in plan.refusal.message and str(foreign) in plan.refusal.message
     assert make_plan(config, state, server_major=15, secrets_applied=True, euid=0).action == "start"
+
+
+def test_the_plan_names_the_decisions_it_leaves_to_what_the_members_answer(make_config, tmp_path) -> None:
+    from agent.pgdata import inspect
+
+    empty = inspect(tmp_path / "pgdata")
+    primary = make_plan(make_config(POD_NAME="postgresql-sfs-0"), empty, server_major=15)
+    assert primary.action == "init" and "survey.judge" in primary.remote_decisions[0]
+    replica = make_plan(make_config(POD_NAME="postgresql-sfs-1"), empty, server_major=15)
+    assert replica.action == "clone" and any("slot_step" in d for d in replica.remote_decisions)
+    standby = tmp_path / "standby"
+    standby.mkdir()
+    (standby / "PG_VERSION").write_text("15\n")
+    (standby / "standby.signal").write_text("")
+    restarting = make_plan(make_config(POD_NAME="postgresql-sfs-1", PGDATA=str(standby)), inspect(standby),
+                           server_major=15, euid=0)  # fmt: skip
+    assert restarting.action == "start" and "decide_restart" in restarting.remote_decisions[0]
+    assert "refuse_diverged (exit 12)" in restarting.to_dict()["remote_decisions"][0]

@@ -7,11 +7,12 @@ from typing import Any, Callable
 
 import pytest
 
-from agent import bootstrap, replication
+from agent import follow, replication
 from agent.bootstrap import Bootstrap, World
 from agent.errors import NoRoomToMoveAside
 from agent.pgdata import inspect
 from agent.plan import make_plan
+from agent.replica import Replica
 from agent.runner import Runner
 
 
@@ -30,7 +31,7 @@ def test_slot_step(status: str | None, step: str) -> None:
     assert replication.slot_step(status) == step
 
 
-def _replica(tmp_path: Path, make_config: Callable[..., Any], log: Any) -> tuple[Bootstrap, Path]:
+def _replica(tmp_path: Path, make_config: Callable[..., Any], log: Any) -> tuple[Replica, Path]:
     pgdata = tmp_path / "vol" / "pgdata"
     pgdata.mkdir(parents=True)
     (pgdata / "PG_VERSION").write_text("15\n")
@@ -40,7 +41,7 @@ def _replica(tmp_path: Path, make_config: Callable[..., Any], log: Any) -> tuple
     config = make_config(POD_NAME="postgresql-sfs-1", PGDATA=str(pgdata))
     plan = make_plan(config, inspect(pgdata), server_major=15, secrets_applied=None, euid=0)
     world = World(runner=Runner(), lookup=lambda *_: pytest.fail("no DNS in this test"))
-    return Bootstrap(config, plan, world, log), pgdata
+    return Bootstrap(config, plan, world, log).replica, pgdata
 
 
 def test_no_room_for_a_new_clone_beside_the_old_data_refuses_untouched(
@@ -48,10 +49,10 @@ def test_no_room_for_a_new_clone_beside_the_old_data_refuses_untouched(
 ) -> None:
     boot, pgdata = _replica(tmp_path, make_config, log)
     before = sorted(p.name for p in pgdata.parent.iterdir())
-    monkeypatch.setattr(bootstrap, "reclone_room", lambda _pgdata: (700 * 1048576, 300 * 1048576))
-    monkeypatch.setattr(Bootstrap, "clone_replica", lambda _self: pytest.fail("must not clone"))
+    monkeypatch.setattr(follow, "reclone_room", lambda _pgdata: (700 * 1048576, 300 * 1048576))
+    monkeypatch.setattr(Replica, "clone", lambda _self: pytest.fail("must not clone"))
     with pytest.raises(NoRoomToMoveAside) as info:
-        boot.reclone_after_lost_slot()
+        boot.follow.reclone_after_lost_slot()
     assert info.value.exit_code == 11 and info.value.event == "no_room_to_move_aside"
     assert info.value.fields["needed_mb"] == 700 and info.value.fields["free_mb"] == 300
     assert "PGDATA was not touched" in info.value.message
@@ -64,8 +65,8 @@ def test_with_room_the_data_is_moved_aside_then_cloned(
 ) -> None:
     boot, pgdata = _replica(tmp_path, make_config, log)
     cloned: list[bool] = []
-    monkeypatch.setattr(Bootstrap, "clone_replica", lambda _self: cloned.append(not pgdata.exists()))
-    boot.reclone_after_lost_slot()
+    monkeypatch.setattr(Replica, "clone", lambda _self: cloned.append(not pgdata.exists()))
+    boot.follow.reclone_after_lost_slot()
     assert cloned == [True]  # PGDATA was out of the way when the clone began
     [aside] = [p for p in pgdata.parent.iterdir() if p.name.startswith("pgdata.slot-invalidated-")]
     assert (aside / "PG_VERSION").read_text() == "15\n"
@@ -77,5 +78,5 @@ def test_room_is_the_old_data_plus_a_margin(tmp_path: Path) -> None:
     pgdata = tmp_path / "pgdata"
     (pgdata / "base").mkdir(parents=True)
     (pgdata / "base" / "f").write_bytes(b"x" * 100_000)
-    needed, free = bootstrap.reclone_room(pgdata, margin=1000)
+    needed, free = follow.reclone_room(pgdata, margin=1000)
     assert needed == 101_000 and free > 0

@@ -1,0 +1,211 @@
+"""May a restarting replica follow the primary? Observe, decide with a pure function, then act."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent import history, replication
+from agent.context import Part
+from agent.errors import (
+    AgentError,
+    CommandFailed,
+    NoRoomToMoveAside,
+    ReplicaDiverged,
+    SystemIdentifierMismatch,
+)
+from agent.files import fsync_dir, tree_size
+from agent.pgdata import inspect
+from agent.postgres import controldata
+
+if TYPE_CHECKING:
+    from agent.replica import Replica
+
+START = "start"
+CREATE_SLOT = "create_slot"
+RECLONE_LOST_SLOT = "reclone_lost_slot"
+REFUSE_OTHER_CLUSTER = "refuse_other_cluster"
+REFUSE_DIVERGED = "refuse_diverged"
+RECLONE_DIVERGED = "reclone_diverged"
+
+
+def decide_restart(
+    local_system_identifier: int | None,
+    primary_system_identifier: int,
+    verdict: history.Verdict | None,
+    slot_status: str | None,
+    on_divergence: str,
+) -> str:
+    """What a restarting replica does once it has seen the primary: every branch, no effects.
+
+    `verdict` is None when the clusters differ (histories of two clusters are not compared);
+    `slot_status` is the slot's wal_status (None: no slot; `lost`: invalidated).
+    """
+    if local_system_identifier is not None and local_system_identifier != primary_system_identifier:
+        return REFUSE_OTHER_CLUSTER
+    if verdict is not None and not verdict.may_follow:
+        return RECLONE_DIVERGED if on_divergence == "reclone" else REFUSE_DIVERGED
+    if slot_status == replication.LOST:
+        return RECLONE_LOST_SLOT
+    if slot_status is None:
+        return CREATE_SLOT
+    return START
+
+
+class FollowCheck(Part):
+    """The restart check of a standby against the primary: same cluster, same history, a usable slot."""
+
+    def __init__(self, ctx: Any, replica: Replica) -> None:
+        super().__init__(ctx)
+        self.replica = replica
+
+    def check_primary(self) -> bool:
+        """A bounded look at the primary, then `decide_restart`: start, refuse, or clone again.
+
+        Returns True when the replica cloned again (its data moved aside first).
+        """
+        cfg = self.config
+        started = self.world.clock()
+        budget = cfg.restart_check_timeout
+        local = inspect(self.pgdata).system_identifier
+        try:
+            address = self.replica._resolve_primary(budget / 2)
+            remaining = max(1.0, budget - (self.world.clock() - started))
+            info = self.replica.wait_for_primary(address, timeout=remaining)
+        except AgentError as exc:
+            self._phase(
+                "primary_check_skipped",
+                started,
+                reason=exc.event,
+                detail=exc.message,
+                note="starting as a standby anyway: postgres reconnects by itself",
+            )
+            return False
+        endpoint = self._endpoint(cfg.primary_fqdn, address)
+        same_cluster = local is None or info.system_identifier == local
+        verdict = self.compare_histories(endpoint, info) if same_cluster else None
+        status = self._slot_status(endpoint) if verdict is not None and verdict.may_follow else None
+        action = decide_restart(local, info.system_identifier, verdict, status, cfg.on_divergence)
+        self._phase(
+            "primary_check", started, system_identifier=str(info.system_identifier), decision=action,
+            history=verdict.outcome if verdict else None, timeline=verdict.local_timeline if verdict else None,
+            slot_status=status,
+        )  # fmt: skip
+        if action == REFUSE_OTHER_CLUSTER:
+            raise SystemIdentifierMismatch(
+                f"this replica's data belongs to cluster {local} but the primary "
+                f"{cfg.primary_fqdn.rstrip('.')} runs cluster {info.system_identifier}: the primary was "
+                "re-initialised; the data here was left untouched",
+                hint="if the primary's new cluster is the right one, move this pod's PGDATA aside (or delete "
+                "its PersistentVolumeClaim) so it clones again; otherwise restore the primary",
+                local_system_identifier=str(local),
+                primary_system_identifier=str(info.system_identifier),
+            )
+        if action in (REFUSE_DIVERGED, RECLONE_DIVERGED):
+            assert verdict is not None
+            self.diverged(verdict, reclone=action == RECLONE_DIVERGED)
+            return True
+        if action == RECLONE_LOST_SLOT:
+            self.reclone_after_lost_slot()
+            return True
+        if action == CREATE_SLOT:
+            self.replica.ensure_slot(address)
+        return False
+
+    def _slot_status(self, endpoint: replication.Endpoint) -> str | None:
+        try:
+            return self.world.slot_status(endpoint, self.config.identity.slot_name)
+        except Exception as exc:  # a slot problem must not block a restart
+            self.log.warning("slot_check_failed", detail=str(exc))
+            return "unknown"
+
+    def compare_histories(self, endpoint: replication.Endpoint, info: replication.SystemInfo) -> history.Verdict:
+        """Where this replica's data ends (pg_control) against the primary's timeline history."""
+        local = history.parse_controldata(controldata(self.world.runner, self.pgdata))
+        text = ""
+        if local.timeline < info.timeline:
+            import psycopg
+
+            try:
+                text = self.world.timeline_history(endpoint, info.timeline)
+            except psycopg.Error as exc:
+                raise CommandFailed(
+                    f"could not read the primary's timeline history {info.timeline}: {' '.join(str(exc).split())}",
+                    hint="the next start tries again; the data here was left untouched",
+                ) from exc
+        return history.compare(local, info.timeline, history.parse_lsn(info.xlogpos), history.parse_history(text))
+
+    def diverged(self, verdict: history.Verdict, *, reclone: bool) -> None:
+        """Not on the primary's history: refuse with the data untouched, or clone again if allowed."""
+        where = {
+            history.AHEAD_OF_PRIMARY: "it has replayed WAL the primary has not written: the primary's data is "
+            "older than this replica's (a restored or copied volume started without promotion)",
+            history.FORKED: "it went on past the point where the primary's history left its timeline",
+            history.NEWER_TIMELINE: "it is on a newer timeline than the primary",
+            history.NOT_IN_HISTORY: "its timeline is not in the primary's history",
+        }[verdict.outcome]
+        fields = asdict(verdict)
+        if not reclone:
+            raise ReplicaDiverged(
+                f"this replica's data is not on the primary's history: {where} (replica timeline "
+                f"{verdict.local_timeline} at {verdict.local_lsn}, primary timeline {verdict.primary_timeline} "
+                f"at {verdict.primary_lsn}); streaming would silently mix the two. The data here was left untouched",
+                hint="find out which copy holds the writes you need. If it is the primary's, set "
+                "PGSFS_ON_DIVERGENCE=reclone on this pod (its data is moved aside, never deleted, and it clones "
+                "again) or delete its PVC; if it is this replica's, make it the primary instead",
+                **fields,
+            )
+        self.move_aside_and_clone(
+            "diverged",
+            "replica_diverged_recloning",
+            f"this replica's data is not on the primary's history ({where})",
+            outcome=verdict.outcome,
+        )
+
+    def reclone_after_lost_slot(self) -> None:
+        """The primary removed WAL this replica needs: move its data aside and clone again."""
+        self.move_aside_and_clone(
+            "slot-invalidated",
+            "slot_invalidated",
+            f"slot {self.config.identity.slot_name} was invalidated (the primary removed WAL this replica still "
+            "needed, max_slot_wal_keep_size)",
+            slot=self.config.identity.slot_name,
+        )
+
+    def move_aside_and_clone(self, suffix: str, event: str, why: str, **fields: Any) -> None:
+        """Rename PGDATA to `$PGDATA.<suffix>-<time>` and clone again, only if a new copy fits beside it.
+
+        The data is never deleted; a crash at any point leaves either the old data in place (this
+        runs again) or an empty PGDATA (a clone); the clone drops and recreates an invalidated slot.
+        """
+        needed, free = reclone_room(self.pgdata)
+        if needed > free:
+            raise NoRoomToMoveAside(
+                f"{why}, so it must clone again; its data stays and a new copy needs about {needed // 1048576} MB, "
+                f"but the volume has {free // 1048576} MB free. PGDATA was not touched",
+                hint="grow the PersistentVolumeClaim, or, if this replica's data is not needed (the primary "
+                "has everything it had), delete the PVC (or move PGDATA away) so the pod clones afresh",
+                needed_mb=needed // 1048576,
+                free_mb=free // 1048576,
+                **fields,
+            )
+        aside = self.pgdata.with_name(f"{self.pgdata.name}.{suffix}-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.rename(self.pgdata, aside)
+        fsync_dir(self.pgdata.parent)
+        self.log.warning(
+            event,
+            moved_aside=str(aside),
+            note=f"{why}; cloning again. Delete the moved-aside copy once you no longer need it",
+            **fields,
+        )
+        self.replica.clone()
+
+
+def reclone_room(pgdata: Path, margin: int = 64 * 1048576) -> tuple[int, int]:
+    """Bytes a new clone beside the moved-aside data needs (about the old data's size, plus a
+    margin for WAL written meanwhile), and bytes free on PGDATA's volume."""
+    st = os.statvfs(pgdata.parent)
+    return tree_size(pgdata) + margin, st.f_bavail * st.f_frsize

@@ -1,0 +1,101 @@
+"""The files the agent owns in PGDATA and its state directory, rewritten at every start."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from agent import walbudget
+from agent.context import Part
+from agent.files import fix_tree_ownership, write_atomic
+from agent.plan import PASSFILE_NAME
+from agent.render import (
+    CONF_NAME,
+    passfile_line,
+    primary_conninfo,
+    settings_file,
+    with_hba_block,
+    with_include,
+)
+
+
+class ManagedFiles(Part):
+    """Settings file and its include, the pg_hba block, standby settings, the passfile, ownership."""
+
+    def write_passfile(self) -> Path:
+        """The 0600 passfile primary_conninfo and pg_basebackup read: never the password inline."""
+        path = self.config.state_dir / PASSFILE_NAME
+        write_atomic(
+            path,
+            passfile_line(self.config.replication_user, self.config.replication_password.reveal()),
+            mode=0o600,
+            owner=self.owner,
+        )
+        return path
+
+    def write_config(self, datadir: Path, *, standby: bool) -> None:
+        """The managed files: settings file and its include, pg_hba block, standby settings."""
+        cfg = self.config
+        started = self.world.clock()
+        standby_settings: dict[str, str] | None = None
+        written = [CONF_NAME, "postgresql.conf", "pg_hba.conf"]
+        if standby:
+            passfile = self.write_passfile()
+            standby_settings = {
+                "primary_conninfo": primary_conninfo(
+                    host=cfg.primary_fqdn.rstrip("."),
+                    port=cfg.port,
+                    user=cfg.replication_user,
+                    passfile=str(passfile),
+                    application_name=cfg.identity.pod_name,
+                ),
+                "primary_slot_name": cfg.identity.slot_name,
+            }
+        wal = self.plan.wal or walbudget.decide(cfg.wal_configured(), walbudget.observe(datadir, (), ()))
+        settings = settings_file(
+            port=cfg.port,
+            max_wal_senders=cfg.max_wal_senders,
+            max_replication_slots=cfg.max_replication_slots,
+            wal=wal.written.conf_values(),
+            standby=standby_settings,
+        )
+        write_atomic(datadir / CONF_NAME, settings, mode=0o600, owner=self.owner)
+        conf = datadir / "postgresql.conf"
+        write_atomic(conf, with_include(conf.read_text() if conf.exists() else ""), mode=0o600, owner=self.owner)
+        hba = datadir / "pg_hba.conf"
+        write_atomic(
+            hba,
+            with_hba_block(hba.read_text() if hba.exists() else "", cfg.replication_user),
+            mode=0o600,
+            owner=self.owner,
+        )
+        if standby:
+            write_atomic(datadir / "standby.signal", "", mode=0o600, owner=self.owner)
+            written.append("standby.signal")
+        # postgresql.auto.conf from a clone may carry the primary's ALTER SYSTEM settings; that is
+        # wanted, but a primary_conninfo there (someone ran pg_basebackup -R) would win over ours.
+        self._phase(
+            "config_written", started, datadir=str(datadir), files=written, standby=standby,
+            wal_volume_mb=wal.written.volume_mb, **wal.written.conf_values(),
+        )  # fmt: skip
+        if wal.problem is not None:
+            self.log.warning(
+                "wal_budget_exceeded",
+                problem=wal.problem,
+                effective=wal.effective.conf_values(),
+                hint="WAL could fill the volume and stop the primary: lower the setting (PGSFS_* variables, "
+                "ALTER SYSTEM or postgres -c), leave them at auto, or grow the PersistentVolumeClaim",
+            )
+
+    def fix_ownership(self) -> None:
+        """PGDATA owned by postgres with mode 0700, as postgres insists (a foreign owner was refused in the plan)."""
+        st = os.stat(self.pgdata)
+        if self.owner is not None:
+            changed = fix_tree_ownership(self.pgdata, *self.owner)
+            fix_tree_ownership(self.config.state_dir, *self.owner)
+            if changed:
+                self.log.info("ownership_fixed", pgdata=str(self.pgdata), entries=changed)
+        if st.st_mode & 0o077:
+            os.chmod(self.pgdata, 0o700)
+            self.log.info("mode_fixed", pgdata=str(self.pgdata), was=oct(st.st_mode & 0o777))
+

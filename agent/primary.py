@@ -1,0 +1,244 @@
+"""The primary's part of a start: the re-init guard, initdb and its setup, rotated passwords."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+from agent import discovery, survey
+from agent.buildarea import BuildArea
+from agent.context import Part
+from agent.errors import (
+    PeerCheckIncomplete,
+    PrimaryVolumeLost,
+)
+from agent.files import fix_tree_ownership, write_atomic
+from agent.managed import ManagedFiles
+from agent.plan import SECRETS_STATE_NAME
+from agent.postgres import (
+    TempServer,
+    child_env,
+    initdb,
+    initdb_scripts,
+    run_initdb_script,
+)
+from agent.render import (
+    scram_verifier,
+)
+
+# A long initdb.d script (a restore) says it still runs this often.
+SCRIPT_PROGRESS_INTERVAL = 60.0
+
+
+class Primary(Part):
+    """Initialises a new cluster (after the guard's survey) or restarts the existing one."""
+
+    def __init__(self, ctx: Any, files: ManagedFiles, build: BuildArea) -> None:
+        super().__init__(ctx)
+        self.files = files
+        self.build = build
+
+    def check_peers_for_data(self) -> None:
+        """Refuse to initialise while another member may still hold the cluster: our volume was lost.
+
+        Fails closed: a survey that could not see every member refuses too (retryable).
+        """
+        started = self.world.clock()
+        cfg = self.config
+        srv, _, outcome = discovery.service_srv(self.world.lookup, cfg.srv_fqdn, cfg.service_fqdn)
+        peers = survey.Survey(
+            lookup=self.world.lookup,
+            identify=lambda name, address, budget: self.world.identify(self._endpoint(name, address), budget),
+            clock=self.world.clock,
+            sleep=self.world.sleep,
+            own_name=cfg.pod_fqdn(cfg.identity.pod_name).lower(),
+            pod_fqdn=lambda n: cfg.pod_fqdn(cfg.identity.peer_pod(n)),
+        )
+        if outcome == discovery.DNS_UNREACHABLE:
+            peers.dns_problem = "no nameserver answered the Service's SRV query"
+            unchecked: list[str] = []
+        else:
+            targets = [r.target if r.target.endswith(".") else r.target + "." for r in srv]
+            unchecked = peers.run(
+                targets, cfg.peer_check_timeout, stop_early=cfg.allow_reinit is None, on_poll=self.world.beat
+            )
+        verdict = survey.judge(list(peers.members.values()), unchecked, peers.dns_problem, cfg.allow_reinit)
+        members = [
+            {"member": m.name, "state": m.state,
+             "system_identifier": str(m.system_identifier) if m.system_identifier else None}
+            for m in verdict.members if m.state != survey.ABSENT
+        ]  # fmt: skip
+        self._phase(
+            "peer_check", started, decision=verdict.decision, complete=verdict.decision != survey.INCOMPLETE,
+            members=members, unchecked=[n.rstrip(".") for n in verdict.unchecked] or None,
+            dns_problem=verdict.dns_problem,
+            overridden=str(verdict.overridden) if verdict.overridden else None,
+        )  # fmt: skip
+        if verdict.decision == survey.REFUSE_HOLDERS:
+            holders = [h for h in members if h["state"] == survey.HOLDS_DATA]
+            who = ", ".join(f"{h['member']} (cluster {h['system_identifier'] or 'unknown'})" for h in holders)
+            raise PrimaryVolumeLost(
+                f"PGDATA is empty on the primary ordinal, but {who} still hold(s) a cluster: this pod's "
+                "volume was probably lost or replaced; initialising would start a new cluster that the "
+                "replicas cannot follow",
+                hint="recover by restoring the primary's volume, or promote the replica that replayed the most "
+                "(SELECT pg_promote()) and pg_basebackup it into this pod's PGDATA (see README, Limitations); "
+                "to give that cluster up and start a new, empty one, set PGSFS_ALLOW_REINIT to its system "
+                "identifier (the replicas will then refuse to follow and must be cloned again)",
+                holders=holders,
+            )
+        if verdict.decision == survey.INCOMPLETE:
+            silent = [m.name for m in verdict.silent]
+            why = verdict.dns_problem or (
+                f"{', '.join(silent)} exist(s) but did not say what they hold" if silent
+                else f"{len(verdict.unchecked)} member name(s) were not checked in time"
+            )
+            raise PeerCheckIncomplete(
+                f"PGDATA is empty on the primary ordinal and the survey of the other members was incomplete "
+                f"({why}): initialising now could start a new cluster beside one a member still holds",
+                hint="the next start surveys again (the pod restarts); if it persists, check cluster DNS and the "
+                "other pods (kubectl get pods; their logs); raise PGSFS_PEER_CHECK_TIMEOUT for slow starts",
+                silent=silent or None,
+                unchecked=[n.rstrip(".") for n in verdict.unchecked] or None,
+                dns_problem=verdict.dns_problem,
+            )
+        if verdict.overridden:
+            self.log.warning(
+                "reinit_allowed",
+                system_identifier=str(verdict.overridden),
+                note="PGSFS_ALLOW_REINIT named this cluster: it is given up and a new one is initialised; "
+                "remove the variable (it matches no other cluster)",
+            )
+
+    def init(self) -> None:
+        """initdb, configure, role, database and initdb.d scripts, all beside PGDATA."""
+        cfg = self.config
+        self.check_peers_for_data()
+        self.world.beat("initdb")
+        datadir = self.build.start("init")
+        started = self.world.clock()
+        pwfile = self.work / "superuser.pw"
+        write_atomic(pwfile, cfg.superuser_password.reveal(), mode=0o600, owner=self.owner)
+        try:
+            initdb(self.world.runner, datadir, superuser=cfg.superuser, pwfile=pwfile, args=cfg.initdb_args)
+        finally:
+            pwfile.unlink(missing_ok=True)
+        self._phase("initdb", started, checksums=True)
+        self.files.write_config(datadir, standby=False)
+        started = self.world.clock()
+        with self._temporary_server(datadir, datadir.parent / "temporary-server.log") as server:
+            self.world.beat("initdb_setup")
+            self._setup_roles(server, create=True)
+            self._run_initdb_scripts(server)
+        self._record_applied_secrets()
+        self._phase("initdb_setup", started, database=cfg.database, replication_user=cfg.replication_user)
+        self.build.move_into_place(datadir)
+
+    @contextlib.contextmanager
+    def _temporary_server(self, datadir: Path, logfile: Path) -> Iterator[TempServer]:
+        """A postgres reachable only through a private socket; stopped cleanly, or killed on error."""
+        # Private (0700) and on the volume: /tmp may be read-only (readOnlyRootFilesystem) or shared.
+        sockdir = Path(tempfile.mkdtemp(prefix="sock-", dir=self.config.state_dir))
+        if self.owner is not None:
+            os.chown(sockdir, *self.owner)
+        server = TempServer(self.world.runner, datadir, sockdir, self.config.port, self.config.superuser)
+        server.logfile = logfile
+        try:
+            server.start(
+                on_poll=self.world.beat,
+                on_progress=lambda elapsed, last: self.log.info(
+                    "temporary_server_wait", elapsed_s=elapsed, last_log=last,
+                    note="still starting (crash recovery can take long); the startup probe stays green",
+                ),
+            )
+            yield server
+            server.stop()
+        finally:
+            if server.proc is not None:
+                self.world.runner.stop(server.proc, grace=1.0)
+            shutil.rmtree(sockdir, ignore_errors=True)
+
+    def _setup_roles(self, server: TempServer, *, create: bool) -> None:
+        """Replication role and passwords as SCRAM verifiers, so no plain password is ever sent."""
+        import psycopg
+        from psycopg import sql
+
+        cfg = self.config
+        with psycopg.connect(**server.conninfo("postgres", cfg.superuser), autocommit=True) as conn:
+            repl = sql.Identifier(cfg.replication_user)
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (cfg.replication_user,)).fetchone()
+            verb = sql.SQL("ALTER ROLE") if exists else sql.SQL("CREATE ROLE")
+            conn.execute(
+                sql.SQL("{} {} WITH REPLICATION LOGIN PASSWORD {}").format(
+                    verb, repl, sql.Literal(scram_verifier(cfg.replication_password.reveal()))
+                )
+            )
+            conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(cfg.superuser),
+                    sql.Literal(scram_verifier(cfg.superuser_password.reveal())),
+                )
+            )
+            if create and cfg.database != "postgres":
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(cfg.database)))
+
+    def _run_initdb_scripts(self, server: TempServer) -> None:
+        cfg = self.config
+        scripts = initdb_scripts(cfg.initdb_dir)
+        env = child_env(
+            {
+                "PGHOST": str(server.sockdir),
+                "PGPORT": str(cfg.port),
+                "PGUSER": cfg.superuser,
+                "PGDATABASE": cfg.database,
+                "PGDATA": str(server.datadir),
+            },
+            keep_secrets=True,
+        )
+        env.pop("PGSFS_REPLICATION_PASSWORD", None)
+        for script in scripts:
+            started = self.world.clock()
+            self.world.beat("initdb_scripts")
+            run_initdb_script(self.world.runner, script, env, on_tick=self._script_ticker(script.name))
+            self._phase("initdb_script", started, script=script.name)
+
+    def _script_ticker(self, name: str) -> Callable[[float], None]:
+        """Beats while a script runs (a restore may take hours), and a progress line every minute."""
+        reported = [0.0]
+
+        def tick(elapsed: float) -> None:
+            self.world.beat("initdb_scripts")
+            if elapsed - reported[0] >= SCRIPT_PROGRESS_INTERVAL:
+                reported[0] = elapsed
+                self.log.info("initdb_script_running", script=name, elapsed_s=round(elapsed))
+
+        return tick
+
+    def _record_applied_secrets(self) -> None:
+        record = {
+            "superuser": scram_verifier(self.config.superuser_password.reveal()),
+            "replication": scram_verifier(self.config.replication_password.reveal()),
+        }
+        write_atomic(self.config.state_dir / SECRETS_STATE_NAME, json.dumps(record), mode=0o600, owner=self.owner)
+
+    def apply_passwords(self) -> None:
+        """The Secret changed since the last start: set the new passwords before serving."""
+        started = self.world.clock()
+        if self.owner is not None:
+            fix_tree_ownership(self.pgdata, *self.owner)
+        with self._temporary_server(self.pgdata, self.config.state_dir / "temporary-server.log") as server:
+            self._setup_roles(server, create=False)
+        self._record_applied_secrets()
+        self._phase("passwords_applied", started, users=[self.config.superuser, self.config.replication_user])
+
+    def restart(self) -> None:
+        """Existing PGDATA: refresh the managed files; apply rotated passwords if the plan says so."""
+        self.files.write_config(self.pgdata, standby=False)
+        if "apply_passwords" in self.plan.steps:
+            self.apply_passwords()

@@ -1,0 +1,47 @@
+"""What a restarting replica does once it has seen the primary: every combination of observations."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from agent import follow, history, replication
+from agent.follow import decide_restart
+
+OURS, THEIRS = 7711490745716584460, 7711490745716584999
+
+
+def verdict(outcome: str) -> history.Verdict:
+    return history.Verdict(outcome, 1, "0/5000000", 1, "0/6000000", None)
+
+
+HISTORIES = [None, *(verdict(o) for o in (history.ON_HISTORY, history.AHEAD_OF_PRIMARY, history.FORKED,
+                                           history.NEWER_TIMELINE, history.NOT_IN_HISTORY))]  # fmt: skip
+SLOTS = [None, "reserved", "extended", "unreserved", "unknown", replication.LOST]
+
+
+@pytest.mark.parametrize(
+    ("local", "seen", "on_divergence"), list(itertools.product([None, OURS], HISTORIES, ["refuse", "reclone"]))
+)
+@pytest.mark.parametrize("slot", SLOTS)
+def test_every_combination(
+    local: int | None, seen: history.Verdict | None, on_divergence: str, slot: str | None
+) -> None:
+    decided = decide_restart(local, OURS, seen, slot, on_divergence)
+    if seen is not None and not seen.may_follow:
+        assert decided == (follow.RECLONE_DIVERGED if on_divergence == "reclone" else follow.REFUSE_DIVERGED)
+    elif slot == replication.LOST:
+        assert decided == follow.RECLONE_LOST_SLOT
+    elif slot is None:
+        assert decided == follow.CREATE_SLOT
+    else:
+        assert decided == follow.START
+
+
+@pytest.mark.parametrize("slot", SLOTS)
+@pytest.mark.parametrize("on_divergence", ["refuse", "reclone"])
+def test_another_cluster_is_refused_whatever_else_was_seen(slot: str | None, on_divergence: str) -> None:
+    # Never cloned over: another cluster's data is not "diverged", it is someone else's.
+    for seen in HISTORIES:
+        assert decide_restart(THEIRS, OURS, seen, slot, on_divergence) == follow.REFUSE_OTHER_CLUSTER
