@@ -151,13 +151,16 @@ class Replica(Part):
     def _clone_failed(self, exc: CommandFailed) -> CommandFailed:
         """Discard the partial clone now (it is ours and never usable) and explain a full volume."""
         free_mb = None
+        if self.work.exists():
+            self.build.remove_leftover(self.work)
         try:
+            # ext4 returns freed blocks at its next journal commit: flush first, or the free space
+            # reported is what it was before the partial clone (pg_basebackup's own cleanup) went.
+            os.sync()
             st = os.statvfs(self.work.parent)
             free_mb = round(st.f_bavail * st.f_frsize / 1048576, 1)
         except OSError:
             pass
-        if self.work.exists():
-            self.build.remove_leftover(self.work)
         if "no space left" in exc.message.lower():
             return CommandFailed(
                 f"the volume holding PGDATA is full: {exc.message}",

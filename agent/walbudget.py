@@ -238,12 +238,12 @@ def observe(pgdata: Path, initdb_args: Iterable[str], postgres_args: Iterable[st
     """Read the volume pg_wal lives on (or will), its segment size and the overrides of our values."""
     args = tuple(initdb_args)
     wal = pgdata / "pg_wal"
-    if wal.exists():
-        where = wal.resolve()
-    else:
-        waldir = _waldir_arg(args)
-        where = Path(waldir) if waldir else pgdata.parent
+    waldir = _waldir_arg(args)
+    where = Path(waldir) if waldir else pgdata.parent
     try:
+        # Unreadable PGDATA (another owner) is the plan's to refuse; here it only means "unknown".
+        if wal.exists():
+            where = wal.resolve()
         auto_conf = (pgdata / "postgresql.auto.conf").read_text(errors="replace")
     except OSError:
         auto_conf = ""

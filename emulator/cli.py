@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from . import netns as nsx
-from .controller import Cluster, PodStatus, format_table
-from .manifests import REPO_ROOT, describe, load_spec
+from . import volumes
+from .controller import MANIFEST_SIZE, Cluster, PodStatus, format_table
+from .manifests import REPO_ROOT, QuantityError, describe, load_spec, parse_quantity
 from .network import Network
 from .waiting import wait_until
 
@@ -51,6 +52,16 @@ def _step(msg: str) -> None:
 # ---------------------------------------------------------------------------- common options
 
 
+def _volume_size(text: str) -> int | str | None:
+    """--volume-size: a quantity in bytes, `none` (plain directories) or `manifest`."""
+    if text in ("none", MANIFEST_SIZE):
+        return None if text == "none" else text
+    try:
+        return parse_quantity(text)
+    except QuantityError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replicas", type=int, default=None, help="override spec.replicas")
     p.add_argument("--policy", choices=("OrderedReady", "Parallel"), default=None,
@@ -65,7 +76,12 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
                    help="venv whose bin/ holds pg-sfs-agent (default: this interpreter's)")
     p.add_argument("--negative-cache", action="store_true",
                    help="put a negative-caching resolver in front of BIND (like CoreDNS cache)")
-    p.add_argument("--keep-volumes", action="store_true", help="keep the run directory at the end")
+    p.add_argument("--keep-volumes", action="store_true",
+                   help="keep the run directory at the end (each volume as an ext4 image under"
+                        " volume-images/: `mount -o loop` it to look inside)")
+    p.add_argument("--volume-size", type=_volume_size, default=MANIFEST_SIZE, metavar="QUANTITY",
+                   help="size of each pod's volume, e.g. 1Gi (default: the volumeClaimTemplate's request;"
+                        " `none`: plain directories, for hosts without loop devices)")
     p.add_argument("--image", default=None, metavar="IMAGE",
                    help="run every pod as a podman container of IMAGE (make image) instead of the host's agent")
     p.add_argument("--overlay", default=None, metavar="NAME",
@@ -85,7 +101,7 @@ def _cluster_from_args(args: argparse.Namespace) -> Cluster:
         replicas=args.replicas, policy=args.policy, probe_scale=args.probe_scale,
         grace_period=args.grace, backoff_base=args.backoff, env=env or None,
         agent_bin_dir=agent_bin, negative_cache=args.negative_cache, keep_volumes=args.keep_volumes,
-        image=args.image,
+        image=args.image, volume_size=args.volume_size,
     )  # fmt: skip
 
 
@@ -368,7 +384,8 @@ def cmd_down(args: argparse.Namespace) -> int:
         _say(f"removed leftovers of {', '.join(stale)}")
     if info and not info.get("keep_volumes"):
         run_dir = Path(info["run_dir"])
-        if run_dir.is_dir() and run_dir.parent == STATE_DIR / "runs":
+        # Never through a mount: cleanup_stale released the run's volumes, or something holds one.
+        if run_dir.is_dir() and run_dir.parent == STATE_DIR / "runs" and not volumes.mounted_under(run_dir):
             import shutil
 
             shutil.rmtree(run_dir, ignore_errors=True)

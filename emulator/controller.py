@@ -1,6 +1,7 @@
 """The emulated StatefulSet controller and kubelet: pods, probes, restarts, endpoints, and helpers.
 
-`Cluster` = Network + ClusterDNS + one StatefulSet from the project's manifests. A single
+`Cluster` = Network + ClusterDNS + one StatefulSet from the project's manifests, each pod's claim
+an ext4 filesystem of the claim template's size on the node (volumes.py). A single
 controller thread owns every container (it starts them all, so their shims' parent-death signal
 ties them to it) and runs the StatefulSet's reconcile loop, the kubelet's restart back-off and the
 Endpoints -> DNS sync. Probes run in threads of their own per container, like the kubelet's
@@ -22,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import volumes
 from .dns import ClusterDNS
-from .manifests import REPO_ROOT, ClusterSpec, Probe, load_spec, with_overrides
+from .manifests import REPO_ROOT, ClusterSpec, Probe, load_spec, parse_quantity, with_overrides
 from .network import Host, Network
 from .pod import Container, Pod, PodError, PodTemplate
 from .waiting import wait_until
@@ -31,6 +33,8 @@ from .waiting import wait_until
 SOCKET_DIR = "/var/run/postgresql"
 ROLE_TIMEOUT = 5.0
 _TICK = 0.05
+# Cluster(volume_size=...) default: the volumeClaimTemplate's storage request.
+MANIFEST_SIZE = "manifest"
 
 
 @dataclass
@@ -106,11 +110,16 @@ class Cluster:
         agent_bin_dir: Path | None = None,
         image: str | None = None,
         start: bool = True,
+        volume_size: int | str | None = MANIFEST_SIZE,
     ) -> None:
         """Describe the cluster from k8s/ (or `spec`) with test overrides; nothing runs yet.
 
         `start=False` creates no pod until `scale()` (replicas still describes the target).
         `image` runs every pod as a podman container of that image instead of the host's agent.
+        `volume_size`: each pod's volume is an ext4 filesystem of the manifest's storage request
+        (default), of this size (bytes or a quantity like "64Mi"), or with None a plain directory.
+        At close() the volumes are unmounted; `keep_volumes` keeps the run directory, their images
+        included (<run_dir>/volume-images/<claim>.img: `mount -o loop` one to look inside).
         """
         base = spec if spec is not None else load_spec()
         self.spec = with_overrides(
@@ -132,6 +141,7 @@ class Cluster:
         self.backoff_cap = backoff_cap
         self.agent_bin_dir = Path(agent_bin_dir) if agent_bin_dir else Path(sys.executable).parent
         self.image = image
+        self.volume_size_bytes = _size_bytes(volume_size, self.sts.volume_size_bytes)
         self.replicas = self.sts.replicas if start else 0
         self._lock = threading.RLock()
         self._pods: dict[str, _PodRecord] = {}
@@ -141,6 +151,10 @@ class Cluster:
         self._thread: threading.Thread | None = None
         self._thread_error: BaseException | None = None
         self._terminators: list[threading.Thread] = []
+        # Volumes this cluster mounted (exact paths), and whether it may mount more.
+        self._volume_lock = threading.Lock()
+        self._mounted: set[Path] = set()
+        self._volumes_open = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -160,6 +174,7 @@ class Cluster:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             for sub in ("volumes", "pods", "logs"):
                 (self.run_dir / sub).mkdir(exist_ok=True)
+            self._volumes_open = True
             self._publish_endpoints()
             self._thread = threading.Thread(target=self._run, name="sts-controller", daemon=True)
             self._thread.start()
@@ -169,7 +184,8 @@ class Cluster:
         return self
 
     def close(self) -> None:
-        """Stop every pod (STOPSIGNAL, grace, SIGKILL), DNS, the network; drop the run dir."""
+        """Stop every pod (STOPSIGNAL, grace, SIGKILL), unmount the volumes, stop DNS and the
+        network; drop the run dir (kept with keep_volumes, images included)."""
         self._stopping.set()
         try:
             if self._thread is not None:
@@ -177,11 +193,33 @@ class Cluster:
                 self._thread.join(self.sts.termination_grace_period + 30)
         finally:
             try:
-                self.dns.close()
+                self._release_volumes()
             finally:
-                self.network.close()
-                if self._own_run_dir and not self.keep_volumes:
-                    shutil.rmtree(self.run_dir, ignore_errors=True)
+                try:
+                    self.dns.close()
+                finally:
+                    self.network.close()
+                    # Never through a mount: rmtree would empty a volume it cannot remove.
+                    if (self._own_run_dir and not self.keep_volumes
+                            and not volumes.mounted_under(self.run_dir)):
+                        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _release_volumes(self) -> None:
+        """Unmount every volume this cluster mounted (all are tried; the first failure is raised)."""
+        with self._volume_lock:
+            self._volumes_open = False
+            paths = sorted(self._mounted)
+        failure: BaseException | None = None
+        for path in paths:
+            try:
+                volumes.release_volume(path)
+            except volumes.VolumeError as exc:
+                failure = failure or exc
+            else:
+                with self._volume_lock:
+                    self._mounted.discard(path)
+        if failure is not None:
+            raise failure
 
     # ------------------------------------------------------------------ controller thread
 
@@ -249,13 +287,15 @@ class Cluster:
 
     def _create_pod(self, ordinal: int) -> None:
         name = self.sts.pod_name(ordinal)
+        # The claim first, as the StatefulSet controller creates the PVC before its pod.
+        volume_dir = self._provision(name, self.volume_size_bytes, reuse=True)
         host = self.network.add_host(name)
         template = PodTemplate(
             name=name, namespace=self.sts.namespace, service_name=self.sts.service_name,
             domain=self.domain, dns_ip=self.dns.nameserver_ip, netns=host.netns, ip=host.ip,
             command=self.sts.command, env=self.sts.env_for(name, host.ip),
             mount_path=self.sts.volume_mount_path,
-            volume_dir=self.run_dir / "volumes" / f"{self.sts.volume_name}-{name}",
+            volume_dir=volume_dir,
             pod_dir=self.run_dir / "pods" / name, log_path=self.run_dir / "logs" / f"{name}.log",
             stop_signal=self.sts.stop_signal, grace_period=self.sts.termination_grace_period,
             agent_bin_dir=self.agent_bin_dir, security=self.sts.security,
@@ -550,9 +590,50 @@ class Cluster:
 
         return read_logs(self.run_dir / "logs" / f"{pod}.log", previous)
 
+    def _claim(self, pod: str) -> str:
+        return f"{self.sts.volume_name}-{pod}"
+
+    def _provision(self, pod: str, size: int | None, reuse: bool) -> Path:
+        """The pod's volume, created and mounted if need be; with `reuse` False it must be new."""
+        path = self.run_dir / "volumes" / self._claim(pod)
+        image = self.run_dir / "volume-images" / f"{self._claim(pod)}.img"
+        with self._volume_lock:
+            if not self._volumes_open:
+                raise RuntimeError(f"cannot provision {path}: the cluster is not running")
+            if not reuse and (image.exists() or volumes.mount_at(path) is not None
+                              or (path.is_dir() and any(path.iterdir()))):
+                raise FileExistsError(f"the volume of {pod} already exists: {path}")
+            # Images live outside volumes/: whoever walks the volumes (a test scanning them for
+            # secrets) must see the files, not read the raw blocks of every volume again.
+            volumes.ensure_volume(path, size, image)
+            if size is not None:
+                self._mounted.add(path)
+        return path
+
     def volume_dir(self, pod: str) -> Path:
-        """Host directory of the pod's persistent volume (survives deletion, like a PVC)."""
-        return self.run_dir / "volumes" / f"{self.sts.volume_name}-{pod}"
+        """Host directory of the pod's persistent volume (survives deletion, like a PVC).
+
+        While the cluster runs, the volume is provisioned on first use, like a PVC made before its
+        pod: files put there before the pod exists are on the volume the pod mounts.
+        """
+        with self._volume_lock:
+            running = self._volumes_open
+        if not running:
+            return self.run_dir / "volumes" / self._claim(pod)
+        return self._provision(pod, self.volume_size_bytes, reuse=True)
+
+    def create_volume(self, pod: str, size: int | str | None = MANIFEST_SIZE) -> Path:
+        """Create the pod's claim now with its own size (like applying PVC data-<pod> before the
+        StatefulSet would make it); FileExistsError if it exists. Returns its directory."""
+        return self._provision(pod, _size_bytes(size, self.volume_size_bytes), reuse=False)
+
+    def wipe_volume(self, pod: str) -> None:
+        """Empty the pod's volume as if its PVC were deleted and a new one made (the filesystem's
+        lost+found stays, as a freshly formatted PV has it). The pod must not exist."""
+        if pod in self.pod_names():
+            # As the kubernetes.io/pvc-protection finalizer: no claim goes while a pod uses it.
+            raise RuntimeError(f"pod {pod} still exists: delete it (scale down) first")
+        volumes.wipe(self.run_dir / "volumes" / self._claim(pod))
 
     def status(self, roles: bool = True) -> list[PodStatus]:
         """Per-pod IP, phase, state, ready, restarts, role (asks postgres), age."""
@@ -639,6 +720,13 @@ class Cluster:
         result: list[dict[str, str]] = wait_until(streaming, timeout, 0.5,
                                                   f"{sorted(want)} streaming")
         return result
+
+
+def _size_bytes(requested: int | str | None, default: int | None) -> int | None:
+    """A volume size argument in bytes: MANIFEST_SIZE means `default`, None a plain directory."""
+    if requested == MANIFEST_SIZE:
+        return default
+    return None if requested is None else parse_quantity(requested)
 
 
 def slot_name(pod: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import math
+import re
 import shlex
 import shutil
 import signal
@@ -12,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,39 @@ _FIELD_PATHS = ("metadata.name", "metadata.namespace", "status.podIP")
 
 class ManifestError(RuntimeError):
     """The manifests or Dockerfile do not describe what the emulator can run."""
+
+
+class QuantityError(ValueError):
+    """A value is not a Kubernetes quantity of bytes."""
+
+
+# Kubernetes quantity suffixes for bytes: binary (powers of 1024) and decimal (powers of 1000).
+_QUANTITY_SUFFIXES = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+}
+_QUANTITY_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([KMGTPE]i|[kMGTPE])?")
+
+
+def parse_quantity(value: str | int) -> int:
+    """A Kubernetes quantity of bytes (`10Gi`, `600Mi`, `1G`, `1.5Gi`, `1024`) as a positive int.
+
+    Fractions round up to a whole byte, as the API server rounds storage requests.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise QuantityError(f"invalid quantity {value!r}: expected a string like 10Gi or an int")
+    if isinstance(value, int):
+        amount = value
+    else:
+        m = _QUANTITY_RE.fullmatch(value.strip())
+        if m is None:
+            raise QuantityError(
+                f"invalid quantity {value!r}: expected a number with an optional suffix"
+                " (binary Ki Mi Gi Ti Pi Ei, decimal k M G T P E), e.g. 10Gi or 600Mi")
+        amount = math.ceil(Fraction(m.group(1)) * _QUANTITY_SUFFIXES[m.group(2) or ""])
+    if amount <= 0:
+        raise QuantityError(f"invalid quantity {value!r}: must be more than 0 bytes")
+    return amount
 
 
 @dataclass(frozen=True)
@@ -138,6 +174,8 @@ class StatefulSetSpec:
     stop_signal: signal.Signals
     security: SecurityContext = SecurityContext()
     empty_dirs: tuple[EmptyDir, ...] = ()
+    # The volumeClaimTemplate's spec.resources.requests.storage (None: the manifest asks none).
+    volume_size_bytes: int | None = None
 
     def pod_name(self, ordinal: int) -> str:
         """Name of the pod with this ordinal."""
@@ -348,6 +386,19 @@ def _empty_dirs(pod: dict[str, Any], container: dict[str, Any], claim: str) -> t
     return tuple(out)
 
 
+def _claim_size(claim: dict[str, Any]) -> int | None:
+    """The claim template's storage request in bytes (None when it requests none)."""
+    requests = ((claim.get("spec") or {}).get("resources") or {}).get("requests") or {}
+    storage = requests.get("storage")
+    if storage is None:
+        return None
+    try:
+        return parse_quantity(storage)
+    except QuantityError as exc:
+        name = (claim.get("metadata") or {}).get("name", "?")
+        raise ManifestError(f"volumeClaimTemplate {name}: spec.resources.requests.storage: {exc}") from exc
+
+
 def _find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
     for doc in docs:
         if doc.get("kind") == kind and (name is None or doc["metadata"]["name"] == name):
@@ -370,7 +421,8 @@ def spec_from_documents(docs: list[dict[str, Any]], image: ImageConfig,
         command = image.entrypoint + tuple(container.get("args") or image.cmd)
     if not command:
         raise ManifestError("the container has no command and the image no ENTRYPOINT/CMD")
-    claim = spec["volumeClaimTemplates"][0]["metadata"]["name"]
+    claim_template = spec["volumeClaimTemplates"][0]
+    claim = claim_template["metadata"]["name"]
     mounts = [m for m in container.get("volumeMounts") or [] if m["name"] == claim]
     if not mounts:
         raise ManifestError(f"volume claim {claim} is not mounted in the container")
@@ -393,6 +445,7 @@ def spec_from_documents(docs: list[dict[str, Any]], image: ImageConfig,
         stop_signal=image.stop_signal,
         security=security_context(pod, container),
         empty_dirs=_empty_dirs(pod, container, claim),
+        volume_size_bytes=_claim_size(claim_template),
     )
     svc_spec = ServiceSpec(
         name=svc["metadata"]["name"],

@@ -277,7 +277,11 @@ class Network:
 
         A run is dead when the owner recorded in /run/pgsfs-emulator/<prefix>.pid is gone, or when
         its namespaces exist without any pid file. The guard route goes if no live run remains.
+        Loop volumes still mounted under .emulator/runs/<prefix>/volumes/ by a run that is not live
+        are unmounted (their images stay, in the run directory).
         """
+        from .volumes import release_stale
+
         with _registry_lock():
             runs = _read_runs()
             namespaces = nsx.list_netns()
@@ -298,6 +302,9 @@ class Network:
                 info = runs.get(prefix, {})
                 _remove_run_files(prefix, info.get("workdir"), bool(info.get("owned_workdir")))
             _drop_guard_route_if_unused(None)
+            # Not only the prefixes above: a run whose network closed (its record gone) may have
+            # died before unmounting its volumes.
+            release_stale({p for p, info in runs.items() if info["alive"]})
         return sorted(stale)
 
     @staticmethod

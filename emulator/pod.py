@@ -119,6 +119,7 @@ def _container_init(plan: dict[str, Any]) -> None:
     if vol_parent:
         _mount("tmpfs", vol_parent, "tmpfs", MS_NOSUID | MS_NODEV, plan["volume_parent_opts"])
         os.makedirs(plan["mount_path"], exist_ok=True)
+    # A mount point as the source: the bind takes the claim's filesystem itself.
     _mount(plan["volume_dir"], plan["mount_path"], None, MS_BIND)
     for src, target in plan["files"]:
         _mount(src, target, None, MS_BIND)
@@ -320,6 +321,8 @@ class PodTemplate:
     command: tuple[str, ...]
     env: dict[str, str]
     mount_path: str
+    # The claim on the node: the mount point of its filesystem (emulator/volumes.py), or a plain
+    # directory; either way both runtimes bind-mount it at mount_path.
     volume_dir: Path
     pod_dir: Path
     log_path: Path
@@ -490,6 +493,8 @@ class Pod:
         t.pod_dir.mkdir(parents=True, exist_ok=True)
         t.volume_dir.mkdir(parents=True, exist_ok=True)
         if t.security is not None and t.security.fs_group is not None:
+            # On a mounted volume this is its filesystem's root (lost+found included), as the
+            # kubelet applies fsGroup to the mounted volume.
             apply_fs_group(t.volume_dir, t.security.fs_group, t.security.fs_group_change_policy)
         t.log_path.parent.mkdir(parents=True, exist_ok=True)
         (t.pod_dir / "resolv.conf").write_text(resolv_conf(t.dns_ip, t.namespace, t.domain))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import threading
@@ -103,11 +102,6 @@ def secret_hits(c: Cluster, needles: tuple[str, ...], allowed: set[Path]) -> lis
 def passfile(c: Cluster, name: str) -> Path:
     """Host path of the pod's replication passfile."""
     return c.volume_dir(name) / ".pg-sfs-agent" / "replication.pgpass"
-
-
-def wipe_volume(c: Cluster, name: str) -> None:
-    """Delete a removed pod's volume (like deleting its PVC)."""
-    shutil.rmtree(c.volume_dir(name), ignore_errors=True)
 
 
 # ============================================================================ shared cluster
@@ -213,7 +207,7 @@ class TestShared:
             restarts = c.restarts(EXTRA)
         finally:
             scale_down_to(c, 2)
-            wipe_volume(c, EXTRA)
+            c.wipe_volume(EXTRA)
         lines = run_lines(c, EXTRA)[base]
         assert first.code == 3, event_names(lines)
         state = named(lines, "dns_wait_state")[0]
@@ -247,7 +241,7 @@ class TestShared:
                 results.append((sig, ex, finished_at(c, EXTRA, ex) - sent))
         finally:
             scale_down_to(c, 2)
-            wipe_volume(c, EXTRA)
+            c.wipe_volume(EXTRA)
         all_runs = run_lines(c, EXTRA)
         for i, (sig, ex, took) in enumerate(results):
             assert ex.code == 128 + sig, (sig, ex)
@@ -296,7 +290,7 @@ class TestShared:
             report("4", exit=first.code, seen=failed["seen"], elapsed_s=failed["elapsed_s"],
                    argv_samples=len(cmdlines))
         finally:
-            wipe_volume(c, EXTRA)
+            c.wipe_volume(EXTRA)
 
     # ------------------------------------------------------------------ row 6
     def test_pg_hba_rejects_the_replica(self, shared: Cluster) -> None:
@@ -319,7 +313,7 @@ class TestShared:
             hba.write_text(original)
             c.psql(PRIMARY, "select pg_reload_conf()")
             scale_down_to(c, 2)
-            wipe_volume(c, EXTRA)
+            c.wipe_volume(EXTRA)
         lines = run_lines(c, EXTRA)[base]
         assert first.code == 5, event_names(lines)
         failed = the(lines, "primary_auth_failed")
@@ -552,17 +546,18 @@ def dns_down() -> dict[str, Any]:
         c.scale(2)
         wait_line(c, REPLICA, "dns_wait_state", 30)
         down_since = time.monotonic()
-        # Hold the outage, watching that nobody crash-loops meanwhile.
-        wait_until(lambda: c.restarts(PRIMARY) + c.restarts(REPLICA) > 0
-                   or time.monotonic() - down_since >= OUTAGE, OUTAGE + 5, 0.1, "outage")
-        restarts_during = c.restarts(PRIMARY) + c.restarts(REPLICA)
+        # Hold the outage, watching that the replica does not crash-loop meanwhile (the primary
+        # may: it refuses to initialise while it cannot survey the members, and tries again).
+        wait_until(lambda: c.restarts(REPLICA) > 0 or time.monotonic() - down_since >= OUTAGE,
+                   OUTAGE + 5, 0.1, "outage")
+        restarts_during = c.restarts(REPLICA)
         c.dns.up()
         up_at = time.monotonic()
         c.wait_streaming(timeout=30)
         return {
             "streaming_after_up": time.monotonic() - up_at,
             "restarts_during": restarts_during,
-            "restarts": c.restarts(PRIMARY) + c.restarts(REPLICA),
+            "restarts": c.restarts(REPLICA),
             "replica": run_lines(c, REPLICA),
             "primary": run_lines(c, PRIMARY),
         }
@@ -588,14 +583,23 @@ class TestDnsDownAtStart:
         report("1", states=[s["outcome"] for s in states], seen=waited["seen"],
                waited_s=waited["elapsed_s"], streaming_after_up_s=round(dns_down["streaming_after_up"], 1))
 
-    def test_primary_says_its_peer_check_was_incomplete(self, dns_down: dict[str, Any]) -> None:
-        """Row 1, the primary: it starts during the outage and says its peer check was incomplete."""
-        assert len(dns_down["primary"]) == 1
-        lines = dns_down["primary"][0]
-        incomplete = the(lines, "peer_check_incomplete")
-        assert incomplete["reason"] == "dns_unreachable", incomplete
-        assert the(lines, "peer_check")["complete"] is False
-        assert event_names(lines)[-1] == "exec_postgres"
+    def test_primary_refuses_to_initialise_until_it_can_survey(self, dns_down: dict[str, Any]) -> None:
+        """Row 1, the primary: during the outage its re-init guard cannot see the members, so it
+        refuses (exit 13, retryable) with PGDATA untouched; once DNS answers it initialises."""
+        runs = dns_down["primary"]
+        assert len(runs) >= 2, [event_names(r) for r in runs]
+        for lines in runs[:-1]:
+            refused = lines[-1]
+            assert refused["event"] == "peer_check_incomplete" and refused["exit_code"] == 13, event_names(lines)
+            assert refused["dns_problem"], refused
+            assert "initdb" not in event_names(lines)
+        last = runs[-1]
+        check = the(last, "peer_check")
+        assert check["complete"] is True and check["decision"] == "init", check
+        # The replica, waiting to clone, announced that it holds nothing.
+        assert [m["state"] for m in check["members"]] == ["empty"], check
+        assert event_names(last)[-1] == "exec_postgres"
+        report("1", primary_refusals=len(runs) - 1)
 
 
 # ============================================================================ rows 3 and 8
@@ -813,39 +817,29 @@ class TestSlowClone:
 @pytest.fixture(scope="module")
 def volume_full() -> dict[str, Any]:
     c = make_cluster(start=False, backoff_base=10.0, backoff_cap=300.0)
-    mounted: Path | None = None
-    try:
-        with c:
-            vol = c.volume_dir(REPLICA)
-            vol.mkdir(parents=True)
-            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m,mode=0755", "pgsfs-full", str(vol)],
-                           check=True, timeout=10)
-            mounted = vol
-            c.scale(1)
-            c.wait_ready([PRIMARY], timeout=60)
-            c.scale(2)
-            first = wait_exit(c, REPLICA, 0, 60)[0]
-            # Watch for WINDOW s after the first failure (a bounded observation, not a sleep).
-            wait_until(lambda: time.time() - first.at >= WINDOW, WINDOW + 5, 0.2, "window")
-            window = [t for t in starts(c, REPLICA, first.at) if t <= first.at + WINDOW]
-            return {
-                "first": first,
-                "exits": exits(c, REPLICA),
-                "restarts_in_window": len(window),
-                "runs": run_lines(c, REPLICA),
-                "listing": sorted(p.name for p in vol.iterdir()),
-                "used_mb": dir_size(vol) / 2**20,
-            }
-    finally:
-        if mounted is not None and subprocess.run(["umount", str(mounted)], check=False,
-                                                  timeout=10).returncode != 0:
-            subprocess.run(["umount", "-l", str(mounted)], check=False, timeout=10)
-        shutil.rmtree(c.run_dir, ignore_errors=True)
+    with c:
+        # The replica's claim exists before its pod, with its own (too small) size.
+        vol = c.create_volume(REPLICA, "16Mi")
+        c.scale(1)
+        c.wait_ready([PRIMARY], timeout=60)
+        c.scale(2)
+        first = wait_exit(c, REPLICA, 0, 60)[0]
+        # Watch for WINDOW s after the first failure (a bounded observation, not a sleep).
+        wait_until(lambda: time.time() - first.at >= WINDOW, WINDOW + 5, 0.2, "window")
+        window = [t for t in starts(c, REPLICA, first.at) if t <= first.at + WINDOW]
+        return {
+            "first": first,
+            "exits": exits(c, REPLICA),
+            "restarts_in_window": len(window),
+            "runs": run_lines(c, REPLICA),
+            "listing": sorted(p.name for p in vol.iterdir()),
+            "used_mb": dir_size(vol) / 2**20,
+        }
 
 
 class TestVolumeFull:
-    """Row 9: the replica's volume is a 12 MB tmpfs, too small for a clone (a WAL segment alone
-    is 16 MB). The kubelet's real back-off (10 s base) is used to count restarts."""
+    """Row 9: the replica's volume is a 16 MiB ext4 filesystem (13 MiB free), too small for a clone
+    (a WAL segment alone is 16 MB). The kubelet's real back-off (10 s base) is used to count restarts."""
 
     def test_full_volume_is_a_clear_error_and_no_tight_loop(self, volume_full: dict[str, Any]) -> None:
         assert volume_full["restarts_in_window"] <= MAX_RESTARTS, volume_full["restarts_in_window"]
@@ -889,7 +883,7 @@ def volume_lost() -> dict[str, Any]:
         lost_lines = run_lines(c, PRIMARY)[base]
         listing = sorted(p.name for p in vol0.iterdir())
         # The operator decides to start a new cluster anyway.
-        set_env(c, {"PGSFS_ALLOW_REINIT": "true"})
+        set_env(c, {"PGSFS_ALLOW_REINIT": old})  # names the cluster given up
         base = run_count(c, PRIMARY)
         c.delete_pod(PRIMARY)
         c.wait_ready([PRIMARY], timeout=60)
@@ -913,6 +907,43 @@ def volume_lost() -> dict[str, Any]:
         }
 
 
+@pytest.fixture(scope="class")
+def full_restart_volume_lost() -> dict[str, Any]:
+    c = make_cluster()  # Parallel, as shipped
+    with c:
+        healthy(c)
+        old = c.psql(PRIMARY, "select system_identifier from pg_control_system()")
+        # Every pod goes away (a node pool replaced), and the primary's volume comes back empty.
+        scale_down_to(c, 0)
+        vol0 = c.volume_dir(PRIMARY)
+        (vol0 / "pgdata").rename(vol0 / "pgdata.lost-by-test")
+        base = run_count(c, PRIMARY)
+        t0 = time.time()
+        c.scale(2)
+        lost = wait_exit(c, PRIMARY, t0, 60)[0]
+        return {
+            "old": old,
+            "lost": lost,
+            "lines": run_lines(c, PRIMARY)[base],
+            "listing": sorted(p.name for p in vol0.iterdir()),
+        }
+
+
+class TestFullRestartWithTheVolumeLost:
+    """Row 10b: all pods restart together (Parallel) and the primary's volume is empty."""
+
+    def test_the_replica_announces_its_data_and_the_primary_refuses(self, full_restart_volume_lost) -> None:
+        lines = full_restart_volume_lost["lines"]
+        assert full_restart_volume_lost["lost"].code == 8, event_names(lines)
+        check = the(lines, "peer_check")
+        # The replica's postgres is not running yet (it checks the primary first): its agent said it.
+        [member] = check["members"]
+        assert member["state"] == "holds_data" and member["system_identifier"] == full_restart_volume_lost["old"]
+        assert "initdb" not in event_names(lines)
+        assert full_restart_volume_lost["listing"] == [".pg-sfs-agent", "lost+found", "pgdata.lost-by-test"]
+        report("10b", exit=full_restart_volume_lost["lost"].code, survey_s=check["duration_s"])
+
+
 class TestPrimaryVolumeLost:
     """Row 10: the primary's PGDATA vanishes while the replica holds data."""
 
@@ -925,12 +956,14 @@ class TestPrimaryVolumeLost:
         assert holders[0]["system_identifier"] == volume_lost["old"]
         assert "PGSFS_ALLOW_REINIT" in refused["hint"]
         assert "initdb" not in event_names(lines)
-        assert volume_lost["listing"] == [".pg-sfs-agent", "pgdata.lost-by-test"]  # nothing created
+        assert volume_lost["listing"] == [".pg-sfs-agent", "lost+found", "pgdata.lost-by-test"]  # nothing created
 
     def test_allow_reinit_initialises_a_new_cluster(self, volume_lost: dict[str, Any]) -> None:
         lines = volume_lost["reinit_lines"]
         check = the(lines, "peer_check")
-        assert check["allow_reinit"] is True and len(check["holding_data"]) == 1
+        assert check["decision"] == "init" and check["overridden"] == volume_lost["old"], check
+        assert [m["state"] for m in check["members"]] == ["holds_data"], check
+        assert the(lines, "reinit_allowed")["system_identifier"] == volume_lost["old"]
         assert "moved_into_place" in event_names(lines)
         assert volume_lost["new"] != volume_lost["old"]
 
@@ -943,5 +976,5 @@ class TestPrimaryVolumeLost:
         assert refused["primary_system_identifier"] == volume_lost["new"]
         assert volume_lost["after"] == volume_lost["before"]  # managed files not rewritten
         assert volume_lost["replica_sysid"] == volume_lost["old"]
-        assert volume_lost["volume1"] == [".pg-sfs-agent", "pgdata"]  # nothing moved aside
+        assert volume_lost["volume1"] == [".pg-sfs-agent", "lost+found", "pgdata"]  # nothing moved aside
         report("10", exits=[volume_lost["lost"].code, volume_lost["refusal"].code])

@@ -26,8 +26,9 @@ for _tool in ("ip", "nsenter", "named"):
         pytest.skip(f"{_tool} is not installed", allow_module_level=True)
 
 from emulator import netns as nsx  # noqa: E402
+from emulator import volumes  # noqa: E402
 from emulator.controller import Cluster  # noqa: E402
-from emulator.manifests import Probe  # noqa: E402
+from emulator.manifests import Probe, parse_quantity  # noqa: E402
 from emulator.network import Network  # noqa: E402
 from emulator.waiting import wait_until  # noqa: E402
 
@@ -133,7 +134,9 @@ def test_pod_is_a_container(cluster: Cluster) -> None:
     assert ns.stdout == "pg"
     mounts = cluster.exec_in_pod(pod, ["findmnt", "-rn", "-o", "TARGET,SOURCE,FSTYPE"]).stdout
     targets = {line.split()[0]: line for line in mounts.splitlines()}
-    assert f"data-{pod}" in targets[VOL]
+    # The volume is the claim's own filesystem (its loop device), not a directory of the node's.
+    volume = volumes.mount_at(cluster.volume_dir(pod))
+    assert volume is not None and targets[VOL].split()[1:] == [volume.source, "ext4"], targets[VOL]
     assert "tmpfs" in targets["/run/postgresql"]
     # The manifest's read-only root gives postgres' socket directory an emptyDir: 0777 (with the
     # setgid bit and fsGroup as its group, as the kubelet makes it).
@@ -268,12 +271,115 @@ def test_scale_down_removes_highest_ordinals_keeps_volumes(cluster: Cluster) -> 
     cluster.scale(1)
     try:
         wait_until(lambda: cluster.pod_names() == ["postgresql-sfs-0"], 15, 0.05, "scaled to 1")
-        assert cluster.volume_dir("postgresql-sfs-2").is_dir()
+        # The claims stay (and stay mounted) without their pods.
+        assert volumes.mount_at(cluster.volume_dir("postgresql-sfs-2")) is not None
         assert [n for n, _ in cluster.endpoints()] == ["postgresql-sfs-0"]
     finally:
         cluster.scale(3)
     cluster.wait_ready(timeout=15)
     assert (cluster.volume_dir("postgresql-sfs-1") / "marker").read_text() == "kept\n"
+
+
+# ---------------------------------------------------------------------------- volumes
+
+
+def _statvfs_in_pod(c: Cluster, pod: str) -> tuple[int, int, int]:
+    """(total, free, available to non-root) bytes of the pod's volume, as statfs(2) in the pod says."""
+    script = ("import os, sys; st = os.statvfs(sys.argv[1]);"
+              " print(st.f_blocks * st.f_frsize, st.f_bfree * st.f_frsize, st.f_bavail * st.f_frsize)")
+    res = c.exec_in_pod(pod, [sys.executable, "-I", "-c", script, VOL])
+    assert res.returncode == 0, res.stderr
+    total, free, avail = map(int, res.stdout.split())
+    return total, free, avail
+
+
+def test_volume_is_a_filesystem_of_the_requested_size(cluster: Cluster) -> None:
+    pod = "postgresql-sfs-0"
+    size = parse_quantity("10Gi")
+    assert cluster.volume_size_bytes == size  # the volumeClaimTemplate's storage request
+    total, free, avail = _statvfs_in_pod(cluster, pod)
+    # ext4's own metadata (inode tables, journal) takes about 2.5 % of 10 GiB.
+    assert 0.96 * size <= total <= size, total
+    # mkfs -m 0, as the kubelet formats volumes: no 5 % for root, only ext4's own allocation
+    # reserve (resv_clusters: at most 4096 blocks) between free and available.
+    assert free - avail <= 4096 * 4096, (free, avail)
+    assert cluster.exec_in_pod(pod, ["stat", "-f", "-c", "%T", VOL]).stdout.strip() == "ext2/ext3"
+    assert "lost+found" in cluster.exec_in_pod(pod, ["ls", "-a", VOL]).stdout.split()
+    host_dir = cluster.volume_dir(pod)
+    entry = volumes.mount_at(host_dir)
+    assert entry is not None and entry.fstype == "ext4" and entry.source.startswith("/dev/loop"), entry
+    # Sparse: a 10 GiB volume costs the disk only what was written to it.
+    image = cluster.run_dir / "volume-images" / f"data-{pod}.img"
+    assert image.stat().st_size == size
+    assert image.stat().st_blocks * 512 < 64 * 2**20, image.stat().st_blocks
+    assert image.stat().st_mode & 0o777 == 0o600  # it holds every file's bytes
+    # fsGroup went to the filesystem's root (the mount), not to the directory below it.
+    fs_group = cluster.sts.security.fs_group
+    assert fs_group is not None
+    st = os.stat(host_dir)
+    assert st.st_gid == fs_group and st.st_mode & 0o2070 == 0o2070, oct(st.st_mode)
+
+
+def test_a_small_volume_fills_up_outlives_its_pod_and_is_kept(tmp_path: Path) -> None:
+    """16 MiB: ENOSPC inside the pod; the data outlives the pod; wipe_volume; keep_volumes."""
+    pod = "postgresql-sfs-0"
+    c = _standin_cluster(replicas=1, volume_size="16Mi", keep_volumes=True)
+    try:
+        with c:
+            c.wait_ready(timeout=30)
+            total, _, avail = _statvfs_in_pod(c, pod)
+            assert 12 * 2**20 < avail <= total <= 16 * 2**20, (total, avail)
+            fill = c.exec_in_pod(pod, ["dd", "if=/dev/zero", f"of={VOL}/fill", "bs=1M", "count=32"])
+            assert fill.returncode != 0 and "No space left on device" in fill.stderr, fill
+            assert c.exec_in_pod(pod, ["rm", f"{VOL}/fill"]).returncode == 0
+            assert c.exec_in_pod(pod, ["sh", "-c", f"echo kept > {VOL}/marker"]).returncode == 0
+            device = volumes.mount_at(c.volume_dir(pod))
+            c.delete_pod(pod, timeout=15)
+            c.wait_ready([pod], timeout=15)
+            # The new pod mounts the same filesystem (never formatted again), data and all.
+            assert volumes.mount_at(c.volume_dir(pod)) == device
+            assert c.exec_in_pod(pod, ["cat", f"{VOL}/marker"]).stdout == "kept\n"
+            with pytest.raises(RuntimeError, match="still exists"):
+                c.wipe_volume(pod)  # like pvc-protection: not while a pod uses it
+            c.scale(0)
+            wait_until(lambda: c.pod_names() == [], 15, 0.05, "scaled to 0")
+            c.wipe_volume(pod)
+            assert [p.name for p in c.volume_dir(pod).iterdir()] == ["lost+found"]
+            c.scale(1)
+            c.wait_ready([pod], timeout=15)
+            assert c.exec_in_pod(pod, ["ls", "-A", VOL]).stdout.split() == ["lost+found"]
+            assert c.exec_in_pod(pod, ["sh", "-c", f"echo after-wipe > {VOL}/marker"]).returncode == 0
+        # close() unmounted everything; keep_volumes kept the images, data included.
+        assert volumes.mounted_under(c.run_dir) == []
+        wait_until(lambda: _loop_devices_under(c.run_dir) == [], 10, 0.1, "loop devices detached")
+        look = tmp_path / "look"
+        volumes.ensure_volume(look, parse_quantity("16Mi"), c.run_dir / "volume-images" / f"data-{pod}.img")
+        try:
+            assert (look / "marker").read_text() == "after-wipe\n"
+        finally:
+            volumes.release_volume(look)
+    finally:
+        if not volumes.mounted_under(c.run_dir):
+            shutil.rmtree(c.run_dir, ignore_errors=True)
+
+
+def test_stale_cleanup_unmounts_only_volumes_of_dead_runs(tmp_path: Path) -> None:
+    """release_stale (behind `make e2e-clean`) takes exactly <runs>/<dead prefix>/volumes/<claim>."""
+    runs = tmp_path / "runs"
+    dead = runs / "pgsfs-dead00" / "volumes" / "data-postgresql-sfs-0"
+    live = runs / "pgsfs-11fe00" / "volumes" / "data-postgresql-sfs-0"
+    elsewhere = runs / "pgsfs-dead00" / "other" / "data-postgresql-sfs-0"
+    paths = [dead, live, elsewhere]
+    try:
+        for i, path in enumerate(paths):
+            volumes.ensure_volume(path, 4 * 2**20, tmp_path / "images" / f"{i}.img")
+        assert volumes.release_stale({"pgsfs-11fe00"}, runs_dir=runs) == [dead]
+        assert volumes.mount_at(dead) is None
+        assert volumes.mount_at(live) is not None and volumes.mount_at(elsewhere) is not None
+    finally:
+        for path in paths:
+            volumes.release_volume(path)
+    assert volumes.mounted_under(tmp_path) == []
 
 
 # ---------------------------------------------------------------------------- own clusters
@@ -286,7 +392,8 @@ def _created_and_ready(c: Cluster, pod: str) -> tuple[float, float]:
 
 
 def test_ordered_ready_creates_one_by_one_and_publishes_not_ready() -> None:
-    with _standin_cluster(replicas=3, ready_after=1.2,
+    # Asked for explicitly: the shipped manifest's policy may change (k8s/ now says Parallel).
+    with _standin_cluster(replicas=3, ready_after=1.2, policy="OrderedReady",
                           readiness_probe=_probe("test -f /dev/shm/started", period=0.1)) as c:
         assert c.sts.pod_management_policy == "OrderedReady"
         assert c.svc.publish_not_ready_addresses
@@ -315,6 +422,13 @@ def test_parallel_creates_all_at_once() -> None:
 # ---------------------------------------------------------------------------- cleanup
 
 
+def _loop_devices_under(root: Path) -> list[str]:
+    """Loop devices whose backing file is below `root` (an image left attached)."""
+    res = subprocess.run(["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
+                         capture_output=True, text=True, check=True, timeout=30)
+    return [line for line in res.stdout.splitlines() if f"{root}/" in line]
+
+
 def _leftovers(prefix: str, pids: list[int]) -> list[str]:
     problems = [f"netns {ns}" for ns in nsx.list_netns() if ns.startswith(prefix)]
     problems += [f"pid {p}" for p in pids if nsx.proc_start_time(p) is not None]
@@ -332,7 +446,10 @@ def test_cleanup_leaves_nothing() -> None:
         pids = [p for n in c.pod_names() for ct in c.pod(n).containers
                 for p in (ct.shim.pid, ct.pid1) if p]
         assert run_dir.is_dir()
+        assert len(volumes.mounted_under(run_dir)) == 2
     assert _leftovers(prefix, pids) == []
+    assert volumes.mounted_under(run_dir) == []
+    assert _loop_devices_under(run_dir) == []
     assert not run_dir.exists()
     if not Network.live_runs():
         assert not Network.guard_route_present()
@@ -366,3 +483,39 @@ with _standin_cluster(replicas=2, policy="Parallel") as c:
             proc.wait(10)
             Network.cleanup_stale()
     assert _leftovers(info["prefix"], info["pids"]) == []
+
+
+def test_e2e_clean_unmounts_the_volumes_of_a_killed_run(tmp_path: Path) -> None:
+    """A run killed with SIGKILL cannot unmount its volumes; Network.cleanup_stale (make e2e-clean)
+    does, by their exact paths under the run directory."""
+    script = tmp_path / "run.py"
+    script.write_text(f"""
+import json, sys, time
+sys.path.insert(0, {str(REPO)!r})
+from tests.e2e.test_pods import _standin_cluster
+c = _standin_cluster(replicas=2, policy="Parallel", volume_size="8Mi").start()
+c.wait_ready(timeout=30)
+pids = [p for n in c.pod_names() for ct in c.pod(n).containers for p in (ct.shim.pid, ct.pid1)]
+print(json.dumps({{"prefix": c.network.prefix, "run_dir": str(c.run_dir), "pids": pids}}), flush=True)
+time.sleep(60)
+""")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    run_dir: Path | None = None
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        run_dir = Path(info["run_dir"])
+        proc.kill()
+        proc.wait(30)
+        assert len(volumes.mounted_under(run_dir)) == 2  # nobody unmounted them
+        assert info["prefix"] in Network.cleanup_stale()
+        assert volumes.mounted_under(run_dir) == []
+        wait_until(lambda: _loop_devices_under(run_dir) == [], 10, 0.1, "loop devices detached")
+        assert _leftovers(info["prefix"], info["pids"]) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        Network.cleanup_stale()
+        if run_dir is not None and not volumes.mounted_under(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
