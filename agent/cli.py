@@ -190,6 +190,20 @@ def cmd_postgres(args: list[str]) -> int:
             uid=account.uid if account else os.geteuid(),
             gid=account.gid if account else os.getegid(),
         )
+        if config.standalone:
+            logger.info(
+                "standalone",
+                hostname=config.identity.pod_name,
+                note="no StatefulSet pod name, POD_NAME or namespace: one server on its own, as the official "
+                "image runs (no members to survey, no replication role unless PGSFS_REPLICATION_PASSWORD is set)",
+            )
+        if config.short_secrets:
+            logger.warning(
+                "short_password",
+                variables=list(config.short_secrets),
+                note="accepted, as by the official image; but a secret under 8 characters could match "
+                "ordinary text, so it is not looked for in command lines and logs: use 8 or more",
+            )
         phase = "privileges"
         major = _become_postgres(config, runner, account, logger)
         # Beat at once: the kubelet's first startup probe may come before the plan is made.

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from agent import walbudget
 from agent.errors import ConfigError
 from agent.identity import Identity, parse_pod_name
 from agent.secret import Secret
@@ -22,14 +23,14 @@ RESOLV_CONF = Path("/etc/resolv.conf")
 _DNS_LABEL = re.compile(r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$")
 _DOMAIN = re.compile(r"^(?:[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$")
 _PORT_NAME = re.compile(r"^[a-z0-9](?:[-a-z0-9]{0,13}[a-z0-9])?$")
-_ROLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# PostgreSQL's NAMEDATALEN - 1: longer role and database names are cut, so they are refused.
+MAX_NAME_BYTES = 63
 _WAL_SIZE = re.compile(r"^(?:auto|-1|[0-9]+(?:kB|MB|GB|TB)?)$")
 # pg_basebackup --max-rate: kB/s, or with a k or M suffix; 32 kB/s .. 1 GB/s.
 _RATE = re.compile(r"^(?P<n>[0-9]+)(?P<unit>[kM]?)$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
-MIN_PASSWORD_LENGTH = 8
 
 SECRET_VARIABLES = (
     "POSTGRES_PASSWORD",
@@ -72,7 +73,18 @@ class Config:
     max_wal_size: str
     log_format: str
     log_level: str
+    # Variables whose secret is too short for the argv and log safeguards (a warning at start).
+    short_secrets: tuple[str, ...] = ()
+    # Started outside a StatefulSet (`docker run`): one primary, no members, no replication role
+    # unless PGSFS_REPLICATION_PASSWORD is set.
+    standalone: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def waldir(self) -> Path | None:
+        """Where pg_wal lives when not inside PGDATA (POSTGRES_INITDB_WALDIR or initdb's --waldir)."""
+        named = walbudget.waldir_arg(self.initdb_args)
+        return Path(named) if named else None
 
     def wal_configured(self) -> dict[str, str]:
         """The WAL settings as configured (`auto` or a size), by PostgreSQL's names."""
@@ -226,24 +238,68 @@ def _secret(env: Mapping[str, str], name: str, problems: _Problems, *, required:
         return Secret("")
     else:
         value, source = direct, name
-    for problem in _password_problems(value):
+    for problem in _password_problems(value, one_line=name != "POSTGRES_PASSWORD"):
         problems.add(source, path if source == file_name else None, problem, secret=source == name)
     return Secret(value)
 
 
-def _password_problems(value: str) -> list[str]:
-    """Why a password cannot be used safely, if it cannot (never echoing it)."""
+def _plain_or_file(env: Mapping[str, str], name: str, problems: _Problems) -> str | None:
+    """NAME, or the content of the file NAME_FILE names (trailing newlines dropped, as the official
+    image's file_env does); None when neither is set."""
+    path = env.get(f"{name}_FILE")
+    if path is None:
+        return env.get(name)
+    if name in env:
+        problems.add(f"{name} and {name}_FILE", "(both set)", "only one of them")
+        return None
+    try:
+        return Path(path).read_bytes().decode("utf-8").rstrip("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.add(f"{name}_FILE", path, f"a readable UTF-8 file ({getattr(exc, 'strerror', None) or exc})")
+        return None
+
+
+def _name(
+    env: Mapping[str, str], name: str, default: str, what: str, problems: _Problems, *, in_hba: bool = False
+) -> str:
+    """A role or database name as PostgreSQL takes it: any text of 1 to 63 bytes without NUL.
+
+    `in_hba`: the name also goes into pg_hba.conf, which cannot express a double quote.
+    """
+    value = _plain_or_file(env, name, problems)
+    value = value if value else default
+    expected = f"{what} of 1 to {MAX_NAME_BYTES} bytes without NUL or line break"
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        problems.add(name, value.encode("utf-8", "replace").decode(), f"{expected}, in UTF-8")
+        return default
+    # A line break is refused everywhere: it is a YAML block scalar's stray newline far more often than a name.
+    bad = any(ch in value for ch in "\x00\r\n") or (in_hba and '"' in value)
+    if size > MAX_NAME_BYTES or bad:
+        if in_hba:
+            expected += " or double quote (pg_hba.conf cannot hold one)"
+        problems.add(name, value, expected)
+        return default
+    return value
+
+
+def _password_problems(value: str, *, one_line: bool) -> list[str]:
+    """Why a password cannot be used, if it cannot (never echoing it).
+
+    `one_line`: it goes into a passfile, which holds one entry per line. Any length is accepted, as
+    by the official image; a short one only weakens a safeguard (see `Config.short_secrets`).
+    """
     if not value:
         return ["a non-empty password"]
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         return ["a password that is valid UTF-8"]
-    if "\n" in value or "\r" in value or "\x00" in value:
-        return ["a password without line breaks (a passfile holds one entry per line)"]
-    if len(value) < MIN_PASSWORD_LENGTH:
-        # A very short secret would also match innocent text: argv checks and log redaction need length.
-        return [f"a password of at least {MIN_PASSWORD_LENGTH} characters"]
+    if "\x00" in value:
+        return ["a password without NUL characters"]
+    if one_line and ("\n" in value or "\r" in value):
+        return ["a password without line breaks (the replication passfile holds one entry per line)"]
     return []
 
 
@@ -292,9 +348,6 @@ def load_config(
 
     pod_name = env.get("POD_NAME") or env.get("HOSTNAME") or hostname()
     parsed = parse_pod_name(pod_name)
-    if parsed is None:
-        problems.add("POD_NAME", pod_name, "a StatefulSet pod name <statefulset>-<ordinal>, like postgresql-sfs-0")
-        parsed = ("invalid", 0)
     primary_ordinal = _int(env, "PGSFS_PRIMARY_ORDINAL", 0, problems, 0, 999_999_999)
 
     domains = _search_domains(resolv_conf)
@@ -305,11 +358,19 @@ def load_config(
             namespace = sa_namespace_file.read_text().strip()
         except OSError:
             namespace = search_ns or ""
-    if not namespace:
+    # `docker run` of the image, as with the official one: no StatefulSet name, no POD_NAME, no
+    # namespace anywhere. Then it is one server on its own, the primary, as the official image is.
+    standalone = parsed is None and not env.get("POD_NAME") and not namespace
+    if standalone:
+        parsed = (pod_name, primary_ordinal)
+    elif parsed is None:
+        problems.add("POD_NAME", pod_name, "a StatefulSet pod name <statefulset>-<ordinal>, like postgresql-sfs-0")
+        parsed = ("invalid", 0)
+    if not namespace and not standalone:
         problems.add(
             "POD_NAMESPACE", None, "the pod's namespace (set it from the downward API: fieldRef metadata.namespace)"
         )
-    elif not _DNS_LABEL.fullmatch(namespace):
+    elif namespace and not _DNS_LABEL.fullmatch(namespace):
         problems.add("POD_NAMESPACE", namespace, "a DNS label (lower case letters, digits, '-')")
 
     service = _matching(
@@ -338,17 +399,22 @@ def load_config(
         problems.add("PGSFS_STATE_DIR", state_raw, "an absolute path outside PGDATA")
     initdb_dir = Path(env.get("PGSFS_INITDB_DIR", "/docker-entrypoint-initdb.d"))
 
-    superuser = _matching(
-        env, "POSTGRES_USER", "postgres", _ROLE_NAME, "a role name (letters, digits, '_', at most 63)", problems
-    )
-    database = env.get("POSTGRES_DB") or superuser
-    if len(database) > 63 or "\x00" in database:
-        problems.add("POSTGRES_DB", database, "a database name of at most 63 characters")
+    superuser = _name(env, "POSTGRES_USER", "postgres", "a role name", problems)
+    database = _name(env, "POSTGRES_DB", superuser, "a database name", problems)
     try:
-        initdb_args = tuple(shlex.split(env.get("POSTGRES_INITDB_ARGS", "")))
+        initdb_args = tuple(shlex.split(_plain_or_file(env, "POSTGRES_INITDB_ARGS", problems) or ""))
     except ValueError as exc:
         problems.add("POSTGRES_INITDB_ARGS", env.get("POSTGRES_INITDB_ARGS"), f"arguments in shell syntax ({exc})")
         initdb_args = ()
+    waldir = _plain_or_file(env, "POSTGRES_INITDB_WALDIR", problems)
+    if waldir:
+        # As the official entrypoint does: the variable becomes initdb's --waldir.
+        if walbudget.waldir_arg(initdb_args) is not None:
+            problems.add("POSTGRES_INITDB_WALDIR", waldir, "unset when POSTGRES_INITDB_ARGS has --waldir (one of them)")
+        wal_path = Path(waldir)
+        if not wal_path.is_absolute() or wal_path == pgdata or pgdata in wal_path.parents or ".." in wal_path.parts:
+            problems.add("POSTGRES_INITDB_WALDIR", waldir, "an absolute path outside PGDATA")
+        initdb_args = (f"--waldir={waldir}", *initdb_args)
     for arg in initdb_args:
         if arg.startswith(("--pwfile", "-D", "--pgdata", "-U", "--username", "--auth")):
             problems.add(
@@ -357,21 +423,19 @@ def load_config(
     host_auth = env.get("POSTGRES_HOST_AUTH_METHOD", "")
     if host_auth not in ("", "scram-sha-256"):
         problems.add(
-            "POSTGRES_HOST_AUTH_METHOD", host_auth, "unset or scram-sha-256 (no trust or md5 over the network)"
+            "POSTGRES_HOST_AUTH_METHOD",
+            host_auth,
+            "unset or scram-sha-256: trust would let anyone who reaches a pod's address in as any role, "
+            "the replication role included, and every pod's address is reachable across the cluster network; "
+            "md5 keeps a hash that logs in by itself where SCRAM's does not (PostgreSQL 14's default is SCRAM)",
         )
 
     superuser_password = _secret(env, "POSTGRES_PASSWORD", problems, required=True)
-    replication_user = _matching(
-        env,
-        "PGSFS_REPLICATION_USER",
-        "replicator",
-        _ROLE_NAME,
-        "a role name (letters, digits, '_', at most 63)",
-        problems,
-    )
+    replication_user = _name(env, "PGSFS_REPLICATION_USER", "replicator", "a role name", problems, in_hba=True)
     if replication_user == superuser:
         problems.add("PGSFS_REPLICATION_USER", replication_user, "a role other than POSTGRES_USER")
-    replication_password = _secret(env, "PGSFS_REPLICATION_PASSWORD", problems, required=True)
+    # Standalone there is nobody to replicate to: the replication role is made only if asked for.
+    replication_password = _secret(env, "PGSFS_REPLICATION_PASSWORD", problems, required=not standalone)
 
     wait_timeout = _seconds(env, "PGSFS_WAIT_TIMEOUT", 600.0, problems)
     restart_check_timeout = _seconds(env, "PGSFS_RESTART_CHECK_TIMEOUT", 10.0, problems)
@@ -429,6 +493,15 @@ def load_config(
         max_slot_wal_keep_size=slot_keep,
         max_wal_size=max_wal,
         log_format=log_format,
+        standalone=standalone,
+        short_secrets=tuple(
+            name
+            for name, secret in (
+                ("POSTGRES_PASSWORD", superuser_password),
+                ("PGSFS_REPLICATION_PASSWORD", replication_password),
+            )
+            if secret.reveal() and not secret.guarded
+        ),
         log_level=log_level,
     )
 

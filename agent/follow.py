@@ -13,12 +13,13 @@ from agent.context import Part
 from agent.errors import (
     AgentError,
     CommandFailed,
+    DataDirConflict,
     NoRoomToMoveAside,
     ReplicaDiverged,
     SystemIdentifierMismatch,
 )
 from agent.files import fsync_dir, tree_size
-from agent.pgdata import inspect
+from agent.pgdata import builds_inside, inspect
 from agent.postgres import controldata
 
 if TYPE_CHECKING:
@@ -181,6 +182,14 @@ class FollowCheck(Part):
         The data is never deleted; a crash at any point leaves either the old data in place (this
         runs again) or an empty PGDATA (a clone); the clone drops and recreates an invalidated slot.
         """
+        if builds_inside(self.pgdata):
+            raise DataDirConflict(
+                f"{why}, so it must clone again, but PGDATA {self.pgdata} is its volume's mount point and "
+                "cannot be moved aside; the data here was left untouched",
+                hint="set PGDATA to a subdirectory of the volume (like /var/lib/postgresql/data/pgdata, after "
+                "moving the data there), or, if this replica's data is not needed, empty the volume",
+                **fields,
+            )
         needed, free = reclone_room(self.pgdata)
         if needed > free:
             raise NoRoomToMoveAside(

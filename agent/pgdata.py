@@ -47,19 +47,54 @@ class DataDirState:
         return self.pg_version is not None
 
 
+# A fresh filesystem's own directory: never data, never in the way (a real PV's root has it).
+LOST_FOUND = "lost+found"
+
+
+def builds_inside(pgdata: Path) -> bool:
+    """PGDATA is its volume's mount point (the official image's VOLUME, or a PVC mounted there):
+    nothing can be renamed onto it, so the build happens in hidden directories inside it instead,
+    and its entries are moved up when complete (see agent/buildarea.py)."""
+    return os.path.ismount(pgdata)
+
+
+def _site(pgdata: Path, suffix: str) -> Path:
+    if builds_inside(pgdata):
+        return pgdata / suffix
+    return pgdata.with_name(pgdata.name + suffix)
+
+
 def work_dir_for(pgdata: Path) -> Path:
     """Where an init or clone is built before it is moved into place (same filesystem)."""
-    return pgdata.with_name(pgdata.name + WORK_SUFFIX)
+    return _site(pgdata, WORK_SUFFIX)
 
 
 def staging_dir_for(pgdata: Path) -> Path:
     """Where a work directory is made with its marker before it gets its name."""
-    return pgdata.with_name(pgdata.name + STAGING_SUFFIX)
+    return _site(pgdata, STAGING_SUFFIX)
 
 
 def tombstone_for(pgdata: Path) -> Path:
     """The name a work directory takes before it is deleted."""
-    return pgdata.with_name(pgdata.name + TOMBSTONE_SUFFIX)
+    return _site(pgdata, TOMBSTONE_SUFFIX)
+
+
+def _ours_inside(pgdata: Path, name: str) -> bool:
+    """Entries of a mount-point PGDATA that are not data: lost+found and the agent's build names."""
+    return builds_inside(pgdata) and name in (LOST_FOUND, WORK_SUFFIX, STAGING_SUFFIX, TOMBSTONE_SUFFIX)
+
+
+def moving_entries(pgdata: Path) -> frozenset[str]:
+    """Entries a build of ours was moving up into a mount-point PGDATA when it stopped (its marker's
+    journal); they are the build's, not data, until PG_VERSION (moved last) is there."""
+    try:
+        marker = json.loads((work_dir_for(pgdata) / WORK_MARKER).read_text())
+    except (OSError, ValueError):
+        return frozenset()
+    if not isinstance(marker, dict) or marker.get("pgdata") != str(pgdata):
+        return frozenset()
+    moving = marker.get("moving")
+    return frozenset(str(n) for n in moving) if isinstance(moving, list) else frozenset()
 
 
 def read_system_identifier(pgdata: Path) -> int | None:
@@ -124,6 +159,10 @@ def inspect(pgdata: Path) -> DataDirState:
             entries = ["(unreadable)"]
     elif exists:
         entries = ["(not a directory)"]
+    if exists and entries and entries[0] not in ("(unreadable)", "(not a directory)"):
+        # lost+found, our build directories, and entries our interrupted move left are not data.
+        moving = moving_entries(pgdata) if "PG_VERSION" not in entries else frozenset()
+        entries = [e for e in entries if not _ours_inside(pgdata, e) and e not in moving]
     pg_version: str | None = None
     if "PG_VERSION" in entries:
         try:

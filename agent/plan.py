@@ -123,12 +123,6 @@ def _refusal(state: DataDirState, config: Config, server_major: int | None, euid
                 "real primary, fix PGSFS_PRIMARY_ORDINAL",
             )
         return None
-    if state.is_mountpoint:
-        return refuse(
-            f"PGDATA {pgdata} is the volume's mount point; the agent builds the cluster beside it "
-            "and moves it into place",
-            "set PGDATA to a subdirectory of the volume, like /var/lib/postgresql/data/pgdata",
-        )
     if state.leftover is not None and not state.leftover.ours:
         return refuse(
             f"{state.leftover.path} exists but is not provably an unfinished init or clone of this PGDATA",
@@ -196,7 +190,7 @@ def make_plan(
         action = INIT
         reason = "empty PGDATA on the primary ordinal: initialise a new cluster beside it, then move it into place"
         steps = (
-            "check_peers_for_data",
+            *(() if config.standalone else ("check_peers_for_data",)),
             "initdb",
             "write_config",
             "start_temporary_server",
@@ -240,8 +234,8 @@ def make_plan(
         server_major=server_major,
         data_major=_major(state.pg_version),
         refusal=refusal,
-        remote_decisions=REMOTE_DECISIONS.get(
-            "restart_replica" if action == START and not is_primary else action, ()
-        ),
+        remote_decisions=()
+        if config.standalone
+        else REMOTE_DECISIONS.get("restart_replica" if action == START and not is_primary else action, ()),
         wal=decide(config.wal_configured(), wal_observed) if wal_observed is not None and refusal is None else None,
     )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import lzma
 import os
 import queue
 import re
@@ -82,8 +80,8 @@ def initdb(runner: Runner, datadir: Path, *, superuser: str, pwfile: Path, args:
         "initdb",
         "-D",
         str(datadir),
-        "-U",
-        superuser,
+        # One argument: a name starting with "-" must not be read as an option.
+        f"--username={superuser}",
         f"--pwfile={pwfile}",
         "--auth-local=trust",
         "--auth-host=scram-sha-256",
@@ -193,55 +191,6 @@ class TempServer:
         self.proc = None
 
 
-def read_script(path: Path) -> bytes:
-    """An initdb.d SQL script's text, decompressed when it is .gz or .xz."""
-    if path.name.endswith(".gz"):
-        return gzip.decompress(path.read_bytes())
-    if path.name.endswith(".xz"):
-        return lzma.decompress(path.read_bytes())
-    return path.read_bytes()
-
-
-SCRIPT_SUFFIXES = (".sh", ".sql", ".sql.gz", ".sql.xz")
-
-
-def initdb_scripts(directory: Path) -> list[Path]:
-    """The scripts the official image would run, in its order (sorted by name)."""
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(SCRIPT_SUFFIXES))
-
-
-def _has_shebang(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(2) == b"#!"
-    except OSError:
-        return False
-
-
-def run_initdb_script(
-    runner: Runner, script: Path, env: Mapping[str, str], on_tick: Callable[[float], None] | None = None
-) -> None:
-    """Run one initdb.d script as the official image does: .sh with bash, SQL with psql.
-
-    No time limit: a restore may take hours; `on_tick(elapsed)` runs every second meanwhile.
-    """
-    if script.name.endswith(".sh"):
-        # The official entrypoint runs an executable script from bash, which runs one without a
-        # `#!` line itself (execve's ENOEXEC): do the same rather than fail with "Exec format error".
-        argv = [str(script)] if os.access(script, os.X_OK) and _has_shebang(script) else ["bash", str(script)]
-        done = runner.run(argv, env=env, on_tick=on_tick)
-    else:
-        done = runner.run(
-            ["psql", "-v", "ON_ERROR_STOP=1", "--no-psqlrc", "--quiet"],
-            env=env,
-            input=read_script(script),
-            on_tick=on_tick,
-        )
-    check(done, f"initdb script {script.name}", f"fix {script} (it runs only on a first initialisation)")
-
-
 def basebackup(
     runner: Runner,
     *,
@@ -258,6 +207,7 @@ def basebackup(
     on_tick: Callable[[], None] = lambda: None,
     clock: Callable[[], float] = time.monotonic,
     stall_timeout: float = 300.0,
+    waldir: Path | None = None,
 ) -> dict[str, Any]:
     """pg_basebackup with WAL streaming, a fast checkpoint and our slot; progress as events.
 
@@ -288,6 +238,8 @@ def basebackup(
     ]
     if max_rate:
         argv += ["-r", max_rate]
+    if waldir is not None:
+        argv.append(f"--waldir={waldir}")
     started = clock()
     proc = runner.spawn(argv, env=child_env({"PGPASSFILE": str(passfile)}), stdout=subprocess.DEVNULL)
     lines: queue.Queue[str | None] = queue.Queue()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import discovery, survey
+from agent import discovery, initdbd, survey
 from agent.buildarea import BuildArea
 from agent.context import Part
 from agent.errors import (
@@ -25,8 +26,6 @@ from agent.postgres import (
     TempServer,
     child_env,
     initdb,
-    initdb_scripts,
-    run_initdb_script,
 )
 from agent.render import (
     scram_verifier,
@@ -119,12 +118,15 @@ class Primary(Part):
     def init(self) -> None:
         """initdb, configure, role, database and initdb.d scripts, all beside PGDATA."""
         cfg = self.config
-        self.check_peers_for_data()
+        if not cfg.standalone:  # on its own there are no members to ask
+            self.check_peers_for_data()
         self.world.beat("initdb")
         datadir = self.build.start("init")
         started = self.world.clock()
         pwfile = self.work / "superuser.pw"
-        write_atomic(pwfile, cfg.superuser_password.reveal(), mode=0o600, owner=self.owner)
+        # A throwaway: initdb reads one line, and the real password (which may hold a line break, as
+        # the official image allows) is set as a SCRAM verifier on the temporary server right after.
+        write_atomic(pwfile, secrets.token_urlsafe(32), mode=0o600, owner=self.owner)
         try:
             initdb(self.world.runner, datadir, superuser=cfg.superuser, pwfile=pwfile, args=cfg.initdb_args)
         finally:
@@ -171,14 +173,15 @@ class Primary(Part):
 
         cfg = self.config
         with psycopg.connect(**server.conninfo("postgres", cfg.superuser), autocommit=True) as conn:
-            repl = sql.Identifier(cfg.replication_user)
-            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (cfg.replication_user,)).fetchone()
-            verb = sql.SQL("ALTER ROLE") if exists else sql.SQL("CREATE ROLE")
-            conn.execute(
-                sql.SQL("{} {} WITH REPLICATION LOGIN PASSWORD {}").format(
-                    verb, repl, sql.Literal(scram_verifier(cfg.replication_password.reveal()))
+            if cfg.replication_password.reveal():  # always, except standalone without one
+                repl = sql.Identifier(cfg.replication_user)
+                exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (cfg.replication_user,)).fetchone()
+                verb = sql.SQL("ALTER ROLE") if exists else sql.SQL("CREATE ROLE")
+                conn.execute(
+                    sql.SQL("{} {} WITH REPLICATION LOGIN PASSWORD {}").format(
+                        verb, repl, sql.Literal(scram_verifier(cfg.replication_password.reveal()))
+                    )
                 )
-            )
             conn.execute(
                 sql.SQL("ALTER ROLE {} PASSWORD {}").format(
                     sql.Identifier(cfg.superuser),
@@ -189,8 +192,14 @@ class Primary(Part):
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(cfg.database)))
 
     def _run_initdb_scripts(self, server: TempServer) -> None:
+        """The initdb.d directory, as the official entrypoint runs it (see agent/initdbd.py)."""
         cfg = self.config
-        scripts = initdb_scripts(cfg.initdb_dir)
+        names = initdbd.scripts(cfg.initdb_dir)
+        if not names:
+            return
+        password = cfg.superuser_password.reveal()
+        # What the official entrypoint exports for its scripts: resolved names (defaults and *_FILE
+        # applied), the password, and PGDATA (here the cluster being built, moved into place after).
         env = child_env(
             {
                 "PGHOST": str(server.sockdir),
@@ -198,25 +207,32 @@ class Primary(Part):
                 "PGUSER": cfg.superuser,
                 "PGDATABASE": cfg.database,
                 "PGDATA": str(server.datadir),
+                "POSTGRES_USER": cfg.superuser,
+                "POSTGRES_DB": cfg.database,
+                "POSTGRES_PASSWORD": password,
+                "PGPASSWORD": password,
             },
             keep_secrets=True,
         )
-        env.pop("PGSFS_REPLICATION_PASSWORD", None)
-        for script in scripts:
-            started = self.world.clock()
-            self.world.beat("initdb_scripts")
-            run_initdb_script(self.world.runner, script, env, on_tick=self._script_ticker(script.name))
-            self._phase("initdb_script", started, script=script.name)
+        for name in ("PGSFS_REPLICATION_PASSWORD", "PGSFS_REPLICATION_PASSWORD_FILE"):
+            env.pop(name, None)
+        started = self.world.clock()
+        self.world.beat("initdb_scripts")
+        progress = server.sockdir / "initdb-progress"
+        ran = initdbd.run(self.world.runner, cfg.initdb_dir, env, progress, on_tick=self._script_ticker())
+        for name, seconds in ran:
+            self.log.info("initdb_script", script=name, duration_s=seconds)
+        self._phase("initdb_scripts", started, directory=str(cfg.initdb_dir), files=names)
 
-    def _script_ticker(self, name: str) -> Callable[[float], None]:
-        """Beats while a script runs (a restore may take hours), and a progress line every minute."""
+    def _script_ticker(self) -> Callable[[float, str], None]:
+        """Beats while the scripts run (a restore may take hours), and a progress line every minute."""
         reported = [0.0]
 
-        def tick(elapsed: float) -> None:
+        def tick(elapsed: float, current: str) -> None:
             self.world.beat("initdb_scripts")
             if elapsed - reported[0] >= SCRIPT_PROGRESS_INTERVAL:
                 reported[0] = elapsed
-                self.log.info("initdb_script_running", script=name, elapsed_s=round(elapsed))
+                self.log.info("initdb_scripts_running", script=current, elapsed_s=round(elapsed))
 
         return tick
 

@@ -65,7 +65,9 @@ def heartbeat_age(state_dir: Path, now: float) -> float | None:
 def _is_primary(env: Mapping[str, str]) -> bool:
     name = env.get("POD_NAME") or env.get("HOSTNAME") or socket.gethostname()
     match = _ORDINAL.search(name)
-    return match is not None and int(match.group(1)) == int(env.get("PGSFS_PRIMARY_ORDINAL", "0") or 0)
+    if match is None:
+        return True  # a name without an ordinal: the agent runs standalone (docker run), as the primary
+    return int(match.group(1)) == int(env.get("PGSFS_PRIMARY_ORDINAL", "0") or 0)
 
 
 def check_startup(env: Mapping[str, str], now: float) -> str:

@@ -100,9 +100,17 @@ def with_include(postgresql_conf: str) -> str:
     return "\n".join([*kept, "", INCLUDE_LINE]) + "\n"
 
 
+def quote_hba(name: str) -> str:
+    """A pg_hba.conf user or database field: always double-quoted, so a name like `all`, `+group` or
+    one with spaces or commas means itself (pg_hba cannot hold a double quote; config refuses one)."""
+    if '"' in name or "\n" in name:
+        raise ValueError("pg_hba.conf cannot hold a double quote or a line break in a name")
+    return f'"{name}"'
+
+
 def hba_block(replication_user: str) -> str:
     """The managed pg_hba rules: replication only for the replication role, SCRAM, no trust over TCP."""
-    user = replication_user
+    user = quote_hba(replication_user)
     rows = [
         ("host", "replication", user, "0.0.0.0/0", "scram-sha-256"),
         ("host", "replication", user, "::/0", "scram-sha-256"),

@@ -138,6 +138,7 @@ class Replica(Part):
                 on_tick=self.world.beat,
                 clock=self.world.clock,
                 stall_timeout=cfg.clone_stall_timeout,
+                waldir=cfg.waldir,
             )
         except CommandFailed as exc:
             raise self._clone_failed(exc) from exc

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -87,12 +88,18 @@ class Runner:
         cwd: str | None = None,
         timeout: float | None = None,
         on_tick: Callable[[float], None] | None = None,
+        capture: bool = True,
     ) -> subprocess.CompletedProcess[bytes]:
         """Run to completion and capture output; the child is stopped if the agent is interrupted.
 
-        `on_tick(elapsed)` is called about every second while the child runs (heartbeats, progress).
+        `on_tick(elapsed)` is called about every second while the child runs (heartbeats, progress);
+        `capture=False` lets the output go to the container's log (stderr) instead.
         """
-        proc = self.spawn(argv, env=env, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL, cwd=cwd)
+        stdin = subprocess.PIPE if input is not None else subprocess.DEVNULL
+        if capture:
+            proc = self.spawn(argv, env=env, stdin=stdin, cwd=cwd)
+        else:
+            proc = self.spawn(argv, env=env, stdin=stdin, cwd=cwd, stdout=sys.stderr.fileno(), stderr=None)
         started = time.monotonic()
         try:
             while True:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 _KNOWN: set[str] = set()
+# Shorter secrets could match ordinary text ("data", "postgres"): looking for them in argv would
+# refuse innocent commands and redacting them would garble logs, so they are not looked for.
+MIN_GUARDED = 8
 
 
 class Secret:
@@ -14,8 +17,13 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
-        if value:
+        if self.guarded:
             _KNOWN.add(value)
+
+    @property
+    def guarded(self) -> bool:
+        """Whether argv checks and log redaction look for this secret (it is long enough to)."""
+        return len(self._value) >= MIN_GUARDED
 
     def reveal(self) -> str:
         """The secret value, for the few places that must hand it to PostgreSQL."""

@@ -212,7 +212,8 @@ def _segment_mb(pgdata_wal: Path, initdb_args: Iterable[str]) -> int:
     return 16
 
 
-def _waldir_arg(initdb_args: Iterable[str]) -> str | None:
+def waldir_arg(initdb_args: Iterable[str]) -> str | None:
+    """The WAL directory initdb's arguments name (--waldir / -X), if any."""
     args = list(initdb_args)
     for index, arg in enumerate(args):
         for flag in ("--waldir", "-X"):
@@ -238,8 +239,8 @@ def observe(pgdata: Path, initdb_args: Iterable[str], postgres_args: Iterable[st
     """Read the volume pg_wal lives on (or will), its segment size and the overrides of our values."""
     args = tuple(initdb_args)
     wal = pgdata / "pg_wal"
-    waldir = _waldir_arg(args)
-    where = Path(waldir) if waldir else pgdata.parent
+    waldir = waldir_arg(args)
+    where = Path(waldir) if waldir else (pgdata if os.path.ismount(pgdata) else pgdata.parent)
     try:
         # Unreadable PGDATA (another owner) is the plan's to refuse; here it only means "unknown".
         if wal.exists():

@@ -685,7 +685,7 @@ class TestSlowPrimaryInit:
         lines = slow_primary["primary"][1]
         assert the(lines, "plan")["remove_leftover"] == f"{PGDATA}.pgsfs-work"
         order = event_names(lines)
-        for earlier, later in (("leftover_removed", "initdb"), ("initdb", "initdb_script"),
+        for earlier, later in (("leftover_removed", "initdb"), ("initdb", "initdb_scripts"),
                                ("initdb_script", "moved_into_place"), ("moved_into_place", "exec_postgres")):
             assert order.index(earlier) < order.index(later), order
         assert slow_primary["marker"] == ["0", "0"]  # the script's table exists once, replicated

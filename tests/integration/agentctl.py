@@ -144,7 +144,9 @@ def agent_postgres(env: Mapping[str, str], log_path: Path, *args: str, ready_tim
         def up() -> bool:
             if proc.poll() is not None:
                 raise AssertionError(f"agent exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            with connect(server.port, password=env["POSTGRES_PASSWORD"]):
+            user = env.get("POSTGRES_USER", "postgres")
+            with connect(server.port, user=user, password=env["POSTGRES_PASSWORD"],
+                         dbname=env.get("POSTGRES_DB", user)):  # fmt: skip
                 return True
 
         wait_for(up, ready_timeout, "postgres started by the agent to accept connections")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import lzma
 import os
+import shutil
 import stat
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -24,7 +27,7 @@ from tests.integration.agentctl import (
     pod_env,
     run_agent,
 )
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, sized_volume
 
 pytestmark = pytest.mark.integration
 
@@ -218,10 +221,139 @@ def test_the_heartbeat_follows_a_long_initdb_script(volume_root: Path) -> None:
     try:
         env = pod_env(volume_root, 0, free_port(), PGSFS_INITDB_DIR=str(scripts))
         with agent_postgres(env, volume_root / "agent.log") as server:
-            assert "initdb_script" in [line["event"] for line in server.agent_log()]
+            assert "initdb_scripts" in [line["event"] for line in server.agent_log()]
     finally:
         stop.set()
         sampler.join(5)
     assert (volume_root / "no-shebang-ran").exists()
     assert len(ages) > 20, "the script's run was not observed"
     assert max(ages) < 2.5, f"the heartbeat went {max(ages):.1f} s without a beat while the script ran"
+
+
+OFFICIAL_README_SCRIPT = """#!/bin/bash
+set -e
+
+psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" <<-EOSQL
+	CREATE USER docker;
+	CREATE DATABASE docker;
+	GRANT ALL PRIVILEGES ON DATABASE docker TO docker;
+EOSQL
+"""
+
+
+def test_initdb_d_with_the_official_semantics_and_names(volume_root: Path) -> None:
+    # As a user switching from postgres:14.5 would bring them: names with spaces and capitals, a
+    # 7-character password (the official compose example's), and every kind of initdb.d file.
+    user, database = "my cool postgres user", "My Cool Database"
+    scripts = volume_root / "initdb.d"
+    scripts.mkdir(mode=0o755)
+    files = {
+        "00-readme-example.sh": (OFFICIAL_README_SCRIPT, 0o755),
+        "01-table.sql": ("CREATE TABLE seeded (id int, source text);\n", 0o644),
+        # Sourced (not executable): the helpers and the shell's variables are there.
+        "02-sourced.sh": ('SOURCED_MARK=from-02\ndocker_process_sql -c "INSERT INTO seeded VALUES (2, \'sourced\')"\n',
+                          0o644),
+        "03-sourced-again.sh": ('echo "INSERT INTO seeded VALUES (3, \'$SOURCED_MARK\')" | "${psql[@]}"\n', 0o644),
+        "04-gz.sql.gz": (gzip.compress(b"INSERT INTO seeded VALUES (4, 'gz');\n"), 0o644),
+        "05-xz.sql.xz": (lzma.compress(b"INSERT INTO seeded VALUES (5, 'xz');\n"), 0o644),
+        "06-zst.sql.zst": (subprocess.run(["zstd", "-q", "-c"], input=b"INSERT INTO seeded VALUES (6, 'zst');\n",
+                                          capture_output=True, check=True).stdout, 0o644),
+        "07-env.sh": ('#!/bin/sh\npsql -v ON_ERROR_STOP=1 -c "INSERT INTO seeded VALUES (7, \'$PGDATA\')"\n', 0o755),
+        "README.txt": ("not a script: ignored\n", 0o644),
+    }  # fmt: skip
+    for name, (content, mode) in files.items():
+        path = scripts / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+        path.chmod(mode)
+    port = free_port()
+    env = pod_env(volume_root, 0, port, PGSFS_INITDB_DIR=str(scripts), POSTGRES_USER=user, POSTGRES_DB=database,
+                  POSTGRES_PASSWORD="example")  # fmt: skip
+    with agent_postgres(env, volume_root / "agent.log") as server:
+        lines = server.agent_log()
+        ran = next(line for line in lines if line["event"] == "initdb_scripts")
+        assert ran["files"] == sorted(files)
+        short = next(line for line in lines if line["event"] == "short_password")
+        assert short["variables"] == ["POSTGRES_PASSWORD"]
+        with connect(port, user=user, password="example", dbname=database) as conn:
+            rows = conn.execute("SELECT id, source FROM seeded ORDER BY id").fetchall()
+            assert [r[0] for r in rows] == [2, 3, 4, 5, 6, 7]
+            assert rows[1][1] == "from-02"  # one shell: a later sourced script sees an earlier one's variable
+            assert rows[-1][1].endswith(".pgsfs-work/data")  # PGDATA was the cluster being built
+            assert conn.execute("SELECT rolname FROM pg_roles WHERE rolname = 'docker'").fetchone() == ("docker",)
+            assert conn.execute("SELECT current_user").fetchone() == (user,)
+        log_text = (volume_root / "agent.log").read_text()
+        assert "pg-sfs-agent: sourcing" in log_text and "ignoring" in log_text  # the scripts' output is logged
+
+
+def test_postgres_initdb_waldir_and_a_discarded_init_that_used_it(volume_root: Path) -> None:
+    # The WAL directory on a volume of its own, as POSTGRES_INITDB_WALDIR is used. First a crashed
+    # init is left behind (a marked work directory whose pg_wal links into the WAL volume, full).
+    with sized_volume("pgsfs-wal-") as wal_volume:
+        wal_volume.chmod(0o777)
+        waldir = wal_volume / "pg_wal"
+        work = volume_root / "pgdata.pgsfs-work"
+        (work / "data").mkdir(parents=True)
+        marker = {"kind": "init", "pgdata": str(volume_root / "pgdata")}
+        (work / "pg-sfs-agent-work.json").write_text(json.dumps(marker))
+        volume_root.chmod(0o777)
+        for path in (work, work / "data"):
+            shutil.chown(path, "postgres", "postgres")
+        crashed = subprocess.run(
+            ["initdb", "-D", str(work / "data"), f"--waldir={waldir}", "-U", "postgres", "--auth=trust"],
+            user="postgres", capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert crashed.returncode == 0, crashed.stderr
+        assert any(waldir.iterdir())
+
+        port = free_port()
+        env = pod_env(volume_root, 0, port, POSTGRES_INITDB_WALDIR=str(waldir))
+        with agent_postgres(env, volume_root / "agent.log") as server:
+            events = [line["event"] for line in server.agent_log()]
+            assert events.index("leftover_removed") < events.index("initdb")
+            with connect(port) as conn:
+                conn.execute("CREATE TABLE t AS SELECT generate_series(1, 1000) AS n")
+                segment = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+        pg_wal = volume_root / "pgdata" / "pg_wal"
+        assert pg_wal.is_symlink() and Path(os.readlink(pg_wal)) == waldir
+        assert (waldir / segment).exists()
+
+
+def test_pgdata_as_the_volumes_mount_point(volume_root: Path) -> None:
+    # The official image's VOLUME /var/lib/postgresql/data makes PGDATA a mount point, and a real PV
+    # has lost+found at its root. Here an earlier start also stopped halfway through moving its
+    # finished build up into PGDATA: the journaled entries are taken back, the build discarded.
+    pgdata = volume_root  # a tmpfs of its own: os.path.ismount is true
+    (pgdata / "lost+found").mkdir()
+    work = pgdata / ".pgsfs-work"
+    (work / "data").mkdir(parents=True)
+    moved = ["base", "global", "pg_wal"]
+    (work / "pg-sfs-agent-work.json").write_text(
+        json.dumps({"kind": "init", "pgdata": str(pgdata), "moving": [*moved, "pg_xact", "PG_VERSION"]})
+    )
+    for name in moved:  # already moved up when it stopped; PG_VERSION (last) never was
+        (pgdata / name).mkdir()
+        (pgdata / name / "leftover").write_text("from the interrupted start")
+    port = free_port()
+    state = volume_root.parent / f"{volume_root.name}-state"
+    env = pod_env(volume_root, 0, port, PGDATA=str(pgdata), PGSFS_STATE_DIR=str(state))
+    state_dir = Path(env["PGSFS_STATE_DIR"])
+    try:
+        plan = json.loads(run_agent(env, "plan").stdout)
+        assert plan["action"] == "init" and plan["remove_leftover"] == str(work), plan
+        with agent_postgres(env, volume_root / "lost+found" / "agent.log") as server:
+            events = [line["event"] for line in server.agent_log()]
+            assert events.index("leftover_removed") < events.index("initdb") < events.index("moved_into_place")
+            with connect(port) as conn:
+                assert conn.execute("SELECT setting FROM pg_settings WHERE name = 'data_directory'").fetchone() == (
+                    str(pgdata),
+                )
+        assert sorted(p.name for p in pgdata.iterdir() if p.name.startswith((".pgsfs", "lost"))) == ["lost+found"]
+        assert not (pgdata / "base" / "leftover").exists()
+        # A restart is boring: the cluster is there, nothing is rebuilt.
+        plan = json.loads(run_agent(env, "plan").stdout)
+        assert plan["action"] == "start" and plan["remove_leftover"] is None
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)

@@ -94,3 +94,32 @@ def test_discarding_a_work_directory_renames_it_before_deleting(tmp_path: Path,
     assert leftover is not None and leftover.ours and leftover.path == str(tombstone_for(pgdata))
     assert builddir.discard(Path(leftover.path)) == 1000
     assert list(pgdata.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_a_discarded_build_empties_the_wal_directory_it_wrote_elsewhere(tmp_path: Path, interrupted: bool) -> None:
+    # POSTGRES_INITDB_WALDIR: initdb wrote WAL into another directory (often another volume) and
+    # linked pg_wal to it. Left full, every later initdb would refuse it as "not empty".
+    pgdata = _pgdata(tmp_path)
+    waldir = tmp_path / "walvol" / "wal"
+    (waldir / "archive_status").mkdir(parents=True)
+    (waldir / "000000010000000000000001").write_bytes(b"\0" * 4096)
+    work = builddir.create(pgdata, _marker(pgdata))
+    (work / "data").mkdir()
+    (work / "data" / "pg_wal").symlink_to(waldir)
+    if interrupted:  # a crash in the middle of an earlier discard: part moved aside already
+        (waldir / builddir.DISCARDED_WAL).mkdir()
+        os.rename(waldir / "archive_status", waldir / builddir.DISCARDED_WAL / "archive_status")
+    freed = builddir.discard(work)
+    assert freed >= 4096
+    assert waldir.is_dir() and os.listdir(waldir) == []
+    assert not work.exists() and not tombstone_for(pgdata).exists()
+
+
+def test_a_wal_link_into_the_build_itself_is_left_to_the_build(tmp_path: Path) -> None:
+    pgdata = _pgdata(tmp_path)
+    work = builddir.create(pgdata, _marker(pgdata))
+    (work / "data" / "wal-inside").mkdir(parents=True)
+    (work / "data" / "pg_wal").symlink_to(work / "data" / "wal-inside")
+    builddir.discard(work)
+    assert not work.exists()

@@ -191,21 +191,64 @@ def test_secret_file_loses_trailing_newlines_only(make_config, tmp_path: Path) -
 
 
 @pytest.mark.parametrize("content", ["\nzqzqzqzq", "zqzq\nzqzq", "zqzq\rzqzq", "zqzqzqzq\r\n"])
-def test_a_password_with_a_line_break_inside_is_refused(content: str, make_config, tmp_path: Path) -> None:
-    # initdb's --pwfile and the replication passfile both hold one entry per line.
+def test_a_replication_password_with_a_line_break_inside_is_refused(content: str, make_config, tmp_path: Path) -> None:
+    # The replication passfile holds one entry per line.
     path = tmp_path / "pw"
     path.write_bytes(content.encode())
     with pytest.raises(ConfigError) as caught:
-        make_config(POSTGRES_PASSWORD=None, POSTGRES_PASSWORD_FILE=str(path))
+        make_config(PGSFS_REPLICATION_PASSWORD=None, PGSFS_REPLICATION_PASSWORD_FILE=str(path))
     assert "line breaks" in " ".join(caught.value.problems)
     assert "zq" not in " ".join(caught.value.problems)
 
 
-def test_a_short_password_is_refused(make_config) -> None:
+@pytest.mark.parametrize("content", ["zqzq\nzqzq", "zqzq\rzqzq"])
+def test_the_superuser_password_may_hold_a_line_break_as_in_the_official_image(
+    content: str, make_config, tmp_path: Path
+) -> None:
+    path = tmp_path / "pw"
+    path.write_bytes(content.encode())
+    assert make_config(POSTGRES_PASSWORD=None, POSTGRES_PASSWORD_FILE=str(path)).superuser_password.reveal() == content
+
+
+def test_a_short_password_is_accepted_and_named_as_short(make_config) -> None:
+    # The official README's own compose example uses POSTGRES_PASSWORD: example.
+    cfg = make_config(POSTGRES_PASSWORD="example", PGSFS_REPLICATION_PASSWORD="x")
+    assert cfg.superuser_password.reveal() == "example"
+    assert cfg.short_secrets == ("POSTGRES_PASSWORD", "PGSFS_REPLICATION_PASSWORD")
+    assert not cfg.superuser_password.guarded
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["app-user", "my cool postgres user", "Ünïcödé", "O'Brien", 'say "hi"', "x" * 63, "UPPER", "+grp", "@file", "all"],
+)
+def test_every_role_name_postgresql_takes_is_accepted_for_the_superuser_and_database(name: str, make_config) -> None:
+    cfg = make_config(POSTGRES_USER=name, POSTGRES_DB=name)
+    assert (cfg.superuser, cfg.database) == (name, name)
+
+
+@pytest.mark.parametrize("name", ["x" * 64, "é" * 32, "nul\x00"])
+def test_names_postgresql_would_cut_or_refuse_are_refused(name: str, make_config) -> None:
     with pytest.raises(ConfigError) as caught:
-        make_config(PGSFS_REPLICATION_PASSWORD="short")
-    assert "at least 8 characters" in caught.value.problems[0]
-    assert "short" not in caught.value.message
+        make_config(POSTGRES_USER=name)
+    assert "1 to 63 bytes" in caught.value.problems[0]
+
+
+def test_a_replication_user_pg_hba_cannot_hold_is_refused(make_config) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_config(PGSFS_REPLICATION_USER='say "hi"')
+    assert "pg_hba.conf cannot hold" in caught.value.problems[0]
+
+
+def test_names_and_initdb_args_come_from_files_too(make_config, tmp_path: Path) -> None:
+    for name, content in (("user", "app user\n"), ("db", "app db\n"), ("args", "--locale=C --data-checksums\n")):
+        (tmp_path / name).write_text(content)
+    cfg = make_config(
+        POSTGRES_USER_FILE=str(tmp_path / "user"),
+        POSTGRES_DB_FILE=str(tmp_path / "db"),
+        POSTGRES_INITDB_ARGS_FILE=str(tmp_path / "args"),
+    )
+    assert (cfg.superuser, cfg.database, cfg.initdb_args) == ("app user", "app db", ("--locale=C", "--data-checksums"))
 
 
 def test_password_that_is_not_utf8_is_a_config_error(make_config) -> None:
@@ -272,7 +315,7 @@ BAD_VALUES = [
     ("PGDATA", "/var/lib/../data"),
     ("PGSFS_STATE_DIR", "/var/lib/postgresql/data/state"),
     ("PGSFS_STATE_DIR", "relative"),
-    ("POSTGRES_USER", "1admin"),
+    ("POSTGRES_USER", "two\nlines"),
     ("POSTGRES_USER", "x" * 64),
     ("POSTGRES_DB", "d" * 64),
     ("POSTGRES_INITDB_ARGS", "--locale 'C"),
@@ -282,7 +325,7 @@ BAD_VALUES = [
     ("POSTGRES_HOST_AUTH_METHOD", "trust"),
     ("POSTGRES_HOST_AUTH_METHOD", "md5"),
     ("PGSFS_REPLICATION_USER", "postgres"),
-    ("PGSFS_REPLICATION_USER", "bad-name"),
+    ("PGSFS_REPLICATION_USER", "a\"b"),
     ("POSTGRES_PASSWORD", ""),
     ("PGSFS_REPLICATION_PASSWORD", ""),
 ]
@@ -526,3 +569,47 @@ def test_every_variable_the_agent_reads_is_in_readmes_reference() -> None:
     read = set(re.findall(r'"((?:PGSFS|POSTGRES)_[A-Z_]+)"', source)) - {"PGSFS_"}
     missing = sorted(name for name in read if f"`{name}" not in reference)
     assert not missing, f"not in README's configuration reference: {missing}"
+
+
+def test_docker_run_outside_a_statefulset_is_standalone(no_kube_files) -> None:
+    # `docker run -e POSTGRES_PASSWORD=example image`, as the official image's tests start it.
+    cfg = load_config({"HOSTNAME": "3f2a9c1d0b7e", "POSTGRES_PASSWORD": "example"}, **no_kube_files)
+    assert cfg.standalone and cfg.identity.role == "primary"
+    assert cfg.replication_password.reveal() == ""  # not required: there is nobody to replicate to
+    assert (cfg.superuser, cfg.database) == ("postgres", "postgres")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"POD_NAME": "3f2a9c1d0b7e"}, {"POD_NAMESPACE": "pg"}],
+)
+def test_a_kubernetes_context_without_an_ordinal_is_still_an_error(extra: dict[str, str], no_kube_files) -> None:
+    env = {"HOSTNAME": "3f2a9c1d0b7e", "POSTGRES_PASSWORD": "example", **extra}
+    with pytest.raises(ConfigError) as caught:
+        load_config(env, **no_kube_files)
+    assert any(p.startswith("POD_NAME=") for p in caught.value.problems)
+
+
+def test_in_a_statefulset_the_replication_password_stays_required(no_kube_files) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({"POD_NAME": "postgresql-sfs-0", "POD_NAMESPACE": "pg", "POSTGRES_PASSWORD": "pw"},
+                    **no_kube_files)  # fmt: skip
+    assert any("PGSFS_REPLICATION_PASSWORD" in p for p in caught.value.problems)
+
+
+def test_postgres_initdb_waldir_becomes_initdb_waldir(make_config) -> None:
+    cfg = make_config(POSTGRES_INITDB_WALDIR="/var/lib/postgresql/wal/pg_wal", POSTGRES_INITDB_ARGS="--locale=C")
+    assert cfg.initdb_args == ("--waldir=/var/lib/postgresql/wal/pg_wal", "--locale=C")
+    assert cfg.waldir == Path("/var/lib/postgresql/wal/pg_wal")
+    assert make_config(POSTGRES_INITDB_ARGS="-X /wal").waldir == Path("/wal")
+    assert make_config().waldir is None
+
+
+@pytest.mark.parametrize(
+    ("waldir", "args"),
+    [("relative/wal", ""), ("/var/lib/postgresql/data/pgdata/wal", ""), ("/wal", "--waldir=/other")],
+)
+def test_a_waldir_that_cannot_work_is_refused(waldir: str, args: str, make_config) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_config(POSTGRES_INITDB_WALDIR=waldir, POSTGRES_INITDB_ARGS=args)
+    assert any(p.startswith("POSTGRES_INITDB_WALDIR=") for p in caught.value.problems)

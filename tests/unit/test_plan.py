@@ -144,6 +144,8 @@ def test_existing_replica_starts_after_checking_primary(replica) -> None:
 
 def test_mountpoint_holding_a_cluster_is_fine(primary) -> None:
     assert make_plan(primary, cluster(is_mountpoint=True), server_major=15).action == START
+    # An empty mount point (docker's VOLUME, a PVC mounted at PGDATA) is built inside, then moved up.
+    assert make_plan(primary, state(is_mountpoint=True), server_major=15).action == INIT
 
 
 def test_unknown_server_major_does_not_refuse(primary) -> None:
@@ -167,8 +169,6 @@ REFUSALS = [
     ("primary", cluster(pg_version="14"), "PostgreSQL 14"),
     ("replica", cluster(pg_version="16", standby_signal=True), "PostgreSQL 16"),
     ("primary", cluster(pg_version="(unreadable)"), "(unreadable)"),
-    ("primary", state(is_mountpoint=True), "mount point"),
-    ("replica", state(is_mountpoint=True), "mount point"),
     ("primary", state(leftover=FOREIGN_LEFTOVER), "not provably"),
     ("replica", state(exists=False, leftover=FOREIGN_LEFTOVER), "not provably"),
     ("primary", state(empty=False, sample_entries=("(not a directory)",)), "not a directory"),
@@ -253,7 +253,7 @@ def test_plan_invariants(make_config, data: DataDirState, who: str, major: int |
         assert plan.steps[-1] == "exec_postgres"
         assert ("remove_leftover" in plan.steps) == (data.leftover is not None and data.leftover.ours)
     if plan.action in (INIT, CLONE):
-        assert not data.initialised and not data.is_mountpoint
+        assert not data.initialised
     if data.initialised and plan.action == START:
         assert data.standby_signal == (who == "replica")
     text = json.dumps(plan.to_dict())
@@ -437,3 +437,15 @@ def test_the_plan_names_the_decisions_it_leaves_to_what_the_members_answer(make_
                            server_major=15, euid=0)  # fmt: skip
     assert restarting.action == "start" and "decide_restart" in restarting.remote_decisions[0]
     assert "refuse_diverged (exit 12)" in restarting.to_dict()["remote_decisions"][0]
+
+
+def test_standalone_init_asks_no_members(tmp_path) -> None:
+    from agent.config import load_config
+    from agent.pgdata import inspect
+
+    cfg = load_config(
+        {"HOSTNAME": "3f2a9c1d0b7e", "POSTGRES_PASSWORD": "example", "PGDATA": str(tmp_path / "pgdata")},
+        hostname=lambda: "unused", resolv_conf=tmp_path / "none", sa_namespace_file=tmp_path / "none",
+    )  # fmt: skip
+    plan = make_plan(cfg, inspect(tmp_path / "pgdata"), server_major=15)
+    assert plan.action == "init" and "check_peers_for_data" not in plan.steps and plan.remote_decisions == ()

@@ -378,8 +378,9 @@ def _user_lines(text: str) -> list[str]:
 def test_hba_block_content() -> None:
     block = render.hba_block("replicator")
     rows = [line.split() for line in block.splitlines()[1:-1]]
-    assert rows[0] == ["host", "replication", "replicator", "0.0.0.0/0", "scram-sha-256"]
-    assert rows[1] == ["host", "replication", "replicator", "::/0", "scram-sha-256"]
+    # The user is always quoted: a role named `all` or `+grp`, or with spaces, means itself.
+    assert rows[0] == ["host", "replication", '"replicator"', "0.0.0.0/0", "scram-sha-256"]
+    assert rows[1] == ["host", "replication", '"replicator"', "::/0", "scram-sha-256"]
     assert ["host", "replication", "all", "0.0.0.0/0", "reject"] in rows
     assert all("trust" not in row and "md5" not in row for row in rows)
     assert block.startswith(render.HBA_BEGIN + "\n") and block.endswith(render.HBA_END + "\n")
