@@ -15,7 +15,7 @@ import pytest
 
 from emulator.waiting import wait_until
 from tests.e2e.cluster_support import require_pods
-from tests.e2e.fault_support import PRIMARY, current, healthy, make_cluster
+from tests.e2e.fault_support import PRIMARY, VOL, current, healthy, make_cluster
 
 require_pods()
 
@@ -29,12 +29,44 @@ NAMES = {
 }
 
 
+# The official README's example script, an executable one, and a sourced one using the helpers.
+SCRIPTS = {
+    "00-readme-example.sh": ("""#!/bin/bash
+set -e
+
+psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" <<-EOSQL
+	CREATE USER docker;
+	CREATE DATABASE docker;
+	GRANT ALL PRIVILEGES ON DATABASE docker TO docker;
+EOSQL
+""", 0o755),
+    "01-sourced.sh": ("""docker_process_sql <<'EOSQL'
+CREATE TABLE seeded (v text);
+INSERT INTO seeded VALUES ('by a sourced script');
+EOSQL
+""", 0o644),
+}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
-    c = make_cluster(replicas=2, env=NAMES)
+    c = make_cluster(replicas=2, env={**NAMES, "PGSFS_INITDB_DIR": f"{VOL}/initdb.d"}, start=False)
     with c:
+        scripts = c.volume_dir(PRIMARY) / "initdb.d"
+        scripts.mkdir(mode=0o755)
+        for name, (text, mode) in SCRIPTS.items():
+            (scripts / name).write_text(text)
+            (scripts / name).chmod(mode)
+        c.scale(2)
         healthy(c)
         yield c
+
+
+def test_initdb_d_ran_as_in_the_official_image_and_the_replica_has_it(cluster: Any) -> None:
+    names = [e["script"] for e in current(cluster, PRIMARY) if e["event"] == "initdb_script"]
+    assert names == sorted(SCRIPTS)
+    assert cluster.psql(REPLICA, "select rolname from pg_roles where rolname = 'docker'") == "docker"
+    assert cluster.psql(REPLICA, "select v from seeded", database=NAMES["POSTGRES_DB"]) == "by a sourced script"
 
 
 def test_the_replica_streams_as_the_replication_role_named_with_spaces(cluster: Any) -> None:
