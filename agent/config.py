@@ -25,6 +25,7 @@ _DOMAIN = re.compile(r"^(?:[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[-
 _PORT_NAME = re.compile(r"^[a-z0-9](?:[-a-z0-9]{0,13}[a-z0-9])?$")
 # PostgreSQL's NAMEDATALEN - 1: longer role and database names are cut, so they are refused.
 MAX_NAME_BYTES = 63
+_SYNC = re.compile(r"^(?:ANY|FIRST) [1-9][0-9]{0,2}$")
 _WAL_SIZE = re.compile(r"^(?:auto|-1|[0-9]+(?:kB|MB|GB|TB)?)$")
 # pg_basebackup --max-rate: kB/s, or with a k or M suffix; 32 kB/s .. 1 GB/s.
 _RATE = re.compile(r"^(?P<n>[0-9]+)(?P<unit>[kM]?)$")
@@ -78,6 +79,8 @@ class Config:
     # Started outside a StatefulSet (`docker run`): one primary, no members, no replication role
     # unless PGSFS_REPLICATION_PASSWORD is set.
     standalone: bool = False
+    # `ANY n` / `FIRST n`, or "" (asynchronous): synchronous_standby_names over the members.
+    synchronous_standbys: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -456,6 +459,18 @@ def load_config(
     for name, value in (("PGSFS_WAL_KEEP_SIZE", wal_keep), ("PGSFS_MAX_WAL_SIZE", max_wal)):
         if value == "-1":
             problems.add(name, value, size_expected)
+    sync = " ".join(env.get("PGSFS_SYNCHRONOUS_STANDBYS", "").split()).upper()
+    if sync in ("", "OFF"):
+        sync = ""
+    elif sync.isdigit():
+        sync = f"FIRST {sync}"
+    if sync and not _SYNC.fullmatch(sync):
+        problems.add(
+            "PGSFS_SYNCHRONOUS_STANDBYS",
+            env.get("PGSFS_SYNCHRONOUS_STANDBYS"),
+            "off, ANY <n> or FIRST <n> (n from 1): how many standbys confirm each commit",
+        )
+        sync = ""
     log_format = _choice(env, "PGSFS_LOG_FORMAT", "auto", ("auto", "json", "console"), problems)
     log_level = _choice(env, "PGSFS_LOG_LEVEL", "info", ("debug", "info", "warning", "error"), problems)
 
@@ -494,6 +509,7 @@ def load_config(
         max_wal_size=max_wal,
         log_format=log_format,
         standalone=standalone,
+        synchronous_standbys=sync,
         short_secrets=tuple(
             name
             for name, secret in (

@@ -14,6 +14,7 @@ from agent.render import (
     passfile_line,
     primary_conninfo,
     settings_file,
+    synchronous_standby_names,
     with_hba_block,
     with_include,
 )
@@ -32,6 +33,16 @@ class ManagedFiles(Part):
             owner=self.owner,
         )
         return path
+
+    def synchronous_names(self) -> str:
+        """synchronous_standby_names for the primary: the policy over every other member's pod name
+        (ordinals up to max_replication_slots: one slot per member bounds how many there can be)."""
+        cfg = self.config
+        if not cfg.synchronous_standbys or cfg.standalone:
+            return ""
+        ident = cfg.identity
+        members = [ident.peer_pod(n) for n in range(cfg.max_replication_slots + 1) if n != ident.ordinal]
+        return synchronous_standby_names(cfg.synchronous_standbys, members)
 
     def write_config(self, datadir: Path, *, standby: bool) -> None:
         """The managed files: settings file and its include, pg_hba block, standby settings."""
@@ -58,6 +69,7 @@ class ManagedFiles(Part):
             max_replication_slots=cfg.max_replication_slots,
             wal=wal.written.conf_values(),
             standby=standby_settings,
+            synchronous_standby_names=self.synchronous_names() if not standby else "",
         )
         write_atomic(datadir / CONF_NAME, settings, mode=0o600, owner=self.owner)
         conf = datadir / "postgresql.conf"
@@ -77,6 +89,7 @@ class ManagedFiles(Part):
         self._phase(
             "config_written", started, datadir=str(datadir), files=written, standby=standby,
             wal_volume_mb=wal.written.volume_mb, **wal.written.conf_values(),
+            synchronous_standbys=(cfg.synchronous_standbys or None) if not standby else None,
         )  # fmt: skip
         if wal.problem is not None:
             self.log.warning(

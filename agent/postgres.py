@@ -136,6 +136,9 @@ class TempServer:
             f"port={self.port}",
             "-c",
             f"hba_file={hba}",
+            # Commits here (roles, initdb.d, rotated passwords) must never wait for a standby.
+            "-c",
+            "synchronous_standby_names=",
         ]
         with open(self.logfile, "ab") as log:
             self.proc = self.runner.spawn(argv, env=child_env(), stdout=log, stderr=log)

@@ -69,6 +69,7 @@ def settings_file(
     max_replication_slots: int,
     wal: dict[str, str],
     standby: dict[str, str] | None = None,
+    synchronous_standby_names: str = "",
 ) -> str:
     """The agent's settings file; `wal` holds the WAL sizes, `standby` adds primary_conninfo and slot."""
     lines = [
@@ -83,13 +84,27 @@ def settings_file(
         # Sized from the volume holding pg_wal (agent/walbudget.py) so WAL can never fill it.
         *(f"{name} = {quote_conf(value)}" for name, value in wal.items()),
         "password_encryption = 'scram-sha-256'",
+        # pg_rewind needs hint bits WAL-logged (or checksums, which new clusters have; older ones may not).
+        "wal_log_hints = on",
         # Long clones must not be cut by the walsender timeout while the primary is busy.
         "wal_sender_timeout = '5min'",
     ]
+    if synchronous_standby_names:
+        lines.append(f"synchronous_standby_names = {quote_conf(synchronous_standby_names)}")
     if standby is not None:
         lines.append(f"primary_conninfo = {quote_conf(standby['primary_conninfo'])}")
         lines.append(f"primary_slot_name = {quote_conf(standby['primary_slot_name'])}")
     return "\n".join(lines) + "\n"
+
+
+def synchronous_standby_names(policy: str, members: list[str]) -> str:
+    """`ANY 1` or `FIRST 2` over the members' application names (their pod names), each quoted;
+    never `*`, which would let the agent's own clone and check connections count as standbys."""
+    if not policy or not members:
+        return ""
+    kind, count = policy.split()
+    names = ", ".join('"' + name.replace('"', '""') + '"' for name in members)
+    return f"{kind} {count} ({names})"
 
 
 def with_include(postgresql_conf: str) -> str:

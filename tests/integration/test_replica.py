@@ -354,3 +354,49 @@ def test_a_stalled_clone_is_ended_and_discarded(primary: Any, volume_root: Path)
     print(f"stalled clone ended {took:.2f} s after the primary froze (stall timeout 3 s)")
     assert took < 3 + 3, "ended later than the stall bound (plus one poll and the stop)"
     assert not (volume_root / "pgdata.pgsfs-work").exists() and not (volume_root / "pgdata").exists()
+
+
+def test_synchronous_commits_wait_for_a_replica_and_go_on_once_one_streams(volume_root: Path) -> None:
+    # PGSFS_SYNCHRONOUS_STANDBYS=ANY 1: initialisation never waits (the temporary server has no
+    # synchronous standbys); afterwards a commit waits (SyncRep) until a replica streams.
+    from tests.integration.agentctl import agent_postgres
+
+    with sized_volume("pgsfs-sync-") as primary_volume:
+        port = free_port()
+        env = pod_env(primary_volume, 0, port, PGSFS_SYNCHRONOUS_STANDBYS="ANY 1")
+        with agent_postgres(env, primary_volume / "agent.log"):
+            with connect(port) as conn:
+                names = conn.execute("SHOW synchronous_standby_names").fetchone()[0]
+                assert names.startswith('ANY 1 ("postgresql-sfs-1", "postgresql-sfs-2"'), names
+                # This session opts out (synchronous_commit is per transaction): the table is there at once.
+                conn.execute("SET synchronous_commit = local")
+                conn.execute("CREATE TABLE acked (v text)")
+            outcome: dict[str, Any] = {}
+
+            def write() -> None:
+                with connect(port) as writer:
+                    writer.execute("INSERT INTO acked VALUES ('waited for a standby')")
+                outcome["committed"] = time.monotonic()
+
+            writer = threading.Thread(target=write, daemon=True)
+            writer.start()
+
+            def waiting_for_a_standby() -> bool:
+                with connect(port) as conn:
+                    rows = conn.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+                    ).fetchone()
+                return bool(rows and rows[0] >= 1)
+
+            wait_for(waiting_for_a_standby, 30, "a commit waiting for a synchronous standby")
+            assert "committed" not in outcome
+            bootstrap_replica(volume_root, port)
+            replica = start_postgres(volume_root / "pgdata", free_port())
+            try:
+                writer.join(60)
+                assert "committed" in outcome, "the commit never returned although a replica streams"
+                with connect(port) as conn:
+                    row = conn.execute("SELECT sync_state FROM pg_stat_replication").fetchone()
+                    assert row == ("quorum",), row
+            finally:
+                stop_postgres(replica)

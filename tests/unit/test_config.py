@@ -613,3 +613,18 @@ def test_a_waldir_that_cannot_work_is_refused(waldir: str, args: str, make_confi
     with pytest.raises(ConfigError) as caught:
         make_config(POSTGRES_INITDB_WALDIR=waldir, POSTGRES_INITDB_ARGS=args)
     assert any(p.startswith("POSTGRES_INITDB_WALDIR=") for p in caught.value.problems)
+
+
+@pytest.mark.parametrize(
+    ("raw", "policy"),
+    [("", ""), ("off", ""), ("ANY 1", "ANY 1"), ("any  2", "ANY 2"), ("first 1", "FIRST 1"), ("2", "FIRST 2")],
+)
+def test_synchronous_standbys(raw: str, policy: str, make_config) -> None:
+    assert make_config(PGSFS_SYNCHRONOUS_STANDBYS=raw).synchronous_standbys == policy
+
+
+@pytest.mark.parametrize("raw", ["ANY", "ANY 0", "SOME 1", "ANY 1 (a)", "*", "-1"])
+def test_a_synchronous_policy_that_means_nothing_is_refused(raw: str, make_config) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_config(PGSFS_SYNCHRONOUS_STANDBYS=raw)
+    assert caught.value.problems[0].startswith("PGSFS_SYNCHRONOUS_STANDBYS=")

@@ -536,3 +536,13 @@ def test_scram_verifier_does_not_hold_the_password() -> None:
     verifier = render.scram_verifier("hunter2-unique")
     assert "hunter2-unique" not in verifier
     assert "hunter2-unique" not in json.dumps(verifier)
+
+
+def test_synchronous_standby_names_lists_the_members_quoted_never_a_wildcard() -> None:
+    value = render.synchronous_standby_names("ANY 1", ["postgresql-sfs-1", 'odd"name'])
+    assert value == 'ANY 1 ("postgresql-sfs-1", "odd""name")'
+    assert render.synchronous_standby_names("", ["postgresql-sfs-1"]) == ""
+    text = render.settings_file(port=5432, max_wal_senders=10, max_replication_slots=10, wal={},
+                                synchronous_standby_names=value)  # fmt: skip
+    assert parse_conf(text)["synchronous_standby_names"] == value
+    assert parse_conf(text)["wal_log_hints"] == "on"
