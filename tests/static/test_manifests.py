@@ -4,6 +4,7 @@ Kubernetes schemas, and keeps the invariants the agent and the emulator rely on.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,7 @@ EXPECTED = {
     ("Service", "postgresql-rw"),
     ("Service", "postgresql-ro"),
     ("PodDisruptionBudget", "postgresql-pdb"),
+    ("ConfigMap", "postgresql-primary"),  # the primary ordinal: source of one value for two places
     ("StatefulSet", STS),
 }
 
@@ -154,13 +156,32 @@ def test_selectors_stay_stable_and_match_pods(objects: list[Obj], sts: Obj) -> N
         assert get(objects, "Service", name)["spec"]["selector"] == SELECTOR, name
 
 
-def test_rw_service_selects_the_primary_pod(objects: list[Obj]) -> None:
+def _primary_ordinal_env(sts: Obj) -> str:
+    env = sts["spec"]["template"]["spec"]["containers"][0]["env"]
+    return next(e["value"] for e in env if e["name"] == "PGSFS_PRIMARY_ORDINAL")
+
+
+def test_rw_service_selects_the_primary_pod(objects: list[Obj], sts: Obj) -> None:
     svc = get(objects, "Service", "postgresql-rw")
     # The StatefulSet controller labels each pod with its own name; ordinal 0 is primary.
     assert svc["spec"]["selector"] == {
         **SELECTOR, "statefulset.kubernetes.io/pod-name": f"{STS}-0",
     }
+    assert _primary_ordinal_env(sts) == "0"
     assert not svc["spec"].get("publishNotReadyAddresses", False)
+
+
+def test_one_value_moves_the_primary_ordinal_and_the_rw_selector(tmp_path: Path) -> None:
+    base = tmp_path / "k8s"
+    shutil.copytree(BASE, base)
+    kustomization = base / "kustomization.yaml"
+    text = kustomization.read_text()
+    assert "      - ordinal=0\n" in text
+    kustomization.write_text(text.replace("      - ordinal=0\n", "      - ordinal=2\n"))
+    rendered = kustomize(base)
+    selector = get(rendered, "Service", "postgresql-rw")["spec"]["selector"]
+    assert selector["statefulset.kubernetes.io/pod-name"] == f"{STS}-2"
+    assert _primary_ordinal_env(get(rendered, "StatefulSet", STS)) == "2"
 
 
 def test_ro_service_only_ready_members(objects: list[Obj]) -> None:
