@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 from agent import __version__
 from agent.errors import AgentError, ConfigError, Interrupted
 
-OWN_COMMANDS = ("plan", "probe", "logs", "version")
+OWN_COMMANDS = ("plan", "probe", "logs", "version", "promote")
 # postgres arguments that only print something: no bootstrap, as in the official image.
 INFO_ARGS = frozenset({"--help", "-?", "-V", "--version", "-C", "--describe-config"})
 
@@ -164,6 +164,21 @@ def cmd_plan() -> int:
     return 0
 
 
+def cmd_promote(args: list[str]) -> int:
+    """`promote [--dry-run] [--even-if-behind]`: this replica becomes the primary (see agent/promote.py)."""
+    logger = None
+    try:
+        config, logger, _ = _prepare()
+        from agent import promote
+        from agent.discovery import make_lookup
+
+        return promote.run(args, config, make_lookup(), logger)
+    except AgentError as exc:
+        return _report(logger or _early_logging(), exc)
+    except Exception as exc:
+        return _unexpected(logger, exc, "promote")
+
+
 def cmd_postgres(args: list[str]) -> int:
     """Bootstrap, then exec postgres with `args`."""
     started = time.monotonic()
@@ -276,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         return logview.run(rest, sys.stdin, sys.stdout)
     if command == "plan":
         return cmd_plan()
+    if command == "promote":
+        return cmd_promote(rest)
     if command == "postgres":
         if _wants_info(rest):
             from agent.bootstrap import exec_postgres

@@ -109,6 +109,13 @@ class PeerCheckIncomplete(AgentError):
     event = "peer_check_incomplete"
 
 
+class PromoteRefused(AgentError):
+    """`pg-sfs-agent promote` would make two primaries, or lose writes another member has."""
+
+    exit_code = 14
+    event = "promote_refused"
+
+
 class Interrupted(BaseException):
     """SIGINT or SIGTERM arrived; carries the exit code 128 + signum (130, 143)."""
 

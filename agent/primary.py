@@ -86,8 +86,9 @@ class Primary(Part):
                 f"PGDATA is empty on the primary ordinal, but {who} still hold(s) a cluster: this pod's "
                 "volume was probably lost or replaced; initialising would start a new cluster that the "
                 "replicas cannot follow",
-                hint="recover by restoring the primary's volume, or promote the replica that replayed the most "
-                "(SELECT pg_promote()) and pg_basebackup it into this pod's PGDATA (see README, Limitations); "
+                hint="restore the primary's volume, or carry on from a replica: `kubectl exec "
+                "postgresql-sfs-N -- pg-sfs-agent promote --dry-run` shows which is the most advanced, `promote` "
+                "makes it the primary, then set the primary ordinal to N (README, 'Lost primary volume'); "
                 "to give that cluster up and start a new, empty one, set PGSFS_ALLOW_REINIT to its system "
                 "identifier (the replicas will then refuse to follow and must be cloned again)",
                 holders=holders,

@@ -1,0 +1,145 @@
+"""`pg-sfs-agent promote`: make this replica the primary after the primary is lost, never beside one.
+
+Run in the replica's pod (`kubectl exec postgresql-sfs-N -- pg-sfs-agent promote`). It asks every
+member (SRV targets and ordinals, as the re-init guard does) over SQL what it is and how far it
+got, then promotes this one only when no member accepts writes and none has replayed further
+(`--even-if-behind` overrides the second, never the first). `--dry-run` only reports. The report
+is JSON on stdout; the decision is the pure `decide`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+from agent import discovery, probe, survey
+from agent.config import Config
+from agent.errors import PromoteRefused
+from agent.history import parse_lsn
+
+QUERY = (
+    "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, "
+    "pg_current_wal_flush_lsn()::text, (SELECT timeline_id FROM pg_control_checkpoint())"
+)
+# pg_current_wal_flush_lsn() raises on a standby; the query then falls back to this one.
+STANDBY_QUERY = (
+    "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, "
+    "NULL, (SELECT timeline_id FROM pg_control_checkpoint())"
+)
+
+
+@dataclass(frozen=True)
+class MemberView:
+    """What one member said: reachable, a standby or not, its timeline and positions."""
+
+    member: str
+    reachable: bool
+    in_recovery: bool | None = None
+    timeline: int | None = None
+    received: str | None = None
+    replayed: str | None = None
+    written: str | None = None
+    detail: str = ""
+
+
+def _lsn(text: str | None) -> int:
+    return parse_lsn(text) if text else -1
+
+
+def decide(local: MemberView, others: list[MemberView], even_if_behind: bool) -> str | None:
+    """Why this member must not be promoted now, or None when it may."""
+    if not local.reachable or local.in_recovery is not True:
+        return f"this member ({local.member}) is not a running standby: {local.detail or 'not in recovery'}"
+    writable = [o.member for o in others if o.reachable and o.in_recovery is False]
+    if writable:
+        return f"{', '.join(writable)} accept(s) writes: promoting here would make two primaries"
+    ahead = [o.member for o in others if o.reachable and o.in_recovery and _lsn(o.replayed) > _lsn(local.replayed)]
+    if ahead and not even_if_behind:
+        return (
+            f"{', '.join(ahead)} replayed further than this member ({local.replayed}): promote the most advanced "
+            "one instead, or pass --even-if-behind to lose what only they have"
+        )
+    return None
+
+
+def _ask(connect: Callable[..., Any], member: str, **where: Any) -> MemberView:
+    import psycopg
+
+    try:
+        with connect(**where) as conn:
+            try:
+                row = conn.execute(QUERY).fetchone()
+            except psycopg.errors.ObjectNotInPrerequisiteState:
+                row = conn.execute(STANDBY_QUERY).fetchone()
+    except psycopg.Error as exc:
+        return MemberView(member, False, detail=" ".join(str(exc).split()))
+    in_recovery, received, replayed, written, timeline = row
+    return MemberView(member, True, bool(in_recovery), int(timeline), received, replayed, written)
+
+
+def observe(config: Config, lookup: discovery.Lookup) -> tuple[MemberView, list[MemberView]]:
+    """This member (over its Unix socket) and every other member that resolves (over TCP)."""
+    import psycopg
+
+    def connect(**where: Any) -> Any:
+        return psycopg.connect(user=config.superuser, password=config.superuser_password.reveal(),
+                               dbname="postgres", connect_timeout=3, autocommit=True, **where)  # fmt: skip
+
+    running = probe.postmaster_status(config.pgdata)
+    own = config.identity.pod_name
+    if running is None:
+        local = MemberView(own, False, detail="postgres is not running in this pod")
+    else:
+        local = _ask(connect, own, host=running[1] or "/var/run/postgresql", port=config.port)
+    srv, _, _ = discovery.service_srv(lookup, config.srv_fqdn, config.service_fqdn)
+    names = [r.target if r.target.endswith(".") else r.target + "." for r in srv]
+    names += [config.pod_fqdn(config.identity.peer_pod(n)) for n in range(survey.ordinals_to_try(set()) * 2)]
+    others = []
+    for name in dict.fromkeys(n.lower() for n in names):
+        if name == config.pod_fqdn(own).lower():
+            continue
+        answer = lookup(name, "A")
+        if not answer.found:
+            answer = lookup(name, "AAAA")
+        if not answer.found:
+            continue
+        view = _ask(connect, name.split(".")[0], host=name.rstrip("."), hostaddr=answer.records[0], port=config.port)
+        others.append(view)
+    return local, others
+
+
+def run(argv: list[str], config: Config, lookup: discovery.Lookup, log: Any) -> int:
+    """Report, decide, and (unless --dry-run) promote this member; 0 on success, 14 when refused."""
+    import psycopg
+
+    dry_run = "--dry-run" in argv
+    local, others = observe(config, lookup)
+    refusal = decide(local, others, even_if_behind="--even-if-behind" in argv)
+    report: dict[str, Any] = {"member": asdict(local), "others": [asdict(o) for o in others], "refused": refusal}
+    if refusal is None and not dry_run:
+        running = probe.postmaster_status(config.pgdata)
+        assert running is not None
+        with psycopg.connect(host=running[1] or "/var/run/postgresql", port=config.port, user=config.superuser,
+                             password=config.superuser_password.reveal(), dbname="postgres",
+                             autocommit=True) as conn:  # fmt: skip
+            promoted = conn.execute("SELECT pg_promote(true, 60)").fetchone()
+        report["promoted"] = bool(promoted and promoted[0])
+    print(json.dumps(report, indent=2, sort_keys=True))
+    sys.stdout.flush()
+    if refusal is not None:
+        raise PromoteRefused(
+            f"not promoting {local.member}: {refusal}; nothing was changed",
+            hint="see the report on stdout: each member's role, timeline and received/replayed positions",
+        )
+    if not dry_run:
+        log.warning(
+            "promoted",
+            member=local.member,
+            timeline_was=local.timeline,
+            replayed=local.replayed,
+            note=f"now set the primary ordinal to {config.identity.ordinal} in kustomization.yaml "
+            "(postgresql-primary) and apply: every member then follows this one (README, 'Lost primary volume')",
+        )
+    return 0
