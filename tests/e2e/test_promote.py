@@ -77,3 +77,23 @@ def test_lost_primary_volume_promote_and_move_the_primary_ordinal() -> None:
         wait_visible(c, [PRIMARY, pod(2)], "select count(*) from acked", str(ROWS + 1), 30)
         timeline = c.psql(pod(1), "select timeline_id from pg_control_checkpoint()")
         report("promote", rollout_s=round(rolled, 1), timeline=timeline)
+
+
+def test_synchronous_commits_survive_the_primarys_loss_through_promote() -> None:
+    # ANY 1: a commit returns only once a replica has it. Right after a burst of acknowledged commits
+    # the primary's volume is lost and its pod killed (SIGKILL): the promoted replica has them all.
+    c = make_cluster(replicas=2, env={"PGSFS_SYNCHRONOUS_STANDBYS": "ANY 1"})
+    with c:
+        healthy(c)
+        c.psql(PRIMARY, "create table acked (n int)")
+        for n in range(1, 51):  # bounded: 50 separate acknowledged commits
+            c.psql(PRIMARY, f"insert into acked values ({n})")
+        # The volume loses PGDATA (postgres keeps its open directory), then the pod dies at once.
+        vol0 = c.volume_dir(PRIMARY)
+        (vol0 / "pgdata").rename(vol0 / "pgdata.lost-by-test")
+        since = time.time()
+        c.delete_pod(PRIMARY, grace=0)
+        wait_until(lambda: any(e.code == 8 for e in exits(c, PRIMARY, since)), 60, 0.2, "the primary's exit 8")
+        code, shown, err = _promote(c, pod(1))
+        assert code == 0 and shown["promoted"] is True, (shown, err)
+        assert c.psql(pod(1), "select count(*), max(n) from acked") == "50|50"
