@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -18,9 +19,9 @@ from agent.errors import (
     ReplicaDiverged,
     SystemIdentifierMismatch,
 )
-from agent.files import fsync_dir, tree_size
+from agent.files import fix_tree_ownership, fsync_dir, tree_size
 from agent.pgdata import builds_inside, inspect
-from agent.postgres import controldata
+from agent.postgres import controldata, rewind
 
 if TYPE_CHECKING:
     from agent.replica import Replica
@@ -31,6 +32,8 @@ RECLONE_LOST_SLOT = "reclone_lost_slot"
 REFUSE_OTHER_CLUSTER = "refuse_other_cluster"
 REFUSE_DIVERGED = "refuse_diverged"
 RECLONE_DIVERGED = "reclone_diverged"
+REJOIN = "rejoin"
+REWIND = "rewind"
 
 
 def decide_restart(
@@ -39,14 +42,20 @@ def decide_restart(
     verdict: history.Verdict | None,
     slot_status: str | None,
     on_divergence: str,
+    former_primary: bool = False,
+    clean: bool = True,
 ) -> str:
     """What a restarting replica does once it has seen the primary: every branch, no effects.
 
     `verdict` is None when the clusters differ (histories of two clusters are not compared);
-    `slot_status` is the slot's wal_status (None: no slot; `lost`: invalidated).
+    `slot_status` is the slot's wal_status (None: no slot; `lost`: invalidated). A `former_primary`
+    (no standby.signal) rejoins as it is only when it shut down cleanly on the primary's history;
+    otherwise it is rewound (pg_rewind finds the exact fork, even after a crash).
     """
     if local_system_identifier is not None and local_system_identifier != primary_system_identifier:
         return REFUSE_OTHER_CLUSTER
+    if former_primary:
+        return REJOIN if verdict is not None and verdict.may_follow and clean else REWIND
     if verdict is not None and not verdict.may_follow:
         return RECLONE_DIVERGED if on_divergence == "reclone" else REFUSE_DIVERGED
     if slot_status == replication.LOST:
@@ -71,12 +80,22 @@ class FollowCheck(Part):
         cfg = self.config
         started = self.world.clock()
         budget = cfg.restart_check_timeout
-        local = inspect(self.pgdata).system_identifier
+        state = inspect(self.pgdata)
+        local = state.system_identifier
+        former = not state.standby_signal  # a former primary, on a replica ordinal now
         try:
             address = self.replica._resolve_primary(budget / 2)
             remaining = max(1.0, budget - (self.world.clock() - started))
             info = self.replica.wait_for_primary(address, timeout=remaining)
         except AgentError as exc:
+            if former:
+                # Never start a former primary unchecked: it may hold writes the primary lacks.
+                raise DataDirConflict(
+                    f"PGDATA holds a former primary and the primary {cfg.primary_fqdn.rstrip('.')} did not "
+                    f"answer ({exc.event}): it rejoins only once the primary can show it is on its history; "
+                    "the data here was left untouched",
+                    hint="the pod restarts and checks again; make sure the member of PGSFS_PRIMARY_ORDINAL runs",
+                ) from exc
             self._phase(
                 "primary_check_skipped",
                 started,
@@ -87,14 +106,24 @@ class FollowCheck(Part):
             return False
         endpoint = self._endpoint(cfg.primary_fqdn, address)
         same_cluster = local is None or info.system_identifier == local
-        verdict = self.compare_histories(endpoint, info) if same_cluster else None
+        position = history.parse_controldata(controldata(self.world.runner, self.pgdata)) if same_cluster else None
+        verdict = self.compare_histories(endpoint, info, position) if position is not None else None
         status = self._slot_status(endpoint) if verdict is not None and verdict.may_follow else None
-        action = decide_restart(local, info.system_identifier, verdict, status, cfg.on_divergence)
+        action = decide_restart(local, info.system_identifier, verdict, status, cfg.on_divergence,
+                                former_primary=former, clean=position.clean if position else True)  # fmt: skip
         self._phase(
             "primary_check", started, system_identifier=str(info.system_identifier), decision=action,
             history=verdict.outcome if verdict else None, timeline=verdict.local_timeline if verdict else None,
-            slot_status=status,
+            slot_status=status, former_primary=former or None,
         )  # fmt: skip
+        if action == REJOIN:
+            self.log.info("rejoining", note="a former primary that shut down cleanly on the primary's history: "
+                          "it follows as a standby, nothing copied")  # fmt: skip
+            if status is None:
+                self.replica.ensure_slot(address)
+            return False
+        if action == REWIND:
+            return self.rewind(address)
         if action == REFUSE_OTHER_CLUSTER:
             raise SystemIdentifierMismatch(
                 f"this replica's data belongs to cluster {local} but the primary "
@@ -123,9 +152,53 @@ class FollowCheck(Part):
             self.log.warning("slot_check_failed", detail=str(exc))
             return "unknown"
 
-    def compare_histories(self, endpoint: replication.Endpoint, info: replication.SystemInfo) -> history.Verdict:
+    def rewind(self, address: str) -> bool:
+        """pg_rewind onto the primary's history; if it cannot, move aside and clone (True then)."""
+        cfg = self.config
+        started = self.world.clock()
+        self.world.beat("rewind")
+        self._save_diverged_wal()
+        try:
+            said = rewind(self.world.runner, self.pgdata, host=cfg.primary_fqdn.rstrip("."), hostaddr=address,
+                          port=cfg.port, user=cfg.superuser, password=cfg.superuser_password.reveal())  # fmt: skip
+        except CommandFailed as exc:
+            self.log.warning("rewind_failed", detail=exc.message, note="moving the data aside to clone again")
+            self.move_aside_and_clone("rewind-failed", "replica_recloning", f"pg_rewind failed ({exc.message})")
+            return True
+        self._phase("rewound", started, primary=cfg.primary_fqdn.rstrip("."), pg_rewind=said)
+        self.replica.ensure_slot(address)
+        return False
+
+    def _save_diverged_wal(self) -> None:
+        """pg_rewind replaces this member's WAL past the fork with the primary's: the transactions
+        only it has would be gone. Copy its pg_wal aside first (never deleted), if there is room."""
+        wal = self.pgdata / "pg_wal"
+        size = tree_size(wal)
+        free = os.statvfs(self.pgdata.parent if not builds_inside(self.pgdata) else self.pgdata)
+        if size + 64 * 1048576 > free.f_bavail * free.f_frsize:
+            raise NoRoomToMoveAside(
+                f"this former primary must be rewound, which discards the WAL only it has; a copy of its pg_wal "
+                f"({size // 1048576} MB) does not fit on the volume. The data here was left untouched",
+                hint="grow the PersistentVolumeClaim, or copy PGDATA/pg_wal elsewhere and delete it from there "
+                "if its transactions are not needed",
+                needed_mb=size // 1048576 + 64,
+            )
+        aside = self.pgdata.parent / f"{self.pgdata.name}.diverged-wal-{time.strftime('%Y%m%dT%H%M%S')}"
+        if builds_inside(self.pgdata):
+            aside = self.pgdata / f".pgsfs-diverged-wal-{time.strftime('%Y%m%dT%H%M%S')}"
+        shutil.copytree(wal, aside, symlinks=True)
+        if self.owner is not None:
+            fix_tree_ownership(aside, *self.owner)
+        self.log.warning(
+            "diverged_wal_saved", copy=str(aside), size_mb=round(size / 1048576, 1),
+            note="pg_rewind drops the transactions only this member had; their WAL is kept here "
+            "(read it with pg_waldump); delete it once you no longer need it",
+        )  # fmt: skip
+
+    def compare_histories(
+        self, endpoint: replication.Endpoint, info: replication.SystemInfo, local: history.LocalPosition
+    ) -> history.Verdict:
         """Where this replica's data ends (pg_control) against the primary's timeline history."""
-        local = history.parse_controldata(controldata(self.world.runner, self.pgdata))
         text = ""
         if local.timeline < info.timeline:
             import psycopg

@@ -46,10 +46,12 @@ def parse_history(text: str) -> dict[int, int]:
 
 @dataclass(frozen=True)
 class LocalPosition:
-    """How far this data directory's history goes: the timeline and position it has reached."""
+    """How far this data directory's history goes: the timeline and position it has reached, and
+    whether it was shut down cleanly (otherwise WAL past `lsn` may exist that nobody else has)."""
 
     timeline: int
     lsn: int
+    clean: bool = True
 
 
 def parse_controldata(text: str) -> LocalPosition:
@@ -66,7 +68,8 @@ def parse_controldata(text: str) -> LocalPosition:
     min_recovery_tli = int(values.get("Min recovery ending loc's timeline", "0") or 0)
     if min_recovery_tli and (min_recovery_tli, min_recovery) > (position.timeline, position.lsn):
         position = LocalPosition(min_recovery_tli, min_recovery)
-    return position
+    clean = values.get("Database cluster state", "shut down") in ("shut down", "shut down in recovery")
+    return LocalPosition(position.timeline, position.lsn, clean)
 
 
 @dataclass(frozen=True)

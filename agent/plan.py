@@ -115,13 +115,6 @@ def _refusal(state: DataDirState, config: Config, server_major: int | None, euid
                 "automatic promotion is not supported: if this pod should be the primary, remove "
                 "standby.signal by hand after checking no other primary runs; otherwise fix PGSFS_PRIMARY_ORDINAL",
             )
-        if role != PRIMARY and not state.standby_signal:
-            return refuse(
-                f"pod {config.identity.pod_name} is a replica ordinal but PGDATA {pgdata} is not a "
-                "standby (no standby.signal): it was a primary, and starting it would make two",
-                "if its data is not needed, move PGDATA aside so the pod clones again; if it is the "
-                "real primary, fix PGSFS_PRIMARY_ORDINAL",
-            )
         return None
     if state.leftover is not None and not state.leftover.ours:
         return refuse(
@@ -141,8 +134,9 @@ REMOTE_DECISIONS = {
     ),
     "restart_replica": (
         "primary_check (follow.decide_restart): start | create_slot | reclone_lost_slot | "
-        "refuse_other_cluster (exit 7) | refuse_diverged (exit 12) | reclone_diverged; skipped while the "
-        "primary does not answer within PGSFS_RESTART_CHECK_TIMEOUT",
+        "refuse_other_cluster (exit 7) | refuse_diverged (exit 12) | reclone_diverged | rejoin | rewind "
+        "(the last two for a former primary); skipped while the primary does not answer within "
+        "PGSFS_RESTART_CHECK_TIMEOUT, except for a former primary, which then refuses (exit 6)",
     ),
 }
 
@@ -182,9 +176,17 @@ def make_plan(
             rotate = () if secrets_applied else ("apply_passwords",)
             steps = ("write_config", *rotate, "fix_ownership", "exec_postgres")
             files = (*conf_files, secrets_state) if rotate else conf_files
-        else:
+        elif state.standby_signal:
             reason = "PGDATA holds a standby: refresh the managed files, check the primary briefly, start"
             steps = ("check_primary", "write_config", "fix_ownership", "exec_postgres")
+            files = (*conf_files, f"{state.path}/standby.signal", passfile)
+        else:
+            reason = (
+                "PGDATA holds a former primary on a replica ordinal: once the primary answers, rejoin it as a "
+                "standby if it shut down cleanly on the primary's history, else rewind it (pg_rewind), else "
+                "move it aside and clone; never start it unchecked"
+            )
+            steps = ("check_primary", "rejoin_or_rewind", "write_config", "fix_ownership", "exec_postgres")
             files = (*conf_files, f"{state.path}/standby.signal", passfile)
     elif is_primary:
         action = INIT

@@ -64,6 +64,30 @@ def controldata(runner: Runner, datadir: Path) -> str:
     return done.stdout.decode("utf-8", "replace")
 
 
+def rewind(runner: Runner, pgdata: Path, *, host: str, hostaddr: str, port: int, user: str, password: str) -> str:
+    """pg_rewind PGDATA onto the primary's history (it runs crash recovery first if needed); the
+    password goes through the child's environment, never argv."""
+    source = conninfo({"host": host, "hostaddr": hostaddr, "port": str(port), "user": user, "dbname": "postgres",
+                       "connect_timeout": "10"})  # fmt: skip
+    # pg_rewind reads the source's timeline from its control file, which a just-promoted primary
+    # updates only at its next checkpoint: without one it answers "no rewind required", wrongly.
+    import psycopg
+
+    try:
+        with psycopg.connect(host=host, hostaddr=hostaddr, port=port, user=user, password=password, dbname="postgres",
+                             connect_timeout=10, autocommit=True) as conn:  # fmt: skip
+            conn.execute("CHECKPOINT")
+    except psycopg.Error as exc:
+        raise CommandFailed(
+            f"could not ask the primary for a checkpoint before pg_rewind: {' '.join(str(exc).split())}",
+            hint="the primary must accept the superuser (POSTGRES_USER) over the network; the next start tries again",
+        ) from exc
+    argv = ["pg_rewind", f"--target-pgdata={pgdata}", f"--source-server={source}", "--progress"]
+    done = runner.run(argv, env=child_env({"PGPASSWORD": password}), timeout=24 * 3600)
+    check(done, "pg_rewind", "see its message; the data is moved aside and cloned again when the volume has room")
+    return _tail(done.stderr + done.stdout, 400)
+
+
 def check(done: subprocess.CompletedProcess[bytes], what: str, hint: str) -> None:
     """Raise CommandFailed with the program's last words when it failed."""
     if done.returncode != 0:

@@ -324,32 +324,25 @@ class TestShared:
         healthy(c)
 
     # ------------------------------------------------------------------ row 11
-    def test_replica_ordinal_without_standby_signal_refuses(self, shared: Cluster) -> None:
-        """Row 11: a replica ordinal whose PGDATA is not a standby refuses (exit 6), data untouched."""
+    def test_replica_ordinal_without_standby_signal_rejoins(self, shared: Cluster) -> None:
+        """Row 11: a replica ordinal whose PGDATA is not a standby (a former primary, here a standby
+        that lost its standby.signal) is checked against the primary and, being on its history and
+        cleanly shut down, rejoins as a standby without copying anything."""
         c = shared
         healthy(c)
         scale_down_to(c, 1)
         pgdata = c.volume_dir(REPLICA) / "pgdata"
-        signal_file = pgdata / "standby.signal"
-        signal_file.unlink()
-        before = tree(pgdata)
+        (pgdata / "standby.signal").unlink()
+        (pgdata / "rejoin-marker").write_text("kept")
         base = run_count(c, REPLICA)
-        t0 = time.time()
-        try:
-            c.scale(2)
-            first = wait_exit(c, REPLICA, t0, timeout=30)[0]
-            after = tree(pgdata)
-        finally:
-            signal_file.touch(mode=0o600)
-            os.chown(signal_file, *postgres_ids())
-        lines = run_lines(c, REPLICA)[base]
-        assert first.code == 6, event_names(lines)
-        refused = the(lines, "pgdata_conflict")
-        assert "not a standby (no standby.signal)" in refused["error"]
-        assert "exec_postgres" not in event_names(lines)
-        assert after == before
+        c.scale(2)
         healthy(c)
-        report("11", exit=first.code, restarts_until_ready=c.restarts(REPLICA))
+        lines = run_lines(c, REPLICA)[base]
+        check = the(lines, "primary_check")
+        assert check["decision"] == "rejoin" and check["former_primary"] is True, check
+        assert "clone" not in event_names(lines) and "rewound" not in event_names(lines)
+        assert (pgdata / "standby.signal").exists() and (pgdata / "rejoin-marker").read_text() == "kept"
+        report("11", decision=check["decision"], restarts=c.restarts(REPLICA))
 
     # ------------------------------------------------------------------ row 12
     def test_primary_ordinal_holding_standby_signal_refuses(self, shared: Cluster) -> None:

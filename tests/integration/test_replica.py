@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from agent import discovery
 from agent.bootstrap import Bootstrap, World, observe_and_plan, postgres_account
 from agent.config import load_config
 from agent.errors import AuthenticationFailed, CommandFailed, DataDirConflict, ReplicaDiverged, SystemIdentifierMismatch
@@ -71,16 +72,17 @@ def bootstrap_replica(volume: Path, port: int, **extra: str) -> tuple[ListLog, A
     return log, plan
 
 
-def start_postgres(pgdata: Path, port: int) -> subprocess.Popen[bytes]:
+def start_postgres(pgdata: Path, port: int, log: Path | None = None) -> subprocess.Popen[bytes]:
     """What exec_postgres does, as a child: postgres on its own port, as the postgres user."""
     account = postgres_account()
     assert account is not None
+    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - the child keeps it
     return subprocess.Popen(
         ["postgres", "-D", str(pgdata), "-p", str(port), "-c", "listen_addresses=127.0.0.1"],
         user=account.uid,
         group=account.gid,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=out,
+        stderr=out,
     )
 
 
@@ -173,11 +175,111 @@ def test_replica_refuses_data_of_another_cluster(primary: Any, volume_root: Path
     assert sorted(p.name for p in other.iterdir()) == before
 
 
-def test_replica_ordinal_refuses_a_former_primary(primary: Any, volume_root: Path) -> None:
+def test_a_former_primary_on_the_primarys_history_rejoins_without_copying(primary: Any, volume_root: Path) -> None:
+    # Data that ran as a primary (no standby.signal), shut down cleanly at a point the primary has:
+    # it follows again as it is.
     bootstrap_replica(volume_root, primary.port)
+    replica_port = free_port()
+    proc = start_postgres(volume_root / "pgdata", replica_port)
+    try:
+        _replayed_up_to_the_primary(primary.port, replica_port)
+    finally:
+        stop_postgres(proc)  # fast shutdown: pg_control says "shut down in recovery"
     (volume_root / "pgdata" / "standby.signal").unlink()
-    with pytest.raises(DataDirConflict, match="two"):
-        bootstrap_replica(volume_root, primary.port)
+    (volume_root / "pgdata" / "marker").write_text("kept")
+    log, plan = bootstrap_replica(volume_root, primary.port)
+    assert "rejoin_or_rewind" in plan.steps
+    assert "rejoining" in log.names() and "clone" not in log.names() and "rewound" not in log.names()
+    assert (volume_root / "pgdata" / "standby.signal").exists()
+    assert (volume_root / "pgdata" / "marker").read_text() == "kept"
+
+
+def test_a_former_primary_refuses_while_the_primary_does_not_answer(volume_root: Path) -> None:
+    with sized_volume("pgsfs-former-") as other:
+        from tests.integration.agentctl import agent_postgres
+
+        port = free_port()
+        with agent_postgres(pod_env(other, 0, port), other / "agent.log"):
+            pass  # initialised, then shut down cleanly: a former primary's data
+        shutil.move(str(other / "pgdata"), str(volume_root / "pgdata"))
+    with pytest.raises(DataDirConflict, match="former primary"):
+        bootstrap_replica(volume_root, free_port(), PGSFS_RESTART_CHECK_TIMEOUT="1")
+    assert not (volume_root / "pgdata" / "standby.signal").exists()
+
+
+def _any_member_on_loopback(name: str, rdtype: str) -> discovery.DnsAnswer:
+    if rdtype == "A" and name.startswith("postgresql-sfs-"):
+        return discovery.DnsAnswer(name, rdtype, discovery.FOUND, records=("127.0.0.1",), authoritative=True)
+    return discovery.DnsAnswer(name, rdtype, discovery.NO_RECORD, negative_ttl=5, authoritative=True)
+
+
+@pytest.mark.parametrize("stop", ["clean_but_written_after_the_promotion", "killed"])
+def test_a_diverged_former_primary_is_rewound_and_follows(volume_root: Path, stop: str) -> None:
+    # A is the primary, B its replica. B is promoted; A goes on writing (or is killed), so A holds WAL
+    # B never had. Restarted as a replica of B, A is rewound (pg_rewind) and streams from B.
+    from tests.integration.agentctl import agent_postgres
+
+    with sized_volume("pgsfs-old-primary-") as vol_a:
+        port_a = free_port()
+        env_a = pod_env(vol_a, 0, port_a)
+        with agent_postgres(env_a, vol_a / "agent.log") as server_a:
+            bootstrap_replica(volume_root, port_a)
+            port_b = free_port()
+            b = start_postgres(volume_root / "pgdata", port_b)
+            try:
+                with connect(port_a) as conn:
+                    conn.execute("CREATE TABLE story (v text)")
+                    conn.execute("INSERT INTO story VALUES ('before the promotion')")
+                _replayed_up_to_the_primary(port_a, port_b)
+                wait_for(lambda: connect(port_b).execute("SELECT pg_promote()").fetchone() == (True,), 30, "promotion")
+                with connect(port_b) as conn:
+                    conn.execute("INSERT INTO story VALUES ('on the new primary')")
+                with connect(port_a) as conn:
+                    conn.execute("INSERT INTO story VALUES ('lost: written on the old primary after it')")
+                    conn.execute("SELECT pg_switch_wal()")
+                if stop == "killed":
+                    server_a.stop(signal.SIGKILL)
+            except BaseException:
+                stop_postgres(b)
+                raise
+        try:
+            env = pod_env(vol_a, 0, port_b, PGSFS_PRIMARY_ORDINAL="1")
+            config = load_config(env)
+            runner = Runner(postgres_account())
+            plan, _ = observe_and_plan(config, runner)
+            assert plan.action == "start" and "rejoin_or_rewind" in plan.steps
+            log = ListLog()
+            world = World(runner=runner, lookup=_any_member_on_loopback, sleep=lambda _s: None,
+                          announcer=own_port_announcer)  # fmt: skip
+            Bootstrap(config, plan, world, log).run()
+            check = next(e for e in log.events if e["event"] == "primary_check")
+            assert check["decision"] == "rewind" and check["former_primary"] is True, check
+            assert "rewound" in log.names()
+            [saved] = list(vol_a.glob("pgdata.diverged-wal-*"))  # what only A had, kept for forensics
+            assert any(p.name.startswith("00000001") for p in saved.iterdir())
+            port_a2 = free_port()
+            a = start_postgres(vol_a / "pgdata", port_a2, vol_a / "rejoined.log")
+            try:
+                def streams() -> bool:
+                    with connect(port_b) as conn:
+                        row = conn.execute(
+                            "SELECT state FROM pg_stat_replication WHERE application_name = 'postgresql-sfs-0'"
+                        ).fetchone()
+                    return row == ("streaming",)
+
+                wait_for(streams, 60, "the rewound former primary to stream from the new one")
+
+                def caught_up() -> list[str]:
+                    with connect(port_a2) as conn:
+                        rows = [r[0] for r in conn.execute("SELECT v FROM story ORDER BY v").fetchall()]
+                    return rows if "on the new primary" in rows else []
+
+                rows = wait_for(caught_up, 30, "the new primary's rows on the rewound member")
+                assert rows == ["before the promotion", "on the new primary"]  # the diverged write is gone
+            finally:
+                stop_postgres(a)
+        finally:
+            stop_postgres(b)
 
 
 def test_wrong_replication_password_is_named_and_never_shown(primary: Any, volume_root: Path) -> None:

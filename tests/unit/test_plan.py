@@ -163,7 +163,6 @@ def test_moved_primary_ordinal(make_config) -> None:
 
 REFUSALS = [
     ("primary", cluster(standby_signal=True), "standby.signal"),
-    ("replica", cluster(), "not a standby"),
     ("primary", state(empty=False, sample_entries=("lost+found", "notes.txt")), "no PG_VERSION"),
     ("replica", state(empty=False, sample_entries=("lost+found",)), "lost+found"),
     ("primary", cluster(pg_version="14"), "PostgreSQL 14"),
@@ -255,7 +254,9 @@ def test_plan_invariants(make_config, data: DataDirState, who: str, major: int |
     if plan.action in (INIT, CLONE):
         assert not data.initialised
     if data.initialised and plan.action == START:
-        assert data.standby_signal == (who == "replica")
+        assert not data.standby_signal or who == "replica"
+        if who == "replica" and not data.standby_signal:  # a former primary: checked, never started as is
+            assert "rejoin_or_rewind" in plan.steps
     text = json.dumps(plan.to_dict())
     assert "super-secret-pw" not in text and "repl-secret-pw" not in text
 
@@ -449,3 +450,9 @@ def test_standalone_init_asks_no_members(tmp_path) -> None:
     )  # fmt: skip
     plan = make_plan(cfg, inspect(tmp_path / "pgdata"), server_major=15)
     assert plan.action == "init" and "check_peers_for_data" not in plan.steps and plan.remote_decisions == ()
+
+
+def test_a_former_primary_on_a_replica_ordinal_is_checked_then_rejoined_or_rewound(make_config) -> None:
+    plan = make_plan(make_config(POD_NAME="postgresql-sfs-1"), cluster(), server_major=15)
+    assert plan.action == START and plan.steps[:2] == ("check_primary", "rejoin_or_rewind")
+    assert "rewind" in plan.remote_decisions[0]
