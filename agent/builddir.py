@@ -63,7 +63,8 @@ def discard(path: Path) -> int:
     return size
 
 
-DISCARDED_WAL = ".pgsfs-discard"
+# Emptying an external WAL directory goes through the tombstone name: only discarding gives it.
+DISCARDED_WAL = TOMBSTONE_SUFFIX
 
 
 def move_up(built: Path, pgdata: Path, work: Path, marker: dict[str, Any], owner: tuple[int, int] | None) -> None:

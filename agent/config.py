@@ -220,35 +220,23 @@ def _matching(
 def _secret(env: Mapping[str, str], name: str, problems: _Problems, *, required: bool) -> Secret:
     """Read X or X_FILE (never both); a file's trailing newlines go, as in the official image."""
     file_name = f"{name}_FILE"
-    direct = env.get(name)
-    path = env.get(file_name)
-    if direct is not None and path is not None:
-        problems.add(f"{name} and {file_name}", "(both set)", "only one of them", secret=False)
+    value = _plain_or_file(env, name, problems, holding=" holding the password")
+    source = file_name if file_name in env else name
+    if value is None and source == file_name:  # both set, or unreadable: already a problem
         return Secret("")
-    if path is not None:
-        try:
-            # Bytes, not text mode: universal newlines would turn a "\r" inside the password into "\n".
-            value = Path(path).read_bytes().decode("utf-8").rstrip("\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.add(
-                file_name, path, f"a readable UTF-8 file holding the password ({getattr(exc, 'strerror', None) or exc})"
-            )
-            return Secret("")
-        source = file_name
-    elif direct is None or direct == "":
+    if not value and source == name:
         if required:
-            problems.add(name, direct, f"a non-empty password (or {file_name}: a file holding one)")
+            problems.add(name, env.get(name), f"a non-empty password (or {file_name}: a file holding one)")
         return Secret("")
-    else:
-        value, source = direct, name
+    assert value is not None
     for problem in _password_problems(value, one_line=name != "POSTGRES_PASSWORD"):
-        problems.add(source, path if source == file_name else None, problem, secret=source == name)
+        problems.add(source, env.get(file_name) if source == file_name else None, problem, secret=source == name)
     return Secret(value)
 
 
-def _plain_or_file(env: Mapping[str, str], name: str, problems: _Problems) -> str | None:
+def _plain_or_file(env: Mapping[str, str], name: str, problems: _Problems, *, holding: str = "") -> str | None:
     """NAME, or the content of the file NAME_FILE names (trailing newlines dropped, as the official
-    image's file_env does); None when neither is set."""
+    image's file_env does); None when neither is set, or when that is a problem (reported)."""
     path = env.get(f"{name}_FILE")
     if path is None:
         return env.get(name)
@@ -256,9 +244,12 @@ def _plain_or_file(env: Mapping[str, str], name: str, problems: _Problems) -> st
         problems.add(f"{name} and {name}_FILE", "(both set)", "only one of them")
         return None
     try:
+        # Bytes, not text mode: universal newlines would turn a "\r" inside a password into "\n".
         return Path(path).read_bytes().decode("utf-8").rstrip("\n")
     except (OSError, UnicodeDecodeError) as exc:
-        problems.add(f"{name}_FILE", path, f"a readable UTF-8 file ({getattr(exc, 'strerror', None) or exc})")
+        problems.add(
+            f"{name}_FILE", path, f"a readable UTF-8 file{holding} ({getattr(exc, 'strerror', None) or exc})"
+        )
         return None
 
 

@@ -53,6 +53,11 @@ class SrvRecord:
     priority: int
     weight: int
 
+    @property
+    def fqdn(self) -> str:
+        """The target as an absolute name (trailing dot), as the agent's own names are written."""
+        return self.target if self.target.endswith(".") else self.target + "."
+
 
 Lookup = Callable[[str, str], DnsAnswer]
 

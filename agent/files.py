@@ -46,6 +46,12 @@ def fix_tree_ownership(root: Path, uid: int, gid: int | None) -> int:
     return changed
 
 
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem holding `path`."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
 def tree_size(root: Path) -> int:
     """Bytes of the regular files below root (links not followed)."""
     return sum(f.lstat().st_size for f in root.rglob("*") if f.is_file() and not f.is_symlink())

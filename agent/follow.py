@@ -19,8 +19,8 @@ from agent.errors import (
     ReplicaDiverged,
     SystemIdentifierMismatch,
 )
-from agent.files import fix_tree_ownership, fsync_dir, tree_size
-from agent.pgdata import builds_inside, inspect
+from agent.files import fix_tree_ownership, free_bytes, fsync_dir, tree_size
+from agent.pgdata import builds_inside, inspect, volume_dir
 from agent.postgres import controldata, rewind
 
 if TYPE_CHECKING:
@@ -34,6 +34,8 @@ REFUSE_DIVERGED = "refuse_diverged"
 RECLONE_DIVERGED = "reclone_diverged"
 REJOIN = "rejoin"
 REWIND = "rewind"
+# Room kept free beyond a copy's own size (for a clone: the WAL written while it runs).
+COPY_MARGIN = 64 * 1048576
 
 
 def decide_restart(
@@ -173,20 +175,22 @@ class FollowCheck(Part):
         """pg_rewind replaces this member's WAL past the fork with the primary's: the transactions
         only it has would be gone. Copy its pg_wal aside first (never deleted), if there is room."""
         wal = self.pgdata / "pg_wal"
-        size = tree_size(wal)
-        free = os.statvfs(self.pgdata.parent if not builds_inside(self.pgdata) else self.pgdata)
-        if size + 64 * 1048576 > free.f_bavail * free.f_frsize:
+        needed, free = room_for_copy(wal, volume_dir(self.pgdata))
+        if needed > free:
             raise NoRoomToMoveAside(
                 f"this former primary must be rewound, which discards the WAL only it has; a copy of its pg_wal "
-                f"({size // 1048576} MB) does not fit on the volume. The data here was left untouched",
+                f"({needed // 1048576} MB with a margin) does not fit on the volume. The data here was left untouched",
                 hint="grow the PersistentVolumeClaim, or copy PGDATA/pg_wal elsewhere and delete it from there "
                 "if its transactions are not needed",
-                needed_mb=size // 1048576 + 64,
+                needed_mb=needed // 1048576,
             )
-        aside = self.pgdata.parent / f"{self.pgdata.name}.diverged-wal-{time.strftime('%Y%m%dT%H%M%S')}"
+        stamp = time.strftime("%Y%m%dT%H%M%S")
         if builds_inside(self.pgdata):
-            aside = self.pgdata / f".pgsfs-diverged-wal-{time.strftime('%Y%m%dT%H%M%S')}"
+            aside = self.pgdata / f".pgsfs-diverged-wal-{stamp}"
+        else:
+            aside = self.pgdata.with_name(f"{self.pgdata.name}.diverged-wal-{stamp}")
         shutil.copytree(wal, aside, symlinks=True)
+        size = needed - COPY_MARGIN
         if self.owner is not None:
             fix_tree_ownership(aside, *self.owner)
         self.log.warning(
@@ -263,7 +267,7 @@ class FollowCheck(Part):
                 "moving the data there), or, if this replica's data is not needed, empty the volume",
                 **fields,
             )
-        needed, free = reclone_room(self.pgdata)
+        needed, free = room_for_copy(self.pgdata, self.pgdata.parent)
         if needed > free:
             raise NoRoomToMoveAside(
                 f"{why}, so it must clone again; its data stays and a new copy needs about {needed // 1048576} MB, "
@@ -286,8 +290,7 @@ class FollowCheck(Part):
         self.replica.clone()
 
 
-def reclone_room(pgdata: Path, margin: int = 64 * 1048576) -> tuple[int, int]:
-    """Bytes a new clone beside the moved-aside data needs (about the old data's size, plus a
-    margin for WAL written meanwhile), and bytes free on PGDATA's volume."""
-    st = os.statvfs(pgdata.parent)
-    return tree_size(pgdata) + margin, st.f_bavail * st.f_frsize
+def room_for_copy(source: Path, volume: Path, margin: int = COPY_MARGIN) -> tuple[int, int]:
+    """Bytes a copy of `source` needs on `volume` (its size plus a margin: for a new clone beside
+    moved-aside data, the WAL written meanwhile), and the bytes free there."""
+    return tree_size(source) + margin, free_bytes(volume)

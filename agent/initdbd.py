@@ -19,8 +19,6 @@ from typing import Callable
 from agent.errors import CommandFailed
 from agent.runner import Runner
 
-SUFFIXES = (".sh", ".sql", ".sql.gz", ".sql.xz", ".sql.zst")
-
 # Our own bash, written to the official entrypoint's documented behaviour (not copied from it).
 RUNNER = r"""
 set -Eeo pipefail

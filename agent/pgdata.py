@@ -58,6 +58,11 @@ def builds_inside(pgdata: Path) -> bool:
     return os.path.ismount(pgdata)
 
 
+def volume_dir(pgdata: Path) -> Path:
+    """The directory whose filesystem holds PGDATA and what the agent puts beside it."""
+    return pgdata if builds_inside(pgdata) else pgdata.parent
+
+
 def _site(pgdata: Path, suffix: str) -> Path:
     if builds_inside(pgdata):
         return pgdata / suffix

@@ -63,7 +63,7 @@ class Primary(Part):
             peers.dns_problem = "no nameserver answered the Service's SRV query"
             unchecked: list[str] = []
         else:
-            targets = [r.target if r.target.endswith(".") else r.target + "." for r in srv]
+            targets = [r.fqdn for r in srv]
             unchecked = peers.run(
                 targets, cfg.peer_check_timeout, stop_early=cfg.allow_reinit is None, on_poll=self.world.beat
             )

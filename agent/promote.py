@@ -19,14 +19,11 @@ from agent.config import Config
 from agent.errors import PromoteRefused
 from agent.history import parse_lsn
 
+# pg_current_wal_flush_lsn() raises on a standby: CASE calls it only on a primary.
 QUERY = (
     "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, "
-    "pg_current_wal_flush_lsn()::text, (SELECT timeline_id FROM pg_control_checkpoint())"
-)
-# pg_current_wal_flush_lsn() raises on a standby; the query then falls back to this one.
-STANDBY_QUERY = (
-    "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, "
-    "NULL, (SELECT timeline_id FROM pg_control_checkpoint())"
+    "CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_flush_lsn()::text END, "
+    "(SELECT timeline_id FROM pg_control_checkpoint())"
 )
 
 
@@ -69,10 +66,7 @@ def _ask(connect: Callable[..., Any], member: str, **where: Any) -> MemberView:
 
     try:
         with connect(**where) as conn:
-            try:
-                row = conn.execute(QUERY).fetchone()
-            except psycopg.errors.ObjectNotInPrerequisiteState:
-                row = conn.execute(STANDBY_QUERY).fetchone()
+            row = conn.execute(QUERY).fetchone()
     except psycopg.Error as exc:
         return MemberView(member, False, detail=" ".join(str(exc).split()))
     in_recovery, received, replayed, written, timeline = row
@@ -93,20 +87,26 @@ def observe(config: Config, lookup: discovery.Lookup) -> tuple[MemberView, list[
         local = MemberView(own, False, detail="postgres is not running in this pod")
     else:
         local = _ask(connect, own, host=running[1] or "/var/run/postgresql", port=config.port)
+    # The members the re-init guard would ask: SRV targets, then ordinals past the highest found.
     srv, _, _ = discovery.service_srv(lookup, config.srv_fqdn, config.service_fqdn)
-    names = [r.target if r.target.endswith(".") else r.target + "." for r in srv]
-    names += [config.pod_fqdn(config.identity.peer_pod(n)) for n in range(survey.ordinals_to_try(set()) * 2)]
+
+    def pod_fqdn(n: int) -> str:
+        return config.pod_fqdn(config.identity.peer_pod(n))
+
+    targets, own_fqdn = [r.fqdn for r in srv], config.pod_fqdn(own).lower()
+    found: set[int] = set()
+    asked: set[str] = set()
     others = []
-    for name in dict.fromkeys(n.lower() for n in names):
-        if name == config.pod_fqdn(own).lower():
-            continue
-        answer = lookup(name, "A")
-        if not answer.found:
-            answer = lookup(name, "AAAA")
-        if not answer.found:
-            continue
-        view = _ask(connect, name.split(".")[0], host=name.rstrip("."), hostaddr=answer.records[0], port=config.port)
-        others.append(view)
+    while pending := [n for n in survey.member_names(targets, pod_fqdn, found, own_fqdn) if n not in asked]:
+        for name in pending:
+            asked.add(name)
+            address, _ = survey.resolve(lookup, name)
+            if address is None:
+                continue
+            ordinal = survey.ordinal_of(name, pod_fqdn, found)
+            if ordinal is not None:
+                found.add(ordinal)
+            others.append(_ask(connect, name.split(".")[0], host=name.rstrip("."), hostaddr=address, port=config.port))
     return local, others
 
 

@@ -13,6 +13,7 @@ from agent.context import Part
 from agent.errors import (
     CommandFailed,
 )
+from agent.files import free_bytes
 from agent.follow import FollowCheck
 from agent.managed import ManagedFiles
 from agent.pgdata import inspect
@@ -51,7 +52,7 @@ class Replica(Part):
         address = self._resolve_primary(cfg.wait_timeout)
         srv, srv_name, _ = discovery.service_srv(self.world.lookup, cfg.srv_fqdn, cfg.service_fqdn)
         primary_target = cfg.primary_fqdn.lower()
-        listed = [r for r in srv if (r.target if r.target.endswith(".") else r.target + ".") == primary_target]
+        listed = [r for r in srv if r.fqdn == primary_target]
         self.log.info(
             "srv_check",
             srv_name=srv_name.rstrip(".") or None,
@@ -158,8 +159,7 @@ class Replica(Part):
             # ext4 returns freed blocks at its next journal commit: flush first, or the free space
             # reported is what it was before the partial clone (pg_basebackup's own cleanup) went.
             os.sync()
-            st = os.statvfs(self.work.parent)
-            free_mb = round(st.f_bavail * st.f_frsize / 1048576, 1)
+            free_mb = round(free_bytes(self.work.parent) / 1048576, 1)
         except OSError:
             pass
         if "no space left" in exc.message.lower():

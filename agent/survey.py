@@ -93,6 +93,28 @@ def ordinals_to_try(found: set[int]) -> int:
     return max(MIN_ORDINALS, max(found, default=-1) + 1 + ORDINALS_PAST_HIGHEST)
 
 
+def member_names(srv_names: list[str], pod_fqdn: Callable[[int], str], found: set[int], own: str) -> list[str]:
+    """Every member name to ask: the SRV targets, then the ordinals (walking past the highest found)."""
+    by_ordinal = [pod_fqdn(n).lower() for n in range(ordinals_to_try(found))]
+    return [n for n in dict.fromkeys([*(s.lower() for s in srv_names), *by_ordinal]) if n != own]
+
+
+def ordinal_of(name: str, pod_fqdn: Callable[[int], str], found: set[int]) -> int | None:
+    """The ordinal whose pod name `name` is, among those `member_names` tries."""
+    return next((n for n in range(ordinals_to_try(found)) if pod_fqdn(n).lower() == name), None)
+
+
+def resolve(lookup: discovery.Lookup, name: str) -> tuple[str | None, str | None]:
+    """A member's address (A, else AAAA) or None when it has none; and why DNS failed, if it did."""
+    for rdtype in ("A", "AAAA"):
+        answer = lookup(name, rdtype)
+        if answer.outcome == discovery.DNS_UNREACHABLE:
+            return None, answer.detail or "no nameserver answered"
+        if answer.found:
+            return answer.records[0], None
+    return None, None
+
+
 @dataclass
 class Survey:
     """Asks each member, again for those that do not answer yet, until all answered or the deadline."""
@@ -109,17 +131,17 @@ class Survey:
     def run(self, srv_targets: list[str], timeout: float, stop_early: bool, on_poll: Callable[[], None]) -> list[str]:
         """Survey until every member answered definitively or `timeout`; returns names never checked."""
         deadline = self.clock() + timeout
-        names = list(dict.fromkeys(t.lower() for t in srv_targets))
+        names = list(srv_targets)
         found_ordinals: set[int] = set()
         while True:
             on_poll()
-            wanted = self._names(names, found_ordinals)
+            wanted = member_names(names, self.pod_fqdn, found_ordinals, self.own_name)
             pending = [n for n in wanted if n not in self.members or self.members[n].state == SILENT]
             for name in pending:
                 if self.clock() >= deadline or self.dns_problem:
                     break
                 self._ask(name, deadline, found_ordinals)
-            wanted = self._names(names, found_ordinals)
+            wanted = member_names(names, self.pod_fqdn, found_ordinals, self.own_name)
             unchecked = [n for n in wanted if n not in self.members]
             open_ = [n for n in wanted if n not in self.members or self.members[n].state == SILENT]
             holders = any(m.state == HOLDS_DATA for m in self.members.values())
@@ -127,27 +149,15 @@ class Survey:
                 return unchecked
             self.sleep(min(1.0, max(0.0, deadline - self.clock())))
 
-    def _names(self, srv_names: list[str], found_ordinals: set[int]) -> list[str]:
-        by_ordinal = [self.pod_fqdn(n).lower() for n in range(ordinals_to_try(found_ordinals))]
-        return [n for n in dict.fromkeys([*srv_names, *by_ordinal]) if n != self.own_name]
-
-    def _ordinal_of(self, name: str, limit: int) -> int | None:
-        return next((n for n in range(limit) if self.pod_fqdn(n).lower() == name), None)
-
     def _ask(self, name: str, deadline: float, found_ordinals: set[int]) -> None:
-        address = None
-        for rdtype in ("A", "AAAA"):
-            answer = self.lookup(name, rdtype)
-            if answer.outcome == discovery.DNS_UNREACHABLE:
-                self.dns_problem = answer.detail or "no nameserver answered"
-                return
-            if answer.found:
-                address = answer.records[0]
-                break
+        address, problem = resolve(self.lookup, name)
+        if problem is not None:
+            self.dns_problem = problem
+            return
         if address is None:
             self.members[name] = Member(name.rstrip("."), ABSENT)
             return
-        ordinal = self._ordinal_of(name, ordinals_to_try(found_ordinals))
+        ordinal = ordinal_of(name, self.pod_fqdn, found_ordinals)
         if ordinal is not None:
             found_ordinals.add(ordinal)
         budget = max(1.0, min(3.0, deadline - self.clock()))

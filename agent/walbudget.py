@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.pgdata import volume_dir
+
 MB = 1024 * 1024
 AUTO = "auto"
 SETTINGS = ("max_wal_size", "wal_keep_size", "max_slot_wal_keep_size")
@@ -240,7 +242,7 @@ def observe(pgdata: Path, initdb_args: Iterable[str], postgres_args: Iterable[st
     args = tuple(initdb_args)
     wal = pgdata / "pg_wal"
     waldir = waldir_arg(args)
-    where = Path(waldir) if waldir else (pgdata if os.path.ismount(pgdata) else pgdata.parent)
+    where = Path(waldir) if waldir else volume_dir(pgdata)
     try:
         # Unreadable PGDATA (another owner) is the plan's to refuse; here it only means "unknown".
         if wal.exists():

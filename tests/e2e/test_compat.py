@@ -16,6 +16,7 @@ import pytest
 from emulator.waiting import wait_until
 from tests.e2e.cluster_support import require_pods
 from tests.e2e.fault_support import PRIMARY, VOL, current, healthy, make_cluster
+from tests.official import README_EXAMPLE_SCRIPT
 
 require_pods()
 
@@ -31,15 +32,7 @@ NAMES = {
 
 # The official README's example script, an executable one, and a sourced one using the helpers.
 SCRIPTS = {
-    "00-readme-example.sh": ("""#!/bin/bash
-set -e
-
-psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" <<-EOSQL
-	CREATE USER docker;
-	CREATE DATABASE docker;
-	GRANT ALL PRIVILEGES ON DATABASE docker TO docker;
-EOSQL
-""", 0o755),
+    "00-readme-example.sh": (README_EXAMPLE_SCRIPT, 0o755),
     "01-sourced.sh": ("""docker_process_sql <<'EOSQL'
 CREATE TABLE seeded (v text);
 INSERT INTO seeded VALUES ('by a sourced script');

@@ -28,6 +28,7 @@ from tests.integration.agentctl import (
     run_agent,
 )
 from tests.integration.conftest import free_port, sized_volume
+from tests.official import README_EXAMPLE_SCRIPT
 
 pytestmark = pytest.mark.integration
 
@@ -230,17 +231,6 @@ def test_the_heartbeat_follows_a_long_initdb_script(volume_root: Path) -> None:
     assert max(ages) < 2.5, f"the heartbeat went {max(ages):.1f} s without a beat while the script ran"
 
 
-OFFICIAL_README_SCRIPT = """#!/bin/bash
-set -e
-
-psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" <<-EOSQL
-	CREATE USER docker;
-	CREATE DATABASE docker;
-	GRANT ALL PRIVILEGES ON DATABASE docker TO docker;
-EOSQL
-"""
-
-
 def test_initdb_d_with_the_official_semantics_and_names(volume_root: Path) -> None:
     # As a user switching from postgres:14.5 would bring them: names with spaces and capitals, a
     # 7-character password (the official compose example's), and every kind of initdb.d file.
@@ -248,7 +238,7 @@ def test_initdb_d_with_the_official_semantics_and_names(volume_root: Path) -> No
     scripts = volume_root / "initdb.d"
     scripts.mkdir(mode=0o755)
     files = {
-        "00-readme-example.sh": (OFFICIAL_README_SCRIPT, 0o755),
+        "00-readme-example.sh": (README_EXAMPLE_SCRIPT, 0o755),
         "01-table.sql": ("CREATE TABLE seeded (id int, source text);\n", 0o644),
         # Sourced (not executable): the helpers and the shell's variables are there.
         "02-sourced.sh": ('SOURCED_MARK=from-02\ndocker_process_sql -c "INSERT INTO seeded VALUES (2, \'sourced\')"\n',

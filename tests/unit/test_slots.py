@@ -49,7 +49,7 @@ def test_no_room_for_a_new_clone_beside_the_old_data_refuses_untouched(
 ) -> None:
     boot, pgdata = _replica(tmp_path, make_config, log)
     before = sorted(p.name for p in pgdata.parent.iterdir())
-    monkeypatch.setattr(follow, "reclone_room", lambda _pgdata: (700 * 1048576, 300 * 1048576))
+    monkeypatch.setattr(follow, "room_for_copy", lambda _source, _volume: (700 * 1048576, 300 * 1048576))
     monkeypatch.setattr(Replica, "clone", lambda _self: pytest.fail("must not clone"))
     with pytest.raises(NoRoomToMoveAside) as info:
         boot.follow.reclone_after_lost_slot()
@@ -78,5 +78,5 @@ def test_room_is_the_old_data_plus_a_margin(tmp_path: Path) -> None:
     pgdata = tmp_path / "pgdata"
     (pgdata / "base").mkdir(parents=True)
     (pgdata / "base" / "f").write_bytes(b"x" * 100_000)
-    needed, free = follow.reclone_room(pgdata, margin=1000)
+    needed, free = follow.room_for_copy(pgdata, pgdata.parent, margin=1000)
     assert needed == 101_000 and free > 0
