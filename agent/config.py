@@ -61,6 +61,7 @@ class Config:
     replication_password: Secret
     wait_timeout: float
     restart_check_timeout: float
+    switchover_timeout: float
     peer_check_timeout: float
     auth_attempts: int
     clone_max_rate: str | None
@@ -433,6 +434,7 @@ def load_config(
 
     wait_timeout = _seconds(env, "PGSFS_WAIT_TIMEOUT", 600.0, problems)
     restart_check_timeout = _seconds(env, "PGSFS_RESTART_CHECK_TIMEOUT", 10.0, problems)
+    switchover_timeout = _seconds(env, "PGSFS_SWITCHOVER_TIMEOUT", 60.0, problems)
     peer_check_timeout = _seconds(env, "PGSFS_PEER_CHECK_TIMEOUT", 30.0, problems)
     auth_attempts = _int(env, "PGSFS_AUTH_ATTEMPTS", 3, problems, 1, 100)
     max_rate = _max_rate(env, problems)
@@ -487,6 +489,7 @@ def load_config(
         replication_password=replication_password,
         wait_timeout=wait_timeout,
         restart_check_timeout=restart_check_timeout,
+        switchover_timeout=switchover_timeout,
         peer_check_timeout=peer_check_timeout,
         auth_attempts=auth_attempts,
         clone_max_rate=max_rate,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import announce, discovery, replication
+from agent import announce, discovery, replication, survey
 from agent.config import Config
 from agent.heartbeat import Heartbeat
 from agent.pgdata import work_dir_for
@@ -54,7 +54,7 @@ class Context:
 
 
 class Part:
-    """Base of the bootstrap's parts: shorthand for the shared context, and its two helpers."""
+    """Base of the bootstrap's parts: shorthand for the shared context, and its helpers."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -112,3 +112,15 @@ class Part:
         os.chmod(path, mode)
         if self.owner is not None:
             os.chown(path, *self.owner)
+
+    def _peer_survey(self) -> survey.Survey:
+        """A survey of the other members (SRV targets, then ordinals), each asked IDENTIFY_SYSTEM."""
+        cfg = self.config
+        return survey.Survey(
+            lookup=self.world.lookup,
+            identify=lambda name, address, budget: self.world.identify(self._endpoint(name, address), budget),
+            clock=self.world.clock,
+            sleep=self.world.sleep,
+            own_name=cfg.pod_fqdn(cfg.identity.pod_name).lower(),
+            pod_fqdn=lambda n: cfg.pod_fqdn(cfg.identity.peer_pod(n)),
+        )

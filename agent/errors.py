@@ -116,6 +116,13 @@ class PromoteRefused(AgentError):
     event = "promote_refused"
 
 
+class SwitchoverBlocked(AgentError):
+    """A switchover cannot hand the primary role over without losing writes or making two primaries."""
+
+    exit_code = 15
+    event = "switchover_blocked"
+
+
 class Interrupted(BaseException):
     """SIGINT or SIGTERM arrived; carries the exit code 128 + signum (130, 143)."""
 

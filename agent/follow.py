@@ -22,6 +22,7 @@ from agent.errors import (
 from agent.files import fix_tree_ownership, free_bytes, fsync_dir, tree_size
 from agent.pgdata import builds_inside, inspect, volume_dir
 from agent.postgres import controldata, rewind
+from agent.switchover import Handoff
 
 if TYPE_CHECKING:
     from agent.replica import Replica
@@ -107,6 +108,10 @@ class FollowCheck(Part):
             )
             return False
         endpoint = self._endpoint(cfg.primary_fqdn, address)
+        if info.in_hot_standby and former and info.system_identifier == local:
+            # A switchover: this member was the primary and its successor is still a standby.
+            Handoff(self.ctx).run(address, lambda: self.world.identify(endpoint, 3.0))
+            info = self.replica.wait_for_primary(address, timeout=cfg.switchover_timeout, accept_standby=False)
         same_cluster = local is None or info.system_identifier == local
         position = history.parse_controldata(controldata(self.world.runner, self.pgdata)) if same_cluster else None
         verdict = self.compare_histories(endpoint, info, position) if position is not None else None
@@ -116,7 +121,7 @@ class FollowCheck(Part):
         self._phase(
             "primary_check", started, system_identifier=str(info.system_identifier), decision=action,
             history=verdict.outcome if verdict else None, timeline=verdict.local_timeline if verdict else None,
-            slot_status=status, former_primary=former or None,
+            slot_status=status, former_primary=former or None, upstream_standby=info.in_hot_standby or None,
         )  # fmt: skip
         if action == REJOIN:
             self.log.info("rejoining", note="a former primary that shut down cleanly on the primary's history: "

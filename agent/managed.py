@@ -44,17 +44,22 @@ class ManagedFiles(Part):
         members = [ident.peer_pod(n) for n in range(cfg.max_replication_slots + 1) if n != ident.ordinal]
         return synchronous_standby_names(cfg.synchronous_standbys, members)
 
-    def write_config(self, datadir: Path, *, standby: bool) -> None:
-        """The managed files: settings file and its include, pg_hba block, standby settings."""
+    def write_config(self, datadir: Path, *, standby: bool, upstream: str | None = None, connect: bool = True) -> None:
+        """The managed files: settings file and its include, pg_hba block, standby settings.
+
+        A standby streams from the primary ordinal, or from `upstream` (a pod's FQDN: a switchover's
+        successor follows the writable member), or (`connect=False`) from nobody until promoted.
+        """
         cfg = self.config
         started = self.world.clock()
         standby_settings: dict[str, str] | None = None
         written = [CONF_NAME, "postgresql.conf", "pg_hba.conf"]
+        designated = cfg.identity.role == "primary"
         if standby:
             passfile = self.write_passfile()
             standby_settings = {
-                "primary_conninfo": primary_conninfo(
-                    host=cfg.primary_fqdn.rstrip("."),
+                "primary_conninfo": "" if not connect else primary_conninfo(
+                    host=(upstream or cfg.primary_fqdn).rstrip("."),
                     port=cfg.port,
                     user=cfg.replication_user,
                     passfile=str(passfile),
@@ -69,7 +74,8 @@ class ManagedFiles(Part):
             max_replication_slots=cfg.max_replication_slots,
             wal=wal.written.conf_values(),
             standby=standby_settings,
-            synchronous_standby_names=self.synchronous_names() if not standby else "",
+            # The primary ordinal still a standby gets it too: it applies from the promotion on.
+            synchronous_standby_names=self.synchronous_names() if designated else "",
         )
         write_atomic(datadir / CONF_NAME, settings, mode=0o600, owner=self.owner)
         conf = datadir / "postgresql.conf"
@@ -89,7 +95,8 @@ class ManagedFiles(Part):
         self._phase(
             "config_written", started, datadir=str(datadir), files=written, standby=standby,
             wal_volume_mb=wal.written.volume_mb, **wal.written.conf_values(),
-            synchronous_standbys=(cfg.synchronous_standbys or None) if not standby else None,
+            synchronous_standbys=(cfg.synchronous_standbys or None) if designated else None,
+            upstream=(upstream.rstrip(".") if upstream else None) if standby and connect else None,
         )  # fmt: skip
         if wal.problem is not None:
             self.log.warning(

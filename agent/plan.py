@@ -78,7 +78,6 @@ def _major(version: str | None) -> int | None:
 
 def _refusal(state: DataDirState, config: Config, server_major: int | None, euid: int) -> Refusal | None:
     """The contradiction in PGDATA that makes starting unsafe, if any."""
-    role = config.identity.role
     pgdata = state.path
     code, event = DataDirConflict.exit_code, DataDirConflict.event
 
@@ -108,13 +107,6 @@ def _refusal(state: DataDirState, config: Config, server_major: int | None, euid
                 f"PostgreSQL {server_major}",
                 "run an image of the data's major version, or upgrade the data with pg_upgrade first",
             )
-        if role == PRIMARY and state.standby_signal:
-            return refuse(
-                f"pod {config.identity.pod_name} holds the primary ordinal but PGDATA {pgdata} is a "
-                "standby (standby.signal present)",
-                "automatic promotion is not supported: if this pod should be the primary, remove "
-                "standby.signal by hand after checking no other primary runs; otherwise fix PGSFS_PRIMARY_ORDINAL",
-            )
         return None
     if state.leftover is not None and not state.leftover.ours:
         return refuse(
@@ -137,8 +129,23 @@ REMOTE_DECISIONS = {
         "refuse_other_cluster (exit 7) | refuse_diverged (exit 12) | reclone_diverged | rejoin | rewind "
         "(the last two for a former primary); skipped while the primary does not answer within "
         "PGSFS_RESTART_CHECK_TIMEOUT, except for a former primary, which then refuses (exit 6)",
+        "handoff (switchover.decide_handoff), a former primary whose successor is still a standby: "
+        "promote_successor | wait_for_successor | refuse_unclean | refuse_writable | refuse_other_timeline "
+        "(exit 15 at PGSFS_SWITCHOVER_TIMEOUT)",
+    ),
+    "designated_standby": (
+        "designated (switchover.decide_designated): follow_writable | await_promotion | "
+        "refuse_many_writable (exit 15)",
     ),
 }
+
+
+def _decisions_key(action: str, is_primary: bool, standby: bool) -> str:
+    if action != START:
+        return action
+    if not is_primary:
+        return "restart_replica"
+    return "designated_standby" if standby else START
 
 
 def make_plan(
@@ -159,6 +166,7 @@ def make_plan(
         f"{state.path}/pg_hba.conf",
     )
     passfile = str(config.state_dir / PASSFILE_NAME)
+    standby_files = (*conf_files, f"{state.path}/standby.signal", passfile)
     secrets_state = str(config.state_dir / SECRETS_STATE_NAME)
     leftover = state.leftover.path if state.leftover is not None and state.leftover.ours else None
     refusal = _refusal(state, config, server_major, euid)
@@ -171,7 +179,15 @@ def make_plan(
         action, reason, steps, files, leftover = REFUSE, refusal.message, (), (), None
     elif state.initialised:
         action = START
-        if is_primary:
+        if is_primary and state.standby_signal:
+            reason = (
+                "PGDATA holds a standby on the primary ordinal (a switchover in progress): follow the member "
+                "that accepts writes until its agent promotes this one at its restart, or until "
+                "`pg-sfs-agent promote`; never promote by itself"
+            )
+            steps = ("survey_writable", "follow_writable", "write_config", "fix_ownership", "exec_postgres")
+            files = standby_files
+        elif is_primary:
             reason = "PGDATA holds a primary's cluster: refresh the managed files and start"
             rotate = () if secrets_applied else ("apply_passwords",)
             steps = ("write_config", *rotate, "fix_ownership", "exec_postgres")
@@ -179,7 +195,7 @@ def make_plan(
         elif state.standby_signal:
             reason = "PGDATA holds a standby: refresh the managed files, check the primary briefly, start"
             steps = ("check_primary", "write_config", "fix_ownership", "exec_postgres")
-            files = (*conf_files, f"{state.path}/standby.signal", passfile)
+            files = standby_files
         else:
             reason = (
                 "PGDATA holds a former primary on a replica ordinal: once the primary answers, rejoin it as a "
@@ -187,7 +203,7 @@ def make_plan(
                 "move it aside and clone; never start it unchecked"
             )
             steps = ("check_primary", "rejoin_or_rewind", "write_config", "fix_ownership", "exec_postgres")
-            files = (*conf_files, f"{state.path}/standby.signal", passfile)
+            files = standby_files
     elif is_primary:
         action = INIT
         reason = "empty PGDATA on the primary ordinal: initialise a new cluster beside it, then move it into place"
@@ -218,7 +234,7 @@ def make_plan(
             "fix_ownership",
             "exec_postgres",
         )
-        files = (*conf_files, f"{state.path}/standby.signal", passfile)
+        files = standby_files
     if leftover is not None:
         steps = ("remove_leftover", *steps)
     return Plan(
@@ -238,6 +254,6 @@ def make_plan(
         refusal=refusal,
         remote_decisions=()
         if config.standalone
-        else REMOTE_DECISIONS.get("restart_replica" if action == START and not is_primary else action, ()),
+        else REMOTE_DECISIONS.get(_decisions_key(action, is_primary, state.standby_signal), ()),
         wal=decide(config.wal_configured(), wal_observed) if wal_observed is not None and refusal is None else None,
     )

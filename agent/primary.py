@@ -30,6 +30,7 @@ from agent.postgres import (
 from agent.render import (
     scram_verifier,
 )
+from agent.switchover import Designated
 
 # A long initdb.d script (a restore) says it still runs this often.
 SCRIPT_PROGRESS_INTERVAL = 60.0
@@ -51,14 +52,7 @@ class Primary(Part):
         started = self.world.clock()
         cfg = self.config
         srv, _, outcome = discovery.service_srv(self.world.lookup, cfg.srv_fqdn, cfg.service_fqdn)
-        peers = survey.Survey(
-            lookup=self.world.lookup,
-            identify=lambda name, address, budget: self.world.identify(self._endpoint(name, address), budget),
-            clock=self.world.clock,
-            sleep=self.world.sleep,
-            own_name=cfg.pod_fqdn(cfg.identity.pod_name).lower(),
-            pod_fqdn=lambda n: cfg.pod_fqdn(cfg.identity.peer_pod(n)),
-        )
+        peers = self._peer_survey()
         if outcome == discovery.DNS_UNREACHABLE:
             peers.dns_problem = "no nameserver answered the Service's SRV query"
             unchecked: list[str] = []
@@ -256,6 +250,25 @@ class Primary(Part):
 
     def restart(self) -> None:
         """Existing PGDATA: refresh the managed files; apply rotated passwords if the plan says so."""
+        if "follow_writable" in self.plan.steps:
+            self.follow_until_promoted()
+            return
         self.files.write_config(self.pgdata, standby=False)
         if "apply_passwords" in self.plan.steps:
             self.apply_passwords()
+
+    def follow_until_promoted(self) -> None:
+        """PGDATA is still a standby (a switchover's successor): follow the writable member, never promote."""
+        upstream = Designated(self.ctx).upstream()
+        if upstream is None:
+            self.files.write_config(self.pgdata, standby=True, connect=False)
+            return
+        fqdn = self.config.pod_fqdn(upstream)
+        address, _ = survey.resolve(self.world.lookup, fqdn)
+        if address is not None:
+            try:
+                created = self.world.ensure_slot(self._endpoint(fqdn, address), self.config.identity.slot_name)
+                self.log.info("slot_ready", slot=self.config.identity.slot_name, created=created, on=upstream)
+            except Exception as exc:  # psycopg.Error: postgres retries streaming by itself
+                self.log.warning("slot_check_failed", detail=" ".join(str(exc).split()), on=upstream)
+        self.files.write_config(self.pgdata, standby=True, upstream=fqdn)

@@ -142,7 +142,7 @@ def _tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def check_readiness(env: Mapping[str, str], now: float) -> str:
-    """Primary: accepting connections over TCP and not in recovery. Replica: streaming."""
+    """Primary: accepting connections over TCP. Replica, or the primary ordinal still a standby: streaming."""
     running = postmaster_status(_pgdata(env))
     if running is None:
         raise ProbeFailed("postgres is not running")
@@ -150,12 +150,12 @@ def check_readiness(env: Mapping[str, str], now: float) -> str:
     port = int(env.get("PGPORT", "5432") or 5432)
     host = env.get("POD_IP") or "127.0.0.1"
     in_recovery = (_pgdata(env) / "standby.signal").exists()
-    if _is_primary(env):
+    # The primary ordinal still in recovery is a switchover's successor: Ready once it streams, so
+    # the rollout goes on to the former primary, whose agent promotes it (agent/switchover.py).
+    if _is_primary(env) and not in_recovery:
         # postmaster.pid says "ready" for a hot standby too: standby.signal tells recovery apart.
-        if status != "ready" or in_recovery:
-            raise ProbeFailed(
-                f"postgres is {status or 'starting'}{' in recovery' if in_recovery else ''}, not ready as a primary"
-            )
+        if status != "ready":
+            raise ProbeFailed(f"postgres is {status or 'starting'}, not ready as a primary")
         if not _tcp_open(host, port):
             raise ProbeFailed(f"postgres does not accept TCP connections on {host}:{port}")
         return "primary ready"

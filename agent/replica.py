@@ -69,8 +69,10 @@ class Replica(Part):
             )
         return address
 
-    def wait_for_primary(self, address: str, timeout: float | None = None) -> replication.SystemInfo:
-        """Wait until the primary answers IDENTIFY_SYSTEM as a primary (not in recovery)."""
+    def wait_for_primary(self, address: str, timeout: float | None = None,
+                         accept_standby: bool = True) -> replication.SystemInfo:  # fmt: skip
+        """Wait until the primary ordinal answers IDENTIFY_SYSTEM: as a primary, or (`accept_standby`)
+        as a standby, a switchover's successor that this member follows (cascading) until it is promoted."""
         cfg = self.config
         self.world.beat("primary_wait")
         endpoint = self._endpoint(cfg.primary_fqdn, address)
@@ -84,6 +86,7 @@ class Replica(Part):
             clock=self.world.clock,
             sleep=self.world.sleep,
             on_poll=self.world.beat,
+            accept_standby=accept_standby,
         )
         return info
 

@@ -286,11 +286,19 @@ def wait_for_primary(
     sleep: Sleep = time.sleep,
     on_poll: Callable[[], None] = lambda: None,
     auth_pause: float = 3.0,
+    accept_standby: bool = False,
 ) -> SystemInfo:
-    """Retry IDENTIFY_SYSTEM until it works; auth failures a few times, the rest until `timeout`."""
+    """Retry IDENTIFY_SYSTEM until it works; auth failures a few times, the rest until `timeout`.
+
+    `accept_standby`: a standby's answer is enough too (a switchover's successor, before its promotion).
+    """
     stats = WaitStats(started=clock())
     deadline = stats.started + timeout
     auth_failures = 0
+
+    def usable(result: Attempt) -> bool:
+        return result.outcome == OK or (accept_standby and result.outcome == IN_RECOVERY and result.info is not None)
+
     seen: dict[str, int] = {}
     last = Attempt(OTHER)
 
@@ -302,7 +310,7 @@ def wait_for_primary(
         seen[result.outcome] = seen.get(result.outcome, 0) + 1
         if result.outcome in AUTH_FAILURES:
             auth_failures += 1
-        if result.outcome not in (stats.last, OK):
+        if result.outcome not in (stats.last, OK) and not usable(result):
             log.info(
                 "primary_wait_state",
                 primary=target,
@@ -317,7 +325,7 @@ def wait_for_primary(
 
     result = poll_until(
         attempt,
-        done=lambda result: result.outcome == OK,
+        done=usable,
         wait=_AuthPacing(wait_random(0.5, 1.0), auth_pause),
         deadline=deadline,
         clock=clock,
@@ -325,12 +333,13 @@ def wait_for_primary(
         give_up=lambda: auth_failures >= auth_attempts,
     )
     summary: dict[str, Any] = dict(primary=target, attempts=stats.attempts, elapsed_s=stats.elapsed(clock), seen=seen)
-    if result is not None and result.outcome == OK and result.info is not None:
+    if result is not None and usable(result) and result.info is not None:
         log.info(
             "primary_wait",
             system_identifier=str(result.info.system_identifier),
             timeline=result.info.timeline,
             server_version=result.info.server_version,
+            standby=result.info.in_hot_standby or None,
             **summary,
         )
         return result.info

@@ -36,6 +36,8 @@ class Member:
     state: str
     system_identifier: int | None = None
     detail: str = ""
+    # True: it accepts writes (a primary); False: a standby; None: unknown (no postgres answered).
+    writable: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class Verdict:
 def classify(name: str, attempt: replication.Attempt) -> Member:
     """One member's answer to IDENTIFY_SYSTEM, as what it tells about its data."""
     if attempt.info is not None:
-        return Member(name, HOLDS_DATA, attempt.info.system_identifier)
+        return Member(name, HOLDS_DATA, attempt.info.system_identifier, writable=not attempt.info.in_hot_standby)
     announced = announce.read_announcement(attempt.detail)
     if announced is not None:
         holds, system_identifier = announced

@@ -79,6 +79,7 @@ class _PodRecord:
     backoff: float | None = None
     backoff_updated: float | None = None
     seen_exit: int = -1
+    revision: int = 0
 
 
 class Cluster:
@@ -148,6 +149,9 @@ class Cluster:
         self._history: list[tuple[float, str, str]] = []
         self._endpoints: tuple[tuple[str, str], ...] | None = None
         self._stopping = threading.Event()
+        # The pod template's revision: update_template() bumps it; pods of an older one are
+        # replaced by the rolling update (see _roll).
+        self.revision = 0
         self._thread: threading.Thread | None = None
         self._thread_error: BaseException | None = None
         self._terminators: list[threading.Thread] = []
@@ -284,6 +288,19 @@ class Cluster:
             self._begin_delete(rec, None)
             if ordered:
                 return
+        self._roll()
+
+    def _roll(self) -> None:
+        """RollingUpdate (maxUnavailable 1, either policy): once every pod exists, runs and is Ready,
+        delete the highest ordinal still of an older template; it comes back with the current one."""
+        recs = [self._pods.get(self.sts.pod_name(n)) for n in range(self.replicas)]
+        if any(r is None or not self._healthy(r) for r in recs):
+            return
+        outdated = [r for r in recs if r is not None and r.revision != self.revision]
+        if outdated:
+            rec = max(outdated, key=lambda r: r.ordinal)
+            self._event(rec, f"rolling update to revision {self.revision}")
+            self._begin_delete(rec, None)
 
     def _create_pod(self, ordinal: int) -> None:
         name = self.sts.pod_name(ordinal)
@@ -302,7 +319,8 @@ class Cluster:
             empty_dirs=self.sts.empty_dirs, image=self.image,
         )  # fmt: skip
         pod = Pod(template, register_pid=lambda pid: self.network.register_pid(pid, host))
-        rec = _PodRecord(name=name, ordinal=ordinal, host=host, pod=pod, created_at=time.time())
+        rec = _PodRecord(name=name, ordinal=ordinal, host=host, pod=pod, created_at=time.time(),
+                         revision=self.revision)
         self._pods[name] = rec
         self._event(rec, f"created ip={host.ip}")
         self._start_container(rec)
@@ -542,6 +560,22 @@ class Cluster:
         with self._lock:
             self.replicas = replicas
             self._history.append((time.time(), "statefulset", f"scale {replicas}"))
+
+    def update_template(self, env: Mapping[str, str | None]) -> int:
+        """`kubectl apply` of a changed pod template (env on top of the current one, None removes):
+        the rolling update replaces the pods one at a time, highest ordinal first. Returns the revision."""
+        with self._lock:
+            self.spec = with_overrides(self.spec, env=env)
+            self.sts = self.spec.statefulset
+            self.revision += 1
+            self._history.append((time.time(), "statefulset", f"template revision {self.revision}"))
+            return self.revision
+
+    def rolled_out(self) -> bool:
+        """True when every pod is of the current template, running and Ready (rollout complete)."""
+        with self._lock:
+            recs = [self._pods.get(self.sts.pod_name(n)) for n in range(self.replicas)]
+            return all(r is not None and r.revision == self.revision and self._healthy(r) for r in recs)
 
     def exec_in_pod(self, pod: str, argv: list[str], env: dict[str, str] | None = None,
                     user: str | None = None, timeout: float = 60.0,

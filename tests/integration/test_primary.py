@@ -131,17 +131,21 @@ def test_restart_is_boring_and_rotation_applies_new_passwords(volume_root: Path)
     assert json.loads(run_agent(rotated, "plan").stdout)["steps"] == ["write_config", "fix_ownership", "exec_postgres"]
 
 
-def test_primary_ordinal_refuses_a_standby_pgdata(volume_root: Path) -> None:
+def test_primary_ordinal_holding_a_standby_never_promotes_itself(volume_root: Path) -> None:
+    # A switchover's successor with no writable member to follow: a standby, unconnected, until
+    # someone promotes it (the former primary's agent, or `pg-sfs-agent promote`). It was exit 6.
     port = free_port()
     env = pod_env(volume_root, 0, port)
     with agent_postgres(env, volume_root / "first.log"):
         pass
     (volume_root / "pgdata" / "standby.signal").write_text("")
-    done = run_agent(env, "postgres")
-    assert done.returncode == 6
-    error = json_lines(done.stderr)[-1]
-    assert error["event"] == "pgdata_conflict" and "standby.signal" in error["error"]
-    assert (volume_root / "pgdata" / "standby.signal").exists(), "nothing touched"
+    with agent_postgres(env, volume_root / "second.log") as server:
+        said = {line["event"]: line for line in server.agent_log()}
+        assert said["designated_standby"]["decision"] == "await_promotion"
+        assert "awaiting_promotion" in said
+        with connect(server.port) as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+    assert (volume_root / "pgdata" / "standby.signal").exists()
 
 
 def test_unknown_content_in_pgdata_is_never_initialised_over(volume_root: Path) -> None:

@@ -159,10 +159,18 @@ def test_moved_primary_ordinal(make_config) -> None:
     assert plan.primary == "postgresql-sfs-2.postgresql-svc.pg.svc.cluster.local."
 
 
+def test_primary_ordinal_holding_a_standby_follows_until_promoted(primary) -> None:
+    # A switchover's successor: it never promotes itself (that was a refusal before switchovers).
+    plan = make_plan(primary, cluster(standby_signal=True), server_major=15, secrets_applied=False)
+    assert plan.action == START
+    assert plan.steps[:2] == ("survey_writable", "follow_writable")
+    assert "apply_passwords" not in plan.steps
+    assert any("decide_designated" in d for d in plan.remote_decisions)
+
+
 # -- refusals -------------------------------------------------------------------------------------
 
 REFUSALS = [
-    ("primary", cluster(standby_signal=True), "standby.signal"),
     ("primary", state(empty=False, sample_entries=("lost+found", "notes.txt")), "no PG_VERSION"),
     ("replica", state(empty=False, sample_entries=("lost+found",)), "lost+found"),
     ("primary", cluster(pg_version="14"), "PostgreSQL 14"),
@@ -214,7 +222,7 @@ def test_our_leftover_beside_a_cluster_is_removed_too(primary) -> None:
 
 
 def test_no_leftover_removal_when_refusing(primary) -> None:
-    plan = make_plan(primary, cluster(standby_signal=True, leftover=OUR_LEFTOVER), server_major=15)
+    plan = make_plan(primary, cluster(pg_version="14", leftover=OUR_LEFTOVER), server_major=15)
     assert plan.action == REFUSE
     assert plan.remove_leftover is None
 
@@ -254,7 +262,8 @@ def test_plan_invariants(make_config, data: DataDirState, who: str, major: int |
     if plan.action in (INIT, CLONE):
         assert not data.initialised
     if data.initialised and plan.action == START:
-        assert not data.standby_signal or who == "replica"
+        # The primary ordinal holding a standby never promotes itself: it follows until promoted.
+        assert not data.standby_signal or who == "replica" or "follow_writable" in plan.steps
         if who == "replica" and not data.standby_signal:  # a former primary: checked, never started as is
             assert "rejoin_or_rewind" in plan.steps
     text = json.dumps(plan.to_dict())
@@ -270,7 +279,7 @@ def test_to_dict_is_json_and_secret_free(make_config) -> None:
         assert loaded["action"] == plan.action
         text = json.dumps(loaded)
         assert "p4ss-W0RD" not in text
-    refused = make_plan(cfg, cluster(standby_signal=True), server_major=15).to_dict()
+    refused = make_plan(cfg, cluster(pg_version="14"), server_major=15).to_dict()
     assert json.loads(json.dumps(refused))["refusal"]["exit_code"] == 6
 
 

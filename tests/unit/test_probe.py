@@ -175,11 +175,12 @@ def test_replica_must_accept_connections(env: dict[str, str], postmaster: int) -
         probe.check_readiness(env, NOW)
 
 
-def test_primary_ordinal_in_recovery_is_not_ready(env: dict[str, str], postmaster: int) -> None:
-    # A hot standby's postmaster.pid also says "ready": standby.signal is what tells them apart.
+def test_primary_ordinal_in_recovery_is_ready_only_when_streaming(env: dict[str, str], postmaster: int) -> None:
+    # A hot standby's postmaster.pid also says "ready": standby.signal is what tells them apart. A
+    # switchover's successor is judged as a replica (streaming), never as a primary.
     write_pid(Path(env["PGDATA"]), postmaster, "ready")
     (Path(env["PGDATA"]) / "standby.signal").write_text("")
-    with pytest.raises(probe.ProbeFailed, match="in recovery"):
+    with pytest.raises(probe.ProbeFailed, match="replica not streaming"):
         probe.check_readiness(env, NOW)
 
 

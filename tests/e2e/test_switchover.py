@@ -1,0 +1,144 @@
+"""Switchover by moving the primary ordinal: the StatefulSet rolls, the agents hand the role over.
+
+Under a write load through a multi-host URI (target_session_attrs=read-write), the pod template's
+PGSFS_PRIMARY_ORDINAL goes 0 -> 1 and the emulated controller rolls it (highest ordinal first, each
+Ready before the next), then back 1 -> 0. Every acknowledged write must be on the final primary, no
+sample may see two members accepting writes, and every member must stream from the new primary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from emulator.controller import Cluster
+from emulator.waiting import wait_until
+from tests.e2e.cluster_support import pod, require_pods
+from tests.e2e.fault_support import PRIMARY, healthy, make_cluster, named, report, run_lines
+
+require_pods()
+
+LOAD = Path(__file__).with_name("switch_load.py")
+MEMBERS = 3
+
+
+class Load:
+    """The switch_load.py client in its own namespace; stopped (by PID) at exit."""
+
+    def __init__(self, c: Cluster, seconds: float) -> None:
+        self.c = c
+        self.out = c.run_dir / "switch-load.jsonl"
+        self.stop_file = c.run_dir / "switch-load.stop"
+        host = c.network.add_host("switch-client")
+        c.dns.configure_host(host, c.sts.namespace)
+        env = c.sts.env_for("", "")
+        members = ",".join(f"{pod(n)}.{c.sts.service_name}" for n in range(MEMBERS))
+        with open(self.out, "w") as fh:
+            self.proc = c.network.spawn(
+                host,
+                [sys.executable, str(LOAD), "--members", members, "--user", env.get("POSTGRES_USER", "postgres"),
+                 "--seconds", str(seconds), "--stop-file", str(self.stop_file)],
+                stdout=fh, stderr=fh, env={**os.environ, "PGPASSWORD": env["POSTGRES_PASSWORD"],
+                                           "PYTHONPATH": str(LOAD.parents[2])},
+            )  # fmt: skip
+
+    def lines(self) -> list[dict[str, Any]]:
+        """Every complete JSON line so far."""
+        out = []
+        for line in self.out.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def acked(self) -> list[dict[str, Any]]:
+        """The acknowledged writes, in order."""
+        return [x for x in self.lines() if "ack" in x]
+
+    def stop(self) -> list[dict[str, Any]]:
+        """Ask it to end, wait for it (bounded), and return everything it said."""
+        self.stop_file.write_text("")
+        self.c.network.stop_process(self.proc, grace=20)
+        return self.lines()
+
+
+def _streaming_from(c: Cluster, primary: str) -> list[str]:
+    res = c.try_psql(primary, "select application_name from pg_stat_replication where state = 'streaming' order by 1")
+    return res.stdout.split() if res.returncode == 0 else []
+
+
+def _switch(c: Cluster, load: Load, to: int) -> dict[str, Any]:
+    """Move the primary ordinal to `to`, wait for the rollout and for every member to stream."""
+    before = len(load.acked())
+    started = time.time()
+    c.update_template({"PGSFS_PRIMARY_ORDINAL": str(to)})
+    wait_until(c.rolled_out, 300, 0.2, f"rollout to primary ordinal {to}")
+    rolled = time.time() - started
+    others = [pod(n) for n in range(MEMBERS) if n != to]
+    wait_until(lambda: _streaming_from(c, pod(to)) == others, 60, 0.2, f"{others} streaming from {pod(to)}")
+    # Writes resume on the new primary (the client finds it by itself).
+    wait_until(lambda: len(load.acked()) > before + 20, 60, 0.1, "writes after the switchover")
+    assert c.psql(pod(to), "select pg_is_in_recovery()") == "f"
+    return {"rollout_s": round(rolled, 1), "started": started}
+
+
+def _outage(acks: list[dict[str, Any]], since: float, until: float) -> float:
+    """The longest pause between two acknowledged writes between `since` and `until` (the write outage)."""
+    times = [a["t"] for a in acks if since <= a["t"] <= until]
+    return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+
+
+def test_switchover_under_write_load_and_back() -> None:
+    c = make_cluster(replicas=MEMBERS)
+    with c:
+        healthy(c)
+        c.psql(PRIMARY, "create table acked (n int primary key)")
+        wait_until(lambda: _streaming_from(c, PRIMARY) == [pod(1), pod(2)], 60, 0.2, "replicas streaming")
+        load = Load(c, seconds=600)
+        try:
+            wait_until(lambda: len(load.acked()) > 50, 30, 0.1, "the load writing")
+            to_one = _switch(c, load, 1)
+            to_zero = _switch(c, load, 0)
+        finally:
+            lines = load.stop()
+        acks = [x["ack"] for x in lines if "ack" in x]
+        samples = [x["sample"] for x in lines if "sample" in x]
+        two = [s for s in samples if len(s) > 1]
+        assert not two, f"{len(two)} samples saw two writable members: {two[:3]}"
+        # Every acknowledged write is on the final primary and on both replicas.
+        for name in (PRIMARY, pod(1), pod(2)):
+            if name != PRIMARY:
+                wait_until(lambda name=name: c.try_psql(name, "select count(*) from acked").stdout.strip()
+                           == c.psql(PRIMARY, "select count(*) from acked"), 30, 0.2, f"{name} caught up")  # fmt: skip
+        present = {int(n) for n in c.psql(PRIMARY, "select n from acked").split()}
+        lost = sorted(set(acks) - present)
+        assert not lost, f"{len(lost)} acknowledged writes lost: {lost[:10]}"
+        # Each former primary handed over (promoted its successor), then rejoined without a copy.
+        for former in (PRIMARY, pod(1)):
+            said = [e.get("event") for e in _runs_of(c, former)]
+            assert "switchover_promoted" in said and "rejoining" in said, (former, said)
+        timeline = c.psql(PRIMARY, "select timeline_id from pg_control_checkpoint()")
+        all_acks = load.acked() or [x for x in lines if "ack" in x]
+        out1 = _outage(all_acks, to_one["started"], to_zero["started"])
+        out0 = _outage(all_acks, to_zero["started"], time.time())
+        # The story of a start during a switchover: pod 2, restarted first, follows pod 1 (a standby
+        # then); pod 0, restarted last, hands over.
+        for name in (pod(2), PRIMARY):
+            run = run_lines(c, name)[1]
+            print(f"[switchover-log {name}]")
+            for line in run:
+                print("   ", json.dumps({k: v for k, v in line.items() if k not in ("timestamp", "level", "pod")}))
+        handoff = named(_runs_of(c, PRIMARY), "switchover_promoted")
+        report("switchover", writes=len(acks), samples=len(samples), two_writable=len(two),
+               outage_to_1_s=round(out1, 2), outage_to_0_s=round(out0, 2), rollout_to_1_s=to_one["rollout_s"],
+               rollout_to_0_s=to_zero["rollout_s"], timeline=timeline,
+               handoff_s=handoff[-1].get("duration_s") if handoff else None)  # fmt: skip
+
+
+def _runs_of(c: Cluster, name: str) -> list[dict[str, Any]]:
+    return [line for run in run_lines(c, name) for line in run]
