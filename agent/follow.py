@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent import history, replication
+from agent import history, probe, replication
 from agent.context import Part
 from agent.errors import (
     AgentError,
@@ -58,7 +58,10 @@ def decide_restart(
     if local_system_identifier is not None and local_system_identifier != primary_system_identifier:
         return REFUSE_OTHER_CLUSTER
     if former_primary:
-        return REJOIN if verdict is not None and verdict.may_follow and clean else REWIND
+        if verdict is None or not verdict.may_follow or not clean:
+            return REWIND
+        # Its slot was invalidated while it was away: the WAL it would stream from is gone.
+        return RECLONE_LOST_SLOT if slot_status == replication.LOST else REJOIN
     if verdict is not None and not verdict.may_follow:
         return RECLONE_DIVERGED if on_divergence == "reclone" else REFUSE_DIVERGED
     if slot_status == replication.LOST:
@@ -165,6 +168,7 @@ class FollowCheck(Part):
         started = self.world.clock()
         self.world.beat("rewind")
         self._save_diverged_wal()
+        self._clear_stale_lock()
         try:
             said = rewind(self.world.runner, self.pgdata, host=cfg.primary_fqdn.rstrip("."), hostaddr=address,
                           port=cfg.port, user=cfg.superuser, password=cfg.superuser_password.reveal())  # fmt: skip
@@ -175,6 +179,14 @@ class FollowCheck(Part):
         self._phase("rewound", started, primary=cfg.primary_fqdn.rstrip("."), pg_rewind=said)
         self.replica.ensure_slot(address)
         return False
+
+    def _clear_stale_lock(self) -> None:
+        """A killed postgres leaves postmaster.pid naming PID 1, which in this container is the agent:
+        pg_rewind's single-user crash recovery (a grandchild) would take it for a running server."""
+        lock = self.pgdata / "postmaster.pid"
+        if lock.exists() and probe.postmaster_status(self.pgdata) is None:
+            lock.unlink()
+            self.log.info("stale_lock_removed", file=str(lock), note="left by a postgres that was killed")
 
     def _save_diverged_wal(self) -> None:
         """pg_rewind replaces this member's WAL past the fork with the primary's: the transactions

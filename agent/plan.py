@@ -133,6 +133,9 @@ REMOTE_DECISIONS = {
         "promote_successor | wait_for_successor | refuse_unclean | refuse_writable | refuse_other_timeline "
         "(exit 15 at PGSFS_SWITCHOVER_TIMEOUT)",
     ),
+    START: (
+        "primary_guard (switchover.decide_primary_restart): start_primary | refuse_other_primary (exit 15)",
+    ),
     "designated_standby": (
         "designated (switchover.decide_designated): follow_writable | await_promotion | "
         "refuse_many_writable (exit 15)",
@@ -190,7 +193,8 @@ def make_plan(
         elif is_primary:
             reason = "PGDATA holds a primary's cluster: refresh the managed files and start"
             rotate = () if secrets_applied else ("apply_passwords",)
-            steps = ("write_config", *rotate, "fix_ownership", "exec_postgres")
+            guard = () if config.standalone else ("check_no_other_primary",)
+            steps = (*guard, "write_config", *rotate, "fix_ownership", "exec_postgres")
             files = (*conf_files, secrets_state) if rotate else conf_files
         elif state.standby_signal:
             reason = "PGDATA holds a standby: refresh the managed files, check the primary briefly, start"

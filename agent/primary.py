@@ -30,7 +30,7 @@ from agent.postgres import (
 from agent.render import (
     scram_verifier,
 )
-from agent.switchover import Designated
+from agent.switchover import Designated, PrimaryGuard
 
 # A long initdb.d script (a restore) says it still runs this often.
 SCRIPT_PROGRESS_INTERVAL = 60.0
@@ -253,6 +253,8 @@ class Primary(Part):
         if "follow_writable" in self.plan.steps:
             self.follow_until_promoted()
             return
+        if "check_no_other_primary" in self.plan.steps:
+            PrimaryGuard(self.ctx).check()
         self.files.write_config(self.pgdata, standby=False)
         if "apply_passwords" in self.plan.steps:
             self.apply_passwords()

@@ -31,12 +31,21 @@ REFUSE_UNCLEAN = "refuse_unclean"
 REFUSE_WRITABLE = "refuse_writable"
 REFUSE_OTHER_TIMELINE = "refuse_other_timeline"
 
+START_PRIMARY = "start_primary"
+REFUSE_OTHER_PRIMARY = "refuse_other_primary"
+
 
 def decide_designated(writable: list[str]) -> str:
     """The primary ordinal holds a standby: follow the one writable member, or wait to be promoted."""
     if len(writable) > 1:
         return REFUSE_MANY_WRITABLE
     return FOLLOW_WRITABLE if writable else AWAIT_PROMOTION
+
+
+def decide_primary_restart(writable: list[str]) -> str:
+    """The primary ordinal holds a primary's data: start it only while no other member accepts
+    writes (one promoted while this member was away must not get a rival)."""
+    return REFUSE_OTHER_PRIMARY if writable else START_PRIMARY
 
 
 def decide_handoff(local: history.LocalPosition, successor_timeline: int, successor_received: int,
@@ -113,6 +122,29 @@ class Designated(Part):
             "its restart, promotes it",
         )
         return writable[0]
+
+
+class PrimaryGuard(Part):
+    """Before the primary ordinal starts its primary: is another member already writable?"""
+
+    def check(self) -> None:
+        """Refuse (exit 15, data untouched) while another member accepts writes."""
+        started = self.world.clock()
+        writable, unasked = writable_members(self, min(self.config.peer_check_timeout, 2.0))
+        decision = decide_primary_restart(writable)
+        self._phase("writable_check", started, decision=decision, writable=writable or None,
+                    unasked=unasked or None)  # fmt: skip
+        if decision == REFUSE_OTHER_PRIMARY:
+            who = ", ".join(writable)
+            raise SwitchoverBlocked(
+                f"this member holds the primary ordinal, but {who} accept(s) writes (promoted while this one "
+                "was away?): starting here would make two primaries; the data here was left untouched",
+                hint=f"if {who} is to stay the primary, set the primary ordinal to its ordinal and apply: this "
+                "member then rejoins it (rewound if it diverged, its own WAL copied aside); otherwise stop "
+                f"{who} and restart this pod",
+                decision=decision,
+                writable=writable,
+            )
 
 
 class Handoff(Part):

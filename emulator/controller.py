@@ -291,16 +291,21 @@ class Cluster:
         self._roll()
 
     def _roll(self) -> None:
-        """RollingUpdate (maxUnavailable 1, either policy): once every pod exists, runs and is Ready,
-        delete the highest ordinal still of an older template; it comes back with the current one."""
+        """RollingUpdate as the StatefulSet controller does it (updateStatefulSet): from the highest
+        ordinal down, delete the first pod of an older template (even an unhealthy one), but stop at
+        an updated pod that is not yet Running and Ready. OrderedReady also waits for every pod."""
         recs = [self._pods.get(self.sts.pod_name(n)) for n in range(self.replicas)]
-        if any(r is None or not self._healthy(r) for r in recs):
+        if any(r is None or r.terminating for r in recs):
             return
-        outdated = [r for r in recs if r is not None and r.revision != self.revision]
-        if outdated:
-            rec = max(outdated, key=lambda r: r.ordinal)
-            self._event(rec, f"rolling update to revision {self.revision}")
-            self._begin_delete(rec, None)
+        if self.sts.pod_management_policy == "OrderedReady" and not all(self._healthy(r) for r in recs if r):
+            return
+        for rec in reversed([r for r in recs if r is not None]):
+            if rec.revision != self.revision:
+                self._event(rec, f"rolling update to revision {self.revision}")
+                self._begin_delete(rec, None)
+                return
+            if not self._healthy(rec):
+                return
 
     def _create_pod(self, ordinal: int) -> None:
         name = self.sts.pod_name(ordinal)

@@ -345,29 +345,30 @@ class TestShared:
         report("11", decision=check["decision"], restarts=c.restarts(REPLICA))
 
     # ------------------------------------------------------------------ row 12
-    def test_primary_ordinal_holding_standby_signal_refuses(self, shared: Cluster) -> None:
-        """Row 12: the primary ordinal with standby.signal refuses (exit 6) and says why."""
+    def test_primary_ordinal_holding_standby_signal_never_promotes_itself(self, shared: Cluster) -> None:
+        """Row 12: the primary ordinal with standby.signal (and no writable member to follow) starts as
+        a standby connected to nobody and says so; `pg-sfs-agent promote` makes it the primary again."""
         c = shared
         healthy(c)
         signal_file = c.volume_dir(PRIMARY) / "pgdata" / "standby.signal"
         base = run_count(c, PRIMARY)
         t0 = time.time()
         signal_file.touch(mode=0o600)
-        try:
-            assert c.kill_pod(PRIMARY, signal.SIGINT)  # fast shutdown; the container restarts
-            shutdown, refusal = wait_exit(c, PRIMARY, t0, timeout=30, count=2)[:2]
-            still_there = signal_file.exists()
-        finally:
-            signal_file.unlink(missing_ok=True)
-        lines = run_lines(c, PRIMARY)[base]  # the run after the shutdown
+        assert c.kill_pod(PRIMARY, signal.SIGINT)  # fast shutdown; the container restarts
+        (shutdown,) = wait_exit(c, PRIMARY, t0, timeout=30, count=1)[:1]
+        wait_until(lambda: run_count(c, PRIMARY) > base and "exec_postgres" in event_names(run_lines(c, PRIMARY)[base]),
+                   30, 0.1, "the primary ordinal's next start")  # fmt: skip
+        lines = run_lines(c, PRIMARY)[base]
         assert shutdown.code == 0
-        assert refusal.code == 6, event_names(lines)
-        refused = the(lines, "pgdata_conflict")
-        assert "holds the primary ordinal" in refused["error"] and "standby.signal" in refused["error"]
-        assert "exec_postgres" not in event_names(lines)
-        assert still_there
+        assert the(lines, "designated_standby")["decision"] == "await_promotion"
+        assert "awaiting_promotion" in event_names(lines)
+        wait_until(lambda: c.try_psql(PRIMARY, "select pg_is_in_recovery()").stdout.strip() == "t", 30, 0.2,
+                   "the primary ordinal running as a standby")  # fmt: skip
+        res = c.exec_in_pod(PRIMARY, ["pg-sfs-agent", "promote"], timeout=120)
+        assert res.returncode == 0, res.stderr
         healthy(c)
-        report("12", exits=[shutdown.code, refusal.code], restarts_until_ready=c.restarts(PRIMARY))
+        assert c.psql(PRIMARY, "select pg_is_in_recovery()") == "f"
+        report("12", exits=[shutdown.code], decision="await_promotion", restarts_until_ready=c.restarts(PRIMARY))
 
     # ------------------------------------------------------------------ row 16
     def test_pgdata_owner_and_mode_fixed_as_root(self, shared: Cluster) -> None:

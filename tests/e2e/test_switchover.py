@@ -8,8 +8,10 @@ sample may see two members accepting writes, and every member must stream from t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,8 +19,8 @@ from typing import Any
 
 from emulator.controller import Cluster
 from emulator.waiting import wait_until
-from tests.e2e.cluster_support import pod, require_pods
-from tests.e2e.fault_support import PRIMARY, healthy, make_cluster, named, report, run_lines
+from tests.e2e.cluster_support import container_pid1, pod, require_pods
+from tests.e2e.fault_support import PRIMARY, healthy, make_cluster, named, report, run_lines, wait_exit
 
 require_pods()
 
@@ -142,3 +144,53 @@ def test_switchover_under_write_load_and_back() -> None:
 
 def _runs_of(c: Cluster, name: str) -> list[dict[str, Any]]:
     return [line for run in run_lines(c, name) for line in run]
+
+
+def test_a_member_promoted_while_the_primary_was_away_gets_no_rival_and_the_old_one_is_rewound() -> None:
+    # The field's worst report: a restarted node declares itself primary beside the promoted one.
+    # Pod 0's postgres is frozen (its node cut off): `promote` on pod 1 sees no writable member and
+    # promotes. The kubelet kills the frozen pod 0 (liveness); its agent, still on ordinal 0, must
+    # refuse (exit 15) rather than start a second primary. Moving the ordinal then rejoins it by
+    # pg_rewind (it was killed mid-run, so it is not clean), with every write pod 1 took.
+    c = make_cluster(replicas=2, grace_period=5)
+    with c:
+        healthy(c)
+        c.psql(PRIMARY, "create table acked (n int); insert into acked select generate_series(1, 100)")
+        wait_until(lambda: c.try_psql(pod(1), "select count(*) from acked").stdout.strip() == "100", 30, 0.2,
+                   "replica caught up")  # fmt: skip
+        pid1 = container_pid1(c, PRIMARY)
+        assert pid1 is not None
+        before = c.restarts(PRIMARY)
+        since = time.time()
+        os.kill(pid1, signal.SIGSTOP)
+        try:
+            res = c.exec_in_pod(pod(1), ["pg-sfs-agent", "promote"], timeout=120)
+            assert res.returncode == 0, res.stderr
+            wait_until(lambda: c.restarts(PRIMARY) > before, 90, 0.2, "the liveness restart of pod 0")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid1, signal.SIGCONT)
+        c.psql(pod(1), "insert into acked select generate_series(101, 150)")
+        refused = wait_exit(c, PRIMARY, since, timeout=60, count=2)
+        assert 15 in [e.code for e in refused], refused
+        blocked = named(_runs_of(c, PRIMARY), "switchover_blocked")
+        assert blocked and blocked[-1]["decision"] == "refuse_other_primary", blocked
+        assert c.psql(pod(1), "select pg_is_in_recovery()") == "f"
+        # The way on that the hint names: move the ordinal; pod 0 (never Ready) is deleted by hand,
+        # as a StatefulSet rollout waits for a broken pod.
+        c.update_template({"PGSFS_PRIMARY_ORDINAL": "1"})
+        c.delete_pod(PRIMARY, grace=0)
+        try:
+            wait_until(c.rolled_out, 180, 0.2, "rollout to primary ordinal 1")
+        except TimeoutError:
+            print(c.describe())
+            for line in run_lines(c, PRIMARY)[-1]:
+                print("   ", json.dumps(line)[:400])
+            raise
+        wait_until(lambda: _streaming_from(c, pod(1)) == [PRIMARY], 60, 0.2, "pod 0 streaming from pod 1")
+        wait_until(lambda: c.try_psql(PRIMARY, "select count(*) from acked").stdout.strip() == "150", 30, 0.2,
+                   "pod 0 has pod 1's writes")  # fmt: skip
+        said = [e.get("event") for e in _runs_of(c, PRIMARY)]
+        assert "rewound" in said and "diverged_wal_saved" in said, [e for e in said if e not in ("clone_progress",)]
+        rewound = named(_runs_of(c, PRIMARY), "rewound")[-1]
+        report("rival", refused_exits=[e.code for e in refused], rewind_s=rewound.get("duration_s"))

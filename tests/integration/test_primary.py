@@ -108,7 +108,7 @@ def test_restart_is_boring_and_rotation_applies_new_passwords(volume_root: Path)
 
     replan = json.loads(run_agent(env, "plan").stdout)
     assert replan["action"] == "start"
-    assert replan["steps"] == ["write_config", "fix_ownership", "exec_postgres"]
+    assert replan["steps"] == ["check_no_other_primary", "write_config", "fix_ownership", "exec_postgres"]
     with agent_postgres(env, volume_root / "second.log") as server:
         events = [line["event"] for line in server.agent_log()]
         assert "initdb" not in events
@@ -128,7 +128,8 @@ def test_restart_is_boring_and_rotation_applies_new_passwords(volume_root: Path)
             identify_system(
                 Endpoint(host="127.0.0.1", port=server.port, user="replicator", password=REPLICATION_PASSWORD)
             )
-    assert json.loads(run_agent(rotated, "plan").stdout)["steps"] == ["write_config", "fix_ownership", "exec_postgres"]
+    steps = json.loads(run_agent(rotated, "plan").stdout)["steps"]
+    assert steps == ["check_no_other_primary", "write_config", "fix_ownership", "exec_postgres"]
 
 
 def test_primary_ordinal_holding_a_standby_never_promotes_itself(volume_root: Path) -> None:

@@ -45,3 +45,19 @@ def test_another_cluster_is_refused_whatever_else_was_seen(slot: str | None, on_
     # Never cloned over: another cluster's data is not "diverged", it is someone else's.
     for seen in HISTORIES:
         assert decide_restart(THEIRS, OURS, seen, slot, on_divergence) == follow.REFUSE_OTHER_CLUSTER
+
+
+@pytest.mark.parametrize("slot", SLOTS)
+@pytest.mark.parametrize("clean", [True, False])
+@pytest.mark.parametrize("seen", HISTORIES[1:])
+def test_a_former_primary_rejoins_is_rewound_or_clones_when_its_slot_was_lost(
+    slot: str | None, clean: bool, seen: history.Verdict
+) -> None:
+    decided = decide_restart(OURS, OURS, seen, slot, "refuse", former_primary=True, clean=clean)
+    if not (seen.may_follow and clean):
+        assert decided == follow.REWIND
+    elif slot == replication.LOST:
+        # The primary removed WAL it would need: rejoining would stream nothing, forever.
+        assert decided == follow.RECLONE_LOST_SLOT
+    else:
+        assert decided == follow.REJOIN

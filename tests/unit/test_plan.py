@@ -126,7 +126,7 @@ def test_existing_primary_starts(primary, applied: bool | None, rotate: bool) ->
     plan = make_plan(primary, cluster(), server_major=15, secrets_applied=applied)
     assert plan.action == START
     assert plan.refusal is None
-    expected = ["write_config", "apply_passwords", "fix_ownership", "exec_postgres"]
+    expected = ["check_no_other_primary", "write_config", "apply_passwords", "fix_ownership", "exec_postgres"]
     if not rotate:
         expected.remove("apply_passwords")
     assert list(plan.steps) == expected

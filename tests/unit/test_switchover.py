@@ -46,3 +46,8 @@ def test_a_promotion_never_loses_a_commit_nor_makes_two_primaries(
     if decision == sw.PROMOTE_SUCCESSOR:
         # Every commit precedes the shutdown checkpoint: the successor has them all, and it alone writes.
         assert not writable and clean and successor_timeline == timeline and received > lsn
+
+
+def test_the_primary_ordinal_starts_its_primary_only_while_no_other_member_writes() -> None:
+    assert sw.decide_primary_restart([]) == sw.START_PRIMARY
+    assert sw.decide_primary_restart(["postgresql-sfs-1"]) == sw.REFUSE_OTHER_PRIMARY
