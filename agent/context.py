@@ -113,10 +113,12 @@ class Part:
         if self.owner is not None:
             os.chown(path, *self.owner)
 
-    def _peer_survey(self) -> survey.Survey:
-        """A survey of the other members (SRV targets, then ordinals), each asked IDENTIFY_SYSTEM."""
+    def _survey_members(self, timeout: float, stop_early: bool) -> tuple[survey.Survey, list[str]]:
+        """Ask the other members (SRV targets, then ordinals) IDENTIFY_SYSTEM until each answered or
+        `timeout`; returns the survey and the names never checked (none when DNS did not answer)."""
         cfg = self.config
-        return survey.Survey(
+        srv, _, outcome = discovery.service_srv(self.world.lookup, cfg.srv_fqdn, cfg.service_fqdn)
+        peers = survey.Survey(
             lookup=self.world.lookup,
             identify=lambda name, address, budget: self.world.identify(self._endpoint(name, address), budget),
             clock=self.world.clock,
@@ -124,3 +126,7 @@ class Part:
             own_name=cfg.pod_fqdn(cfg.identity.pod_name).lower(),
             pod_fqdn=lambda n: cfg.pod_fqdn(cfg.identity.peer_pod(n)),
         )
+        if outcome == discovery.DNS_UNREACHABLE:
+            peers.dns_problem = "no nameserver answered the Service's SRV query"
+            return peers, []
+        return peers, peers.run([r.fqdn for r in srv], timeout, stop_early=stop_early, on_poll=self.world.beat)

@@ -111,12 +111,12 @@ class FollowCheck(Part):
             )
             return False
         endpoint = self._endpoint(cfg.primary_fqdn, address)
-        if info.in_hot_standby and former and info.system_identifier == local:
-            # A switchover: this member was the primary and its successor is still a standby.
-            Handoff(self.ctx).run(address, lambda: self.world.identify(endpoint, 3.0))
-            info = self.replica.wait_for_primary(address, timeout=cfg.switchover_timeout, accept_standby=False)
         same_cluster = local is None or info.system_identifier == local
         position = history.parse_controldata(controldata(self.world.runner, self.pgdata)) if same_cluster else None
+        if info.in_hot_standby and former and position is not None:
+            # A switchover: this member was the primary and its successor is still a standby.
+            Handoff(self.ctx).run(address, lambda: self.world.identify(endpoint, 3.0), position)
+            info = self.replica.wait_for_primary(address, timeout=cfg.switchover_timeout, accept_standby=False)
         verdict = self.compare_histories(endpoint, info, position) if position is not None else None
         status = self._slot_status(endpoint) if verdict is not None and verdict.may_follow else None
         action = decide_restart(local, info.system_identifier, verdict, status, cfg.on_divergence,

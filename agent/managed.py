@@ -8,6 +8,7 @@ from pathlib import Path
 from agent import walbudget
 from agent.context import Part
 from agent.files import fix_tree_ownership, write_atomic
+from agent.identity import PRIMARY
 from agent.plan import PASSFILE_NAME
 from agent.render import (
     CONF_NAME,
@@ -54,7 +55,7 @@ class ManagedFiles(Part):
         started = self.world.clock()
         standby_settings: dict[str, str] | None = None
         written = [CONF_NAME, "postgresql.conf", "pg_hba.conf"]
-        designated = cfg.identity.role == "primary"
+        designated = cfg.identity.role == PRIMARY
         if standby:
             passfile = self.write_passfile()
             standby_settings = {
@@ -96,7 +97,7 @@ class ManagedFiles(Part):
             "config_written", started, datadir=str(datadir), files=written, standby=standby,
             wal_volume_mb=wal.written.volume_mb, **wal.written.conf_values(),
             synchronous_standbys=(cfg.synchronous_standbys or None) if designated else None,
-            upstream=(upstream.rstrip(".") if upstream else None) if standby and connect else None,
+            upstream=upstream.rstrip(".") if standby and connect and upstream else None,
         )  # fmt: skip
         if wal.problem is not None:
             self.log.warning(

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import discovery, initdbd, survey
+from agent import initdbd, survey
 from agent.buildarea import BuildArea
 from agent.context import Part
 from agent.errors import (
@@ -51,16 +51,7 @@ class Primary(Part):
         """
         started = self.world.clock()
         cfg = self.config
-        srv, _, outcome = discovery.service_srv(self.world.lookup, cfg.srv_fqdn, cfg.service_fqdn)
-        peers = self._peer_survey()
-        if outcome == discovery.DNS_UNREACHABLE:
-            peers.dns_problem = "no nameserver answered the Service's SRV query"
-            unchecked: list[str] = []
-        else:
-            targets = [r.fqdn for r in srv]
-            unchecked = peers.run(
-                targets, cfg.peer_check_timeout, stop_early=cfg.allow_reinit is None, on_poll=self.world.beat
-            )
+        peers, unchecked = self._survey_members(cfg.peer_check_timeout, stop_early=cfg.allow_reinit is None)
         verdict = survey.judge(list(peers.members.values()), unchecked, peers.dns_problem, cfg.allow_reinit)
         members = [
             {"member": m.name, "state": m.state,

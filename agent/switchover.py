@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from tenacity import wait_fixed
 
-from agent import discovery, history, survey
+from agent import history, survey
 from agent.context import Part
 from agent.errors import CommandFailed, SwitchoverBlocked
 from agent.waits import poll_until
@@ -30,6 +30,7 @@ WAIT_FOR_SUCCESSOR = "wait_for_successor"
 REFUSE_UNCLEAN = "refuse_unclean"
 REFUSE_WRITABLE = "refuse_writable"
 REFUSE_OTHER_TIMELINE = "refuse_other_timeline"
+PROMOTED_ALREADY = "promoted_already"  # seen, not decided: someone promoted the successor meanwhile
 
 START_PRIMARY = "start_primary"
 REFUSE_OTHER_PRIMARY = "refuse_other_primary"
@@ -66,17 +67,24 @@ def decide_handoff(local: history.LocalPosition, successor_timeline: int, succes
 
 
 def writable_members(part: Part, timeout: float) -> tuple[list[str], list[str]]:
-    """Ask every other member (SRV targets, then ordinals) whether it accepts writes.
+    """Ask every other member whether it accepts writes: (the writable ones, those not asked).
 
-    Returns (writable members' names, names that could not be asked).
+    Fails open on silence (a member that cannot be asked is logged, not counted): the one member
+    that could accept writes is the one whose postgres is known to be stopped, or this one.
     """
-    cfg = part.config
-    srv, _, _ = discovery.service_srv(part.world.lookup, cfg.srv_fqdn, cfg.service_fqdn)
-    peers = part._peer_survey()
-    unchecked = peers.run([r.fqdn for r in srv], timeout, stop_early=False, on_poll=part.world.beat)
+    peers, unchecked = part._survey_members(timeout, stop_early=False)
     writable = [m.name.split(".")[0] for m in peers.members.values() if m.writable]
     silent = [m.name.split(".")[0] for m in peers.members.values() if m.state == survey.SILENT]
     return sorted(writable), sorted(silent + [n.split(".")[0] for n in unchecked])
+
+
+def _ask_writable(part: Part, event: str, timeout: float, decide: Callable[[list[str]], str]) -> tuple[str, list[str]]:
+    """Survey who accepts writes, decide, and log the phase `event` with both."""
+    started = part.world.clock()
+    writable, unasked = writable_members(part, timeout)
+    decision = decide(writable)
+    part._phase(event, started, decision=decision, writable=writable or None, unasked=unasked or None)
+    return decision, writable
 
 
 def promote_over_sql(host: str, hostaddr: str, port: int, user: str, password: str) -> bool:
@@ -94,11 +102,8 @@ class Designated(Part):
 
     def upstream(self) -> str | None:
         """The pod name to follow (the one writable member), or None to wait unconnected."""
-        started = self.world.clock()
-        writable, unasked = writable_members(self, min(self.config.peer_check_timeout, 10.0))
-        decision = decide_designated(writable)
-        self._phase("designated_standby", started, decision=decision, writable=writable or None,
-                    unasked=unasked or None)  # fmt: skip
+        timeout = min(self.config.peer_check_timeout, 10.0)
+        decision, writable = _ask_writable(self, "designated_standby", timeout, decide_designated)
         if decision == REFUSE_MANY_WRITABLE:
             raise SwitchoverBlocked(
                 f"this member holds the primary ordinal and is still a standby, and {', '.join(writable)} all "
@@ -129,11 +134,8 @@ class PrimaryGuard(Part):
 
     def check(self) -> None:
         """Refuse (exit 15, data untouched) while another member accepts writes."""
-        started = self.world.clock()
-        writable, unasked = writable_members(self, min(self.config.peer_check_timeout, 2.0))
-        decision = decide_primary_restart(writable)
-        self._phase("writable_check", started, decision=decision, writable=writable or None,
-                    unasked=unasked or None)  # fmt: skip
+        timeout = min(self.config.peer_check_timeout, 2.0)
+        decision, writable = _ask_writable(self, "writable_check", timeout, decide_primary_restart)
         if decision == REFUSE_OTHER_PRIMARY:
             who = ", ".join(writable)
             raise SwitchoverBlocked(
@@ -150,14 +152,12 @@ class PrimaryGuard(Part):
 class Handoff(Part):
     """A former primary's agent whose successor is still a standby: promote it, without losing a write."""
 
-    def run(self, address: str, identify: Callable[[], Any]) -> None:
-        """Wait (bounded) until the successor has this member's WAL, then promote it; else refuse."""
-        from agent.postgres import controldata
-
+    def run(self, address: str, identify: Callable[[], Any], local: history.LocalPosition) -> None:
+        """Wait (bounded) until the successor has WAL past `local` (this member's shutdown checkpoint,
+        from pg_controldata), then promote it; else refuse."""
         cfg = self.config
         started = self.world.clock()
         successor = cfg.primary_fqdn.rstrip(".")
-        local = history.parse_controldata(controldata(self.world.runner, self.pgdata))
         writable, unasked = writable_members(self, min(cfg.peer_check_timeout, 10.0))
         seen: dict[str, Any] = {}
 
@@ -168,7 +168,7 @@ class Handoff(Part):
                 seen.update(outcome=result.outcome, detail=result.detail)
                 return WAIT_FOR_SUCCESSOR
             if not result.info.in_hot_standby:
-                return "promoted_already"
+                return PROMOTED_ALREADY
             received = history.parse_lsn(result.info.xlogpos)
             seen.update(timeline=result.info.timeline, received=result.info.xlogpos)
             return decide_handoff(local, result.info.timeline, received, writable)
@@ -184,7 +184,7 @@ class Handoff(Part):
         fields = dict(successor=successor, decision=decision, checkpoint=history.format_lsn(local.lsn),
                       timeline=local.timeline, clean=local.clean, writable=writable or None,
                       unasked=unasked or None, successor_seen=seen or None)  # fmt: skip
-        if decision == "promoted_already":
+        if decision == PROMOTED_ALREADY:
             self._phase("switchover_handoff", started, **fields)
             return
         if decision != PROMOTE_SUCCESSOR:

@@ -1,0 +1,60 @@
+"""A switchover on the built image (PostgreSQL 14, the manifest's securityContext, read-only root,
+volumes of the claim's size): the primary ordinal goes 0 -> 1 -> 0 and the StatefulSet rolls.
+
+The e2e test (tests/e2e/test_switchover.py) measures it under a write load on the host's agent;
+this one proves the same handoff runs as shipped: cascading, the slot on a standby, pg_promote over
+the network, the rejoin, on the image's PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+pytestmark = pytest.mark.container
+
+if os.geteuid() != 0:
+    pytest.skip("needs root (podman, network namespaces)", allow_module_level=True)
+if shutil.which("podman") is None:
+    pytest.skip("podman is not installed (make deps)", allow_module_level=True)
+
+from emulator import podman  # noqa: E402
+from emulator.controller import Cluster  # noqa: E402
+from emulator.manifests import load_spec  # noqa: E402
+from emulator.waiting import wait_until  # noqa: E402
+from tests.e2e.cluster_support import PRIMARY, log_events, pod  # noqa: E402
+
+IMAGE = os.environ.get("PGSFS_IMAGE", "localhost/pg-sfs-agent:14.5")
+START = 120.0
+
+if not podman.image_exists(IMAGE):
+    pytest.fail(f"{IMAGE} is not built: run `make image` first", pytrace=False)
+
+
+def _streams_from(c: Cluster, primary: str, standby: str) -> bool:
+    res = c.try_psql(primary, "select application_name from pg_stat_replication where state = 'streaming'")
+    return res.returncode == 0 and res.stdout.split() == [standby]
+
+
+def test_switchover_and_back_on_the_image() -> None:
+    c = Cluster(spec=load_spec(), replicas=2, image=IMAGE, probe_scale=0.5, backoff_base=2.0, backoff_cap=8.0)
+    with c:
+        c.wait_ready(timeout=START)
+        c.wait_streaming(timeout=START, replicas=2)
+        assert c.psql(PRIMARY, "show server_version_num")[:2] == "14"
+        c.psql(PRIMARY, "create table acked (n int); insert into acked select generate_series(1, 100)")
+        for new, old in ((1, 0), (0, 1)):
+            c.update_template({"PGSFS_PRIMARY_ORDINAL": str(new)})
+            wait_until(c.rolled_out, 2 * START, 0.2, f"rollout to primary ordinal {new}")
+            wait_until(lambda new=new, old=old: _streams_from(c, pod(new), pod(old)), 60, 0.2,
+                       f"{pod(old)} streaming from {pod(new)}")  # fmt: skip
+            assert c.psql(pod(new), "select pg_is_in_recovery()") == "f"
+            c.psql(pod(new), f"insert into acked values ({100 + new + 1})")
+        # Pod 1 handed back to pod 0 in its last start, then rejoined as a standby without a copy.
+        said = [e["event"] for e in log_events(c, pod(1))]
+        assert "switchover_promoted" in said and "rejoining" in said, said
+        assert c.psql(PRIMARY, "select timeline_id from pg_control_checkpoint()") == "3"
+        wait_until(lambda: c.try_psql(pod(1), "select count(*) from acked").stdout.strip() == "102", 30, 0.2,
+                   "pod 1 has every row")  # fmt: skip
