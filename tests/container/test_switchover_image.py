@@ -15,22 +15,14 @@ import pytest
 
 pytestmark = pytest.mark.container
 
-if os.geteuid() != 0:
-    pytest.skip("needs root (podman, network namespaces)", allow_module_level=True)
-if shutil.which("podman") is None:
-    pytest.skip("podman is not installed (make deps)", allow_module_level=True)
+if os.geteuid() != 0 or shutil.which("podman") is None:
+    pytest.skip("needs root and podman", allow_module_level=True)
 
-from emulator import podman  # noqa: E402
 from emulator.controller import Cluster  # noqa: E402
 from emulator.manifests import load_spec  # noqa: E402
 from emulator.waiting import wait_until  # noqa: E402
+from tests.container.test_image import IMAGE, START  # noqa: E402
 from tests.e2e.cluster_support import PRIMARY, log_events, pod  # noqa: E402
-
-IMAGE = os.environ.get("PGSFS_IMAGE", "localhost/pg-sfs-agent:14.5")
-START = 120.0
-
-if not podman.image_exists(IMAGE):
-    pytest.fail(f"{IMAGE} is not built: run `make image` first", pytrace=False)
 
 
 def _streams_from(c: Cluster, primary: str, standby: str) -> bool:
