@@ -145,6 +145,51 @@ def _runs_of(c: Cluster, name: str) -> list[dict[str, Any]]:
     return [line for run in run_lines(c, name) for line in run]
 
 
+def _promoted_while_the_primary_was_away(c: Cluster) -> list[Any]:
+    """Freeze pod 0's postgres, `promote` pod 1, let the liveness probe kill pod 0: its agent, still
+    on ordinal 0, must refuse (exit 15). Pod 1 then takes 50 more writes. Returns pod 0's exits."""
+    healthy(c)
+    c.psql(PRIMARY, "create table acked (n int); insert into acked select generate_series(1, 100)")
+    wait_until(lambda: c.try_psql(pod(1), "select count(*) from acked").stdout.strip() == "100", 30, 0.2,
+               "replica caught up")  # fmt: skip
+    pid1 = container_pid1(c, PRIMARY)
+    assert pid1 is not None
+    before = c.restarts(PRIMARY)
+    since = time.time()
+    os.kill(pid1, signal.SIGSTOP)
+    try:
+        res = c.exec_in_pod(pod(1), ["pg-sfs-agent", "promote"], timeout=120)
+        assert res.returncode == 0, res.stderr
+        wait_until(lambda: c.restarts(PRIMARY) > before, 90, 0.2, "the liveness restart of pod 0")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid1, signal.SIGCONT)
+    c.psql(pod(1), "insert into acked select generate_series(101, 150)")
+    refused = wait_exit(c, PRIMARY, since, timeout=60, count=2)
+    assert 15 in [e.code for e in refused], refused
+    blocked = named(_runs_of(c, PRIMARY), "switchover_blocked")
+    assert blocked and blocked[-1]["decision"] == "refuse_other_primary", blocked
+    assert c.psql(pod(1), "select pg_is_in_recovery()") == "f"
+    return refused
+
+
+def _move_the_ordinal_to_1_and_rejoin(c: Cluster) -> None:
+    """The way on that the refusal's hint names: move the ordinal. Pod 0 (never Ready) is deleted by
+    hand, as a StatefulSet rollout waits for a broken pod. It must stream from pod 1 with all 150 rows."""
+    c.update_template({"PGSFS_PRIMARY_ORDINAL": "1"})
+    c.delete_pod(PRIMARY, grace=0)
+    try:
+        wait_until(c.rolled_out, 180, 0.2, "rollout to primary ordinal 1")
+    except TimeoutError:
+        print(c.describe())
+        for line in run_lines(c, PRIMARY)[-1]:
+            print("   ", json.dumps(line)[:400])
+        raise
+    wait_until(lambda: _streaming_from(c, pod(1)) == [PRIMARY], 60, 0.2, "pod 0 streaming from pod 1")
+    wait_until(lambda: c.try_psql(PRIMARY, "select count(*) from acked").stdout.strip() == "150", 30, 0.2,
+               "pod 0 has pod 1's writes")  # fmt: skip
+
+
 def test_a_member_promoted_while_the_primary_was_away_gets_no_rival_and_the_old_one_is_rewound() -> None:
     # The field's worst report: a restarted node declares itself primary beside the promoted one.
     # Pod 0's postgres is frozen (its node cut off): `promote` on pod 1 sees no writable member and
@@ -153,43 +198,39 @@ def test_a_member_promoted_while_the_primary_was_away_gets_no_rival_and_the_old_
     # pg_rewind (it was killed mid-run, so it is not clean), with every write pod 1 took.
     c = make_cluster(replicas=2, grace_period=5)
     with c:
-        healthy(c)
-        c.psql(PRIMARY, "create table acked (n int); insert into acked select generate_series(1, 100)")
-        wait_until(lambda: c.try_psql(pod(1), "select count(*) from acked").stdout.strip() == "100", 30, 0.2,
-                   "replica caught up")  # fmt: skip
-        pid1 = container_pid1(c, PRIMARY)
-        assert pid1 is not None
-        before = c.restarts(PRIMARY)
-        since = time.time()
-        os.kill(pid1, signal.SIGSTOP)
-        try:
-            res = c.exec_in_pod(pod(1), ["pg-sfs-agent", "promote"], timeout=120)
-            assert res.returncode == 0, res.stderr
-            wait_until(lambda: c.restarts(PRIMARY) > before, 90, 0.2, "the liveness restart of pod 0")
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid1, signal.SIGCONT)
-        c.psql(pod(1), "insert into acked select generate_series(101, 150)")
-        refused = wait_exit(c, PRIMARY, since, timeout=60, count=2)
-        assert 15 in [e.code for e in refused], refused
-        blocked = named(_runs_of(c, PRIMARY), "switchover_blocked")
-        assert blocked and blocked[-1]["decision"] == "refuse_other_primary", blocked
-        assert c.psql(pod(1), "select pg_is_in_recovery()") == "f"
-        # The way on that the hint names: move the ordinal; pod 0 (never Ready) is deleted by hand,
-        # as a StatefulSet rollout waits for a broken pod.
-        c.update_template({"PGSFS_PRIMARY_ORDINAL": "1"})
-        c.delete_pod(PRIMARY, grace=0)
-        try:
-            wait_until(c.rolled_out, 180, 0.2, "rollout to primary ordinal 1")
-        except TimeoutError:
-            print(c.describe())
-            for line in run_lines(c, PRIMARY)[-1]:
-                print("   ", json.dumps(line)[:400])
-            raise
-        wait_until(lambda: _streaming_from(c, pod(1)) == [PRIMARY], 60, 0.2, "pod 0 streaming from pod 1")
-        wait_until(lambda: c.try_psql(PRIMARY, "select count(*) from acked").stdout.strip() == "150", 30, 0.2,
-                   "pod 0 has pod 1's writes")  # fmt: skip
+        refused = _promoted_while_the_primary_was_away(c)
+        _move_the_ordinal_to_1_and_rejoin(c)
         said = [e.get("event") for e in _runs_of(c, PRIMARY)]
         assert "rewound" in said and "diverged_wal_saved" in said, [e for e in said if e not in ("clone_progress",)]
+        assert not list(c.volume_dir(PRIMARY).glob("pgdata.rewind-failed-*"))
         rewound = named(_runs_of(c, PRIMARY), "rewound")[-1]
         report("rival", refused_exits=[e.code for e in refused], rewind_s=rewound.get("duration_s"))
+
+
+def test_a_former_primary_that_cannot_be_rewound_is_moved_aside_and_clones() -> None:
+    # As above, but pod 0's WAL is lost while it crash-loops on the refusal (a bad disk; nothing runs
+    # postgres there then): pg_rewind's crash recovery cannot replay it. The agent must say so, move
+    # the data aside (never delete it) and clone from pod 1; never start on a silent divergence.
+    c = make_cluster(replicas=2, grace_period=5)
+    with c:
+        _promoted_while_the_primary_was_away(c)
+        pgdata = c.volume_dir(PRIMARY) / "pgdata"
+        segments = [f for f in (pgdata / "pg_wal").iterdir() if len(f.name) == 24 and f.is_file()]
+        assert segments
+        lost_segment_names = sorted(f.name for f in segments)
+        for f in segments:
+            f.unlink()
+        _move_the_ordinal_to_1_and_rejoin(c)
+        lines = _runs_of(c, PRIMARY)
+        said = [e.get("event") for e in lines]
+        assert "rewind_failed" in said and "rewound" not in said, [e for e in said if e != "clone_progress"]
+        [recloning] = named(lines, "replica_recloning")
+        aside = Path(recloning["moved_aside"])
+        [on_disk] = list(c.volume_dir(PRIMARY).glob("pgdata.rewind-failed-*"))
+        assert on_disk.name == aside.name
+        # The former primary's data is all there (its catalog, its control file); only the WAL the
+        # test removed is missing.
+        assert (on_disk / "global" / "pg_control").is_file() and (on_disk / "PG_VERSION").is_file()
+        assert not any((on_disk / "pg_wal" / name).exists() for name in lost_segment_names)
+        assert c.psql(PRIMARY, "select pg_is_in_recovery()") == "t"
+        report("rewind_impossible", moved_aside=aside.name, clone_s=named(lines, "clone")[-1].get("duration_s"))
