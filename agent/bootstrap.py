@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agent import walbudget
+from agent import initdbd, walbudget
 from agent.buildarea import BuildArea
 from agent.config import Config
 from agent.context import Context, World
@@ -37,6 +37,13 @@ def secrets_applied(config: Config) -> bool | None:
     )
 
 
+def _has_initdb_scripts(directory: Path) -> bool:
+    try:
+        return bool(initdbd.scripts(directory))
+    except OSError:  # unreadable: the temporary server's script runner reports it, as it always did
+        return True
+
+
 def observe_and_plan(
     config: Config, runner: Runner, major: int | None = None, args: tuple[str, ...] = ()
 ) -> tuple[Plan, DataDirState]:
@@ -49,9 +56,11 @@ def observe_and_plan(
     applied = secrets_applied(config) if state.initialised and config.identity.role == "primary" else None
     major = major if major is not None else server_major(runner)
     wal = walbudget.observe(config.pgdata, config.initdb_args, args)
+    scripts = _has_initdb_scripts(config.initdb_dir) if not state.initialised else False
     plan = make_plan(
-        config, state, server_major=major, secrets_applied=applied, euid=os.geteuid(), wal_observed=wal
-    )
+        config, state, server_major=major, secrets_applied=applied, euid=os.geteuid(), wal_observed=wal,
+        initdb_scripts=scripts,
+    )  # fmt: skip
     return plan, state
 
 

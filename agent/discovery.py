@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import dns.exception
-import dns.flags
-import dns.message
-import dns.rdatatype
-import dns.resolver
 from tenacity import RetryCallState
 from tenacity.wait import wait_base, wait_random
 
 from agent.errors import DiscoveryTimeout
 from agent.waits import Clock, Sleep, WaitStats, poll_until
+
+if TYPE_CHECKING:
+    import dns.message
+
+# dnspython is imported where it is used: a primary's first start surveys its members while initdb
+# runs, so its import (about 30 ms) is then off the critical path.
 
 FOUND = "found"
 NO_RECORD = "no_record"
@@ -64,6 +65,9 @@ Lookup = Callable[[str, str], DnsAnswer]
 
 def _negative_ttl(response: dns.message.Message | None) -> tuple[float | None, bool]:
     """How long a negative answer may be cached (RFC 2308: min of SOA TTL and minimum), and AA."""
+    import dns.flags
+    import dns.rdatatype
+
     if response is None:
         return None, False
     authoritative = bool(response.flags & dns.flags.AA)
@@ -78,6 +82,8 @@ def make_lookup(resolver: Any | None = None, lifetime: float = 2.0) -> Lookup:
     state: dict[str, Any] = {"resolver": resolver}
 
     def lookup(name: str, rdtype: str) -> DnsAnswer:
+        import dns.resolver
+
         res = state["resolver"]
         if res is None:
             try:
@@ -92,6 +98,10 @@ def make_lookup(resolver: Any | None = None, lifetime: float = 2.0) -> Lookup:
 
 def resolve_once(resolver: Any, name: str, rdtype: str, lifetime: float) -> DnsAnswer:
     """Ask once for an absolute name (no search list) and classify the outcome."""
+    import dns.exception
+    import dns.flags
+    import dns.resolver
+
     try:
         answer = resolver.resolve(name, rdtype, search=False, lifetime=lifetime, raise_on_no_answer=True)
     except dns.resolver.NXDOMAIN as exc:

@@ -15,6 +15,26 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def sync_filesystem(path: Path) -> None:
+    """Flush every file and directory of the filesystem holding `path` to disk (syncfs(2)).
+
+    One call after building a cluster with fsync off replaces thousands of fsyncs; since Linux 5.8
+    it reports write-back errors too. Where syncfs is missing, sync(2) does the same, for all.
+    """
+    import ctypes
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+        if syncfs is None:
+            os.sync()
+        elif syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: Path, content: str, *, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
     """Write beside, fsync, rename over, fsync the directory: readers see old or new, never half."""
     tmp = path.with_name(f".{path.name}.tmp")

@@ -159,8 +159,12 @@ def make_plan(
     secrets_applied: bool | None = None,
     euid: int = 0,
     wal_observed: WalObservation | None = None,
+    initdb_scripts: bool = False,
 ) -> Plan:
-    """Decide what to do; pure, so `plan` and `postgres` always agree for the same inputs."""
+    """Decide what to do; pure, so `plan` and `postgres` always agree for the same inputs.
+
+    `initdb_scripts`: the initdb.d directory holds scripts (they need a temporary server).
+    """
     ident = config.identity
     is_primary = ident.role == PRIMARY
     conf_files = (
@@ -211,15 +215,19 @@ def make_plan(
     elif is_primary:
         action = INIT
         reason = "empty PGDATA on the primary ordinal: initialise a new cluster beside it, then move it into place"
+        # initdb.d scripts need a server (private socket); otherwise single-user mode is enough.
+        setup = (
+            ("start_temporary_server", "create_replication_role", "create_database", "run_initdb_scripts",
+             "stop_temporary_server")
+            if initdb_scripts
+            else ("create_roles_single_user",)
+        )  # fmt: skip
         steps = (
             *(() if config.standalone else ("check_peers_for_data",)),
             "initdb",
             "write_config",
-            "start_temporary_server",
-            "create_replication_role",
-            "create_database",
-            "run_initdb_scripts",
-            "stop_temporary_server",
+            *setup,
+            "sync_volume",
             "move_into_place",
             "fix_ownership",
             "exec_postgres",

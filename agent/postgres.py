@@ -99,7 +99,11 @@ def check(done: subprocess.CompletedProcess[bytes], what: str, hint: str) -> Non
 
 
 def initdb(runner: Runner, datadir: Path, *, superuser: str, pwfile: Path, args: tuple[str, ...]) -> None:
-    """initdb with data checksums (so pg_rewind works later), the password from a file."""
+    """initdb with data checksums (so pg_rewind works later), the password from a file.
+
+    --no-sync: the caller makes the whole build durable with one syncfs before it becomes PGDATA,
+    which costs a fraction of initdb's fsync of every file.
+    """
     argv = [
         "initdb",
         "-D",
@@ -110,6 +114,7 @@ def initdb(runner: Runner, datadir: Path, *, superuser: str, pwfile: Path, args:
         "--auth-local=trust",
         "--auth-host=scram-sha-256",
         "--data-checksums",
+        "--no-sync",
         *args,
     ]
     done = runner.run(argv, env=child_env())
@@ -118,6 +123,23 @@ def initdb(runner: Runner, datadir: Path, *, superuser: str, pwfile: Path, args:
         "initdb",
         "read initdb's message above; POSTGRES_INITDB_ARGS may hold a bad option; a full volume also ends here",
     )
+
+
+def single_user(runner: Runner, datadir: Path, statements: list[str], database: str = "postgres") -> None:
+    """Run SQL statements (one per line) in a single-user postgres: no socket, no port, nothing to reach.
+
+    exit_on_error makes any ERROR end the backend with a failure; statements are never logged (they
+    carry password verifiers). -F: the caller syncs the filesystem once at the end.
+    """
+    argv = [
+        "postgres", "--single", "-F", "-D", str(datadir),
+        "-c", "exit_on_error=on", "-c", "log_statement=none", "-c", "log_min_error_statement=panic",
+        "-c", "log_min_messages=warning",
+        # Its commits must never wait for a standby (there is none yet).
+        "-c", "synchronous_standby_names=", "--", database,
+    ]  # fmt: skip
+    done = runner.run(argv, env=child_env(), input="".join(f"{s};\n" for s in statements).encode())
+    check(done, "postgres --single (roles and database)", "read postgres' message above; the build was discarded")
 
 
 class TempServer:

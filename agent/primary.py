@@ -9,26 +9,29 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import initdbd, survey
+from agent import builddir, initdbd, survey
 from agent.buildarea import BuildArea
 from agent.context import Part
 from agent.errors import (
     PeerCheckIncomplete,
     PrimaryVolumeLost,
 )
-from agent.files import fix_tree_ownership, write_atomic
+from agent.files import fix_tree_ownership, sync_filesystem, write_atomic
 from agent.managed import ManagedFiles
 from agent.plan import SECRETS_STATE_NAME
 from agent.postgres import (
     TempServer,
     child_env,
     initdb,
+    single_user,
 )
 from agent.render import (
     scram_verifier,
+    setup_sql,
 )
 from agent.switchover import Designated, PrimaryGuard
 
@@ -102,31 +105,68 @@ class Primary(Part):
             )
 
     def init(self) -> None:
-        """initdb, configure, role, database and initdb.d scripts, all beside PGDATA."""
+        """initdb, configure, role, database and initdb.d scripts, all beside PGDATA.
+
+        initdb runs while the members are surveyed: it builds only in the work directory, which is
+        discarded if the survey refuses, so PGDATA is untouched either way and the start is shorter.
+        """
         cfg = self.config
-        if not cfg.standalone:  # on its own there are no members to ask
-            self.check_peers_for_data()
         self.world.beat("initdb")
         datadir = self.build.start("init")
         started = self.world.clock()
-        pwfile = self.work / "superuser.pw"
-        # A throwaway: initdb reads one line, and the real password (which may hold a line break, as
-        # the official image allows) is set as a SCRAM verifier on the temporary server right after.
-        write_atomic(pwfile, secrets.token_urlsafe(32), mode=0o600, owner=self.owner)
-        try:
-            initdb(self.world.runner, datadir, superuser=cfg.superuser, pwfile=pwfile, args=cfg.initdb_args)
-        finally:
-            pwfile.unlink(missing_ok=True)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            building = pool.submit(self._initdb, datadir)
+            try:
+                if not cfg.standalone:  # on its own there are no members to ask
+                    self.check_peers_for_data()
+            except BaseException:
+                self.world.runner.stop_all(grace=1.0)  # only initdb runs now
+                pool.shutdown(wait=True)
+                builddir.discard(self.work)
+                raise
+            building.result()
         self._phase("initdb", started, checksums=True)
         self.files.write_config(datadir, standby=False)
         started = self.world.clock()
-        with self._temporary_server(datadir, datadir.parent / "temporary-server.log") as server:
+        if "run_initdb_scripts" in self.plan.steps:
+            with self._temporary_server(datadir, datadir.parent / "temporary-server.log") as server:
+                self.world.beat("initdb_setup")
+                self._setup_roles(server, create=True)
+                self._run_initdb_scripts(server)
+            how = "temporary_server"
+        else:
+            # Nothing needs a server: roles and database in single-user mode, never reachable.
             self.world.beat("initdb_setup")
-            self._setup_roles(server, create=True)
-            self._run_initdb_scripts(server)
+            single_user(self.world.runner, datadir, self._setup_statements())
+            how = "single_user"
+        # initdb and single-user mode wrote without fsync: make the whole build durable before it
+        # becomes PGDATA (one syncfs of the volume).
+        sync_filesystem(datadir)
         self._record_applied_secrets()
-        self._phase("initdb_setup", started, database=cfg.database, replication_user=cfg.replication_user)
+        self._phase("initdb_setup", started, database=cfg.database, replication_user=cfg.replication_user, via=how)
         self.build.move_into_place(datadir)
+
+    def _initdb(self, datadir: Path) -> None:
+        pwfile = self.work / "superuser.pw"
+        # A throwaway: initdb reads one line, and the real password (which may hold a line break, as
+        # the official image allows) is set as a SCRAM verifier right after.
+        write_atomic(pwfile, secrets.token_urlsafe(32), mode=0o600, owner=self.owner)
+        try:
+            initdb(self.world.runner, datadir, superuser=self.config.superuser, pwfile=pwfile,
+                   args=self.config.initdb_args)  # fmt: skip
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    def _setup_statements(self) -> list[str]:
+        cfg = self.config
+        repl = cfg.replication_password.reveal()
+        return setup_sql(
+            superuser=cfg.superuser,
+            superuser_verifier=scram_verifier(cfg.superuser_password.reveal()),
+            replication_user=cfg.replication_user if repl else None,
+            replication_verifier=scram_verifier(repl) if repl else None,
+            database=cfg.database,
+        )
 
     @contextlib.contextmanager
     def _temporary_server(self, datadir: Path, logfile: Path) -> Iterator[TempServer]:

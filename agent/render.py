@@ -27,6 +27,32 @@ def quote_conninfo(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def quote_ident(name: str) -> str:
+    """An SQL identifier, double-quoted (for single-user mode, where no client library quotes)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """An SQL string literal for standard_conforming_strings = on (the default since 9.1)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def setup_sql(
+    *, superuser: str, superuser_verifier: str, replication_user: str | None, replication_verifier: str | None,
+    database: str | None,
+) -> list[str]:
+    """The new cluster's roles and database as SQL statements, one per line, passwords as SCRAM verifiers."""
+    statements = [f"ALTER ROLE {quote_ident(superuser)} PASSWORD {quote_literal(superuser_verifier)}"]
+    if replication_user is not None and replication_verifier is not None:
+        statements.insert(0, f"CREATE ROLE {quote_ident(replication_user)} WITH REPLICATION LOGIN "
+                             f"PASSWORD {quote_literal(replication_verifier)}")  # fmt: skip
+    if database is not None and database != "postgres":
+        statements.append(f"CREATE DATABASE {quote_ident(database)}")
+    if any("\n" in s or "\r" in s for s in statements):
+        raise ValueError("single-user mode reads one statement per line: a name holds a line break")
+    return statements
+
+
 def escape_passfile(value: str) -> str:
     """A .pgpass field: `\\` and `:` escaped with a backslash."""
     return value.replace("\\", "\\\\").replace(":", "\\:")

@@ -26,6 +26,10 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 VENV_BIN = Path(sys.executable).parent
 AGENT = VENV_BIN / "pg-sfs-agent"
 TIME = Path("/usr/bin/time")
+# The official image's docker-entrypoint.sh (14.5), from the reference copy beside the checkout.
+OFFICIAL_ENTRYPOINT = Path(
+    os.environ.get("PGSFS_OFFICIAL_ENTRYPOINT", REPO.parent / "shared/reference/official-image/docker-entrypoint.sh")
+)
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # A throw-away cluster's passwords (the bench's namespaces are reachable from nowhere else).

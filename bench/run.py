@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import clone, cold, dnswait, primary, probes, report, restart, startup
+from bench import clone, cold, dnswait, image, primary, probes, report, restart, startup
 from bench.common import AGENT, PG_BIN, REPO, RESULTS, TIME, Section
 from bench.context import Ctx, OutOfTime
 from bench.members import Member, new_member
@@ -89,6 +89,8 @@ def main_sandbox(run: Runner, ctx: Ctx, only: set[str]) -> None:
     with Sandbox() as sb:
         if "primary" in only:
             run.section(primary.run, sb, ctx, key="primary_first_start")
+        if "image" in only:
+            run.section(image.run, sb, ctx, key="image_first_start")
         if "cold" in only:
             run.section(cold.run, ctx, key="cold_start")
         pg0 = new_member(sb, "postgresql-sfs-0", "pg0")
@@ -169,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dns-trials", type=int, help="DNS trials per set-up (default 20; --quick 6)")
     parser.add_argument("--scale", type=int, help="pgbench scale of the clone benchmark (default 50; --quick 10)")
     parser.add_argument("--budget", type=float, help="seconds for the whole run (default 870; --quick 420)")
-    parser.add_argument("--only", default="startup,primary,cold,probes,restart,dns,clone",
-                        help="comma-separated subset of: startup,primary,cold,probes,restart,dns,clone")  # fmt: skip
+    sections = "startup,primary,image,cold,probes,restart,dns,clone"
+    parser.add_argument("--only", default=sections, help=f"comma-separated subset of: {sections}")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory (default bench/results)")
     args = parser.parse_args(argv)
     problems = _prerequisites()
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         ctx.say(f"bench aborted: {type(exc).__name__}: {exc}")
         traceback.print_exc(file=sys.stderr)
-    order = ["startup", "primary_first_start", "cold_start", "dns", "clone", "restart", "probes"]
+    order = ["startup", "primary_first_start", "image_first_start", "cold_start", "dns", "clone", "restart", "probes"]
     sections = sorted(run.sections, key=lambda s: order.index(s.key) if s.key in order else 99)
     meta = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),

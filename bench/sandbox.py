@@ -19,7 +19,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from bench.common import NAMESPACE, POD_SH, PORT, PORT_NAME, REPLICATION_PASSWORD, REPLICATION_USER, VENV_BIN, fqdn
+from bench.common import (
+    NAMESPACE,
+    POD_SH,
+    PORT,
+    PORT_NAME,
+    REPLICATION_PASSWORD,
+    REPLICATION_USER,
+    SUPERUSER_PASSWORD,
+    VENV_BIN,
+    fqdn,
+)
 from emulator.dns import ClusterDNS
 from emulator.network import Host, Network
 
@@ -174,6 +184,26 @@ def replication_ready(
             pass
         if time.time() >= deadline:
             raise TimeoutError(f"{ip}:{PORT} did not accept a replication connection in time")
+        if not alive():
+            raise RuntimeError(f"the process serving {ip} exited before it was ready")
+        time.sleep(interval)
+
+
+def superuser_ready(
+    ip: str, deadline: float, alive: Callable[[], bool], interval: float = 0.02, password: str = SUPERUSER_PASSWORD
+) -> float:
+    """Poll until the superuser gets a session over TCP (SCRAM) at `ip`; time.time() then."""
+    import psycopg
+
+    while True:
+        try:
+            with superuser_conn(ip, password, timeout=2) as conn:
+                conn.execute("SELECT 1").fetchone()
+                return time.time()
+        except psycopg.Error:
+            pass
+        if time.time() >= deadline:
+            raise TimeoutError(f"{ip}:{PORT} did not accept the superuser in time")
         if not alive():
             raise RuntimeError(f"the process serving {ip} exited before it was ready")
         time.sleep(interval)

@@ -99,6 +99,44 @@ def test_primary_initialises_and_the_logged_plan_is_the_printed_plan(volume_root
         assert SUPERUSER_PASSWORD not in text and REPLICATION_PASSWORD not in text, path
 
 
+def test_without_initdb_scripts_roles_and_database_are_made_in_single_user_mode(volume_root: Path) -> None:
+    # No initdb.d script needs a server: the set-up runs in postgres --single (never reachable), with
+    # names that need quoting and a password with a quote; the build is synced once (initdb --no-sync).
+    port = free_port()
+    user, db, password = "app admin ü", "app; -- 'x'", "it's \\ a\nsecret"
+    env = pod_env(volume_root, 0, port, POSTGRES_USER=user, POSTGRES_DB=db, POSTGRES_PASSWORD=password)
+    with agent_postgres(env, volume_root / "agent.log") as server:
+        lines = server.agent_log()
+        setup = next(line for line in lines if line["event"] == "initdb_setup")
+        assert setup["via"] == "single_user", setup
+        with connect(port, user=user, password=password, dbname=db) as conn:
+            assert conn.execute("SELECT current_user, current_database()").fetchone() == (user, db)
+            assert conn.execute("SHOW data_checksums").fetchone() == ("on",)
+            assert conn.execute(
+                "SELECT rolreplication, rolcanlogin, rolsuper FROM pg_roles WHERE rolname = 'replicator'"
+            ).fetchone() == (True, True, False)
+            stored = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolcanlogin").fetchall()
+            assert len(stored) == 2 and all(row[0].startswith("SCRAM-SHA-256$") for row in stored)
+        info = identify_system(Endpoint(host="127.0.0.1", port=port, user="replicator", password=REPLICATION_PASSWORD))
+        assert info.system_identifier > 0
+    text = (volume_root / "agent.log").read_text()
+    assert "SCRAM-SHA-256$" not in text and password not in text
+
+
+def test_a_failing_single_user_setup_names_it_and_leaves_pgdata_empty(volume_root: Path) -> None:
+    # A database name PostgreSQL refuses at CREATE DATABASE ("template0" exists): exit_on_error ends
+    # the single-user backend, the agent reports it (no verifier in the message), PGDATA stays absent.
+    port = free_port()
+    env = pod_env(volume_root, 0, port, POSTGRES_DB="template0")
+    done = run_agent(env, "postgres")
+    assert done.returncode != 0
+    failed = [line for line in json_lines(done.stderr) if line.get("level") == "error"]
+    assert failed and "postgres --single" in failed[-1]["error"], failed
+    assert "already exists" in failed[-1]["error"]
+    assert "SCRAM-SHA-256$" not in done.stderr and "Traceback" not in done.stderr
+    assert not (volume_root / "pgdata").exists()
+
+
 def test_restart_is_boring_and_rotation_applies_new_passwords(volume_root: Path) -> None:
     port = free_port()
     env = pod_env(volume_root, 0, port)

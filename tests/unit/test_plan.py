@@ -23,11 +23,22 @@ INIT_STEPS = [
     "check_peers_for_data",
     "initdb",
     "write_config",
+    "create_roles_single_user",
+    "sync_volume",
+    "move_into_place",
+    "fix_ownership",
+    "exec_postgres",
+]
+INIT_STEPS_WITH_SCRIPTS = [
+    "check_peers_for_data",
+    "initdb",
+    "write_config",
     "start_temporary_server",
     "create_replication_role",
     "create_database",
     "run_initdb_scripts",
     "stop_temporary_server",
+    "sync_volume",
     "move_into_place",
     "fix_ownership",
     "exec_postgres",
@@ -94,6 +105,9 @@ def test_empty_primary_initialises(primary, exists: bool) -> None:
     plan = make_plan(primary, state(exists=exists), server_major=15)
     assert plan.action == INIT
     assert list(plan.steps) == INIT_STEPS
+    # initdb.d scripts need a server: only then a temporary one.
+    with_scripts = make_plan(primary, state(exists=exists), server_major=15, initdb_scripts=True)
+    assert list(with_scripts.steps) == INIT_STEPS_WITH_SCRIPTS
     assert list(plan.files) == [*CONF_FILES, f"{STATE}/applied-secrets.json"]
     assert (plan.role, plan.primary, plan.slot, plan.refusal, plan.remove_leftover) == (
         "primary",

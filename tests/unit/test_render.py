@@ -546,3 +546,36 @@ def test_synchronous_standby_names_lists_the_members_quoted_never_a_wildcard() -
                                 synchronous_standby_names=value)  # fmt: skip
     assert parse_conf(text)["synchronous_standby_names"] == value
     assert parse_conf(text)["wal_log_hints"] == "on"
+
+
+def _unquote(quoted: str, mark: str) -> str:
+    """Read one SQL quoted token back as PostgreSQL's scanner does (doubled mark = one mark)."""
+    assert quoted[0] == quoted[-1] == mark
+    body = quoted[1:-1]
+    assert body.replace(mark * 2, "").count(mark) == 0, "an undoubled mark would end the token early"
+    return body.replace(mark * 2, mark)
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r\n")))
+@example("o'brien \"admin\"")
+@example("a'); DROP ROLE x; --")
+def test_sql_quoting_reads_back_to_the_same_text(value: str) -> None:
+    assert _unquote(render.quote_ident(value), '"') == value
+    assert _unquote(render.quote_literal(value), "'") == value
+
+
+def test_setup_sql_creates_the_roles_and_database_with_verifiers_only() -> None:
+    statements = render.setup_sql(superuser="postgres", superuser_verifier="SCRAM-SHA-256$4096:a$b:c",
+                                  replication_user="replicator", replication_verifier="SCRAM-SHA-256$4096:d$e:f",
+                                  database="app")  # fmt: skip
+    assert statements == [
+        "CREATE ROLE \"replicator\" WITH REPLICATION LOGIN PASSWORD 'SCRAM-SHA-256$4096:d$e:f'",
+        "ALTER ROLE \"postgres\" PASSWORD 'SCRAM-SHA-256$4096:a$b:c'",
+        "CREATE DATABASE \"app\"",
+    ]
+    alone = render.setup_sql(superuser="postgres", superuser_verifier="v", replication_user=None,
+                             replication_verifier=None, database="postgres")  # fmt: skip
+    assert alone == ["ALTER ROLE \"postgres\" PASSWORD 'v'"]
+    with pytest.raises(ValueError, match="line break"):
+        render.setup_sql(superuser="a\nb", superuser_verifier="v", replication_user=None, replication_verifier=None,
+                         database=None)  # fmt: skip
