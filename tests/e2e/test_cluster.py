@@ -79,9 +79,8 @@ PRIMARY_STORY = ["agent_start", "plan", "peer_check", "initdb", "config_written"
 REPLICA_STORY = ["agent_start", "plan", "dns_wait", "srv_check", "primary_wait", "slot_ready",
                  "clone_started", "clone", "config_written", "moved_into_place", "exec_postgres"]
 STEPS = {
-    "init": ["check_peers_for_data", "initdb", "write_config", "start_temporary_server",
-             "create_replication_role", "create_database", "run_initdb_scripts",
-             "stop_temporary_server", "move_into_place", "fix_ownership", "exec_postgres"],
+    "init": ["check_peers_for_data", "initdb", "write_config", "create_roles_single_user", "sync_volume",
+             "move_into_place", "fix_ownership", "exec_postgres"],
     "clone": ["wait_for_primary_record", "wait_for_primary", "ensure_slot", "clone", "write_config",
               "move_into_place", "fix_ownership", "exec_postgres"],
 }
