@@ -103,6 +103,9 @@ class _Server(socketserver.ThreadingTCPServer):
         super().server_bind()
 
 
+ANNOUNCE_POLL_S = 0.02
+
+
 class Announcer:
     """Answers on postgres' port until `close()`; never fails the start (a busy port is logged)."""
 
@@ -128,7 +131,9 @@ class Announcer:
                 problem = f"{type(exc).__name__}: {exc}"
         if self._server is None:
             return problem
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.2,), daemon=True)
+        # close() waits for the serving loop to see the shutdown: up to one poll interval, which is on
+        # the path to exec (every replica start), hence short; 50 wake-ups a second cost nothing.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(ANNOUNCE_POLL_S,), daemon=True)
         self._thread.start()
         return None
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from agent import builddir
 from agent.context import Part
-from agent.files import fsync_dir
+from agent.files import fsync_dir, sync_filesystem
 from agent.pgdata import builds_inside
+
+# How often a clone's written data is flushed while pg_basebackup runs.
+WRITE_BEHIND_S = 0.5
 
 
 class BuildArea(Part):
@@ -39,6 +45,39 @@ class BuildArea(Part):
         """A fresh work directory (its marker first); returns where to build the cluster."""
         self.kind = kind
         return builddir.create(self.pgdata, self._marker(kind), self.owner) / "data"
+
+    def make_durable(self, built: Path) -> float:
+        """initdb and pg_basebackup ran with --no-sync: flush the build's filesystem (and the WAL
+        directory's, when it lives elsewhere) in one syncfs each, before the build becomes PGDATA.
+
+        Returns the seconds it took (a field of the caller's phase).
+        """
+        started = self.world.clock()
+        sync_filesystem(built)
+        waldir = self.config.waldir
+        if waldir is not None and waldir.exists():
+            sync_filesystem(waldir)
+        return round(self.world.clock() - started, 3)
+
+    @contextlib.contextmanager
+    def writing_behind(self, built: Path, interval: float = WRITE_BEHIND_S) -> Iterator[None]:
+        """While a long copy writes the build, flush its filesystem every `interval` seconds, so the
+        disk writes along with the network instead of all at the end (make_durable's syncfs then has
+        little left). PostgreSQL's own *_flush_after settings do the same for its files."""
+        stop = threading.Event()
+
+        def flush() -> None:
+            while not stop.wait(interval):
+                with contextlib.suppress(OSError):  # make_durable's syncfs is the one that counts
+                    sync_filesystem(built.parent)
+
+        flusher = threading.Thread(target=flush, name="write-behind", daemon=True)
+        flusher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            flusher.join()
 
     def move_into_place(self, built: Path) -> None:
         """The complete build becomes PGDATA: one rename, or, into a mount point, a journaled move."""

@@ -284,6 +284,8 @@ def basebackup(
         "-P",
         "-v",
         "-w",
+        # The caller makes the clone durable with one syncfs (BuildArea.make_durable).
+        "--no-sync",
     ]
     if max_rate:
         argv += ["-r", max_rate]

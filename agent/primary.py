@@ -20,7 +20,7 @@ from agent.errors import (
     PeerCheckIncomplete,
     PrimaryVolumeLost,
 )
-from agent.files import fix_tree_ownership, sync_filesystem, write_atomic
+from agent.files import fix_tree_ownership, write_atomic
 from agent.managed import ManagedFiles
 from agent.plan import SECRETS_STATE_NAME
 from agent.postgres import (
@@ -140,10 +140,11 @@ class Primary(Part):
             single_user(self.world.runner, datadir, self._setup_statements())
             how = "single_user"
         # initdb and single-user mode wrote without fsync: make the whole build durable before it
-        # becomes PGDATA (one syncfs of the volume).
-        sync_filesystem(datadir)
+        # becomes PGDATA (one syncfs of the volume, and of the WAL directory's if it is elsewhere).
+        synced = self.build.make_durable(datadir)
         self._record_applied_secrets()
-        self._phase("initdb_setup", started, database=cfg.database, replication_user=cfg.replication_user, via=how)
+        self._phase("initdb_setup", started, database=cfg.database, replication_user=cfg.replication_user, via=how,
+                    synced_s=synced)  # fmt: skip
         self.build.move_into_place(datadir)
 
     def _initdb(self, datadir: Path) -> None:

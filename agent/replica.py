@@ -127,26 +127,28 @@ class Replica(Part):
             max_rate=cfg.clone_max_rate,
         )
         try:
-            result = basebackup(
-                self.world.runner,
-                target=datadir,
-                host=cfg.primary_fqdn.rstrip("."),
-                hostaddr=address,
-                port=cfg.port,
-                user=cfg.replication_user,
-                passfile=passfile,
-                slot=cfg.identity.slot_name,
-                application_name=f"{cfg.identity.pod_name}-clone",
-                max_rate=cfg.clone_max_rate,
-                on_progress=lambda fields: self.log.info("clone_progress", **fields),
-                on_tick=self.world.beat,
-                clock=self.world.clock,
-                stall_timeout=cfg.clone_stall_timeout,
-                waldir=cfg.waldir,
-            )
+            with self.build.writing_behind(datadir):
+                result = basebackup(
+                    self.world.runner,
+                    target=datadir,
+                    host=cfg.primary_fqdn.rstrip("."),
+                    hostaddr=address,
+                    port=cfg.port,
+                    user=cfg.replication_user,
+                    passfile=passfile,
+                    slot=cfg.identity.slot_name,
+                    application_name=f"{cfg.identity.pod_name}-clone",
+                    max_rate=cfg.clone_max_rate,
+                    on_progress=lambda fields: self.log.info("clone_progress", **fields),
+                    on_tick=self.world.beat,
+                    clock=self.world.clock,
+                    stall_timeout=cfg.clone_stall_timeout,
+                    waldir=cfg.waldir,
+                )
         except CommandFailed as exc:
             raise self._clone_failed(exc) from exc
-        self._phase("clone", started, **{k: v for k, v in result.items() if k != "elapsed_s"})
+        synced = self.build.make_durable(datadir)
+        self._phase("clone", started, **{k: v for k, v in result.items() if k != "elapsed_s"}, synced_s=synced)
         self.files.write_config(datadir, standby=True)
         self.build.move_into_place(datadir)
         cloned = inspect(self.pgdata).system_identifier

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,3 +125,31 @@ def test_a_wal_link_into_the_build_itself_is_left_to_the_build(tmp_path: Path) -
     (work / "data" / "pg_wal").symlink_to(work / "data" / "wal-inside")
     builddir.discard(work)
     assert not work.exists()
+
+
+def test_write_behind_flushes_while_the_copy_runs_and_never_after(tmp_path: Path, monkeypatch: Any) -> None:
+    # The flusher is a thread calling syncfs on the build's filesystem; replaced here by a counter
+    # (syncfs itself has no observable effect short of a power cut).
+    from agent import buildarea
+
+    calls: list[Path] = []
+    monkeypatch.setattr(buildarea, "sync_filesystem", calls.append)
+    built = _pgdata(tmp_path).with_name("work") / "data"
+    built.parent.mkdir()
+    area = buildarea.BuildArea(None)  # type: ignore[arg-type]  # writing_behind needs no context
+    with area.writing_behind(built, interval=0.01):
+        deadline = time.monotonic() + 10
+        while len(calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.005)
+    flushed = len(calls)
+    assert flushed >= 3 and set(calls) == {built.parent}
+    time.sleep(0.05)  # the thread was joined: no flush may follow
+    assert len(calls) == flushed
+
+
+def test_sync_filesystem_flushes_a_real_filesystem_and_names_a_missing_path(tmp_path: Path) -> None:
+    from agent.files import sync_filesystem
+
+    sync_filesystem(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        sync_filesystem(tmp_path / "missing")
