@@ -22,7 +22,7 @@ from agent.errors import (
 from agent.files import fix_tree_ownership, free_bytes, fsync_dir, tree_size
 from agent.pgdata import builds_inside, inspect, volume_dir
 from agent.postgres import controldata, rewind
-from agent.switchover import Handoff
+from agent.switchover import Handoff, OwnWalServer
 
 if TYPE_CHECKING:
     from agent.replica import Replica
@@ -115,8 +115,12 @@ class FollowCheck(Part):
         position = history.parse_controldata(controldata(self.world.runner, self.pgdata)) if same_cluster else None
         if info.in_hot_standby and former and position is not None:
             # A switchover: this member was the primary and its successor is still a standby.
-            Handoff(self.ctx).run(address, lambda: self.world.identify(endpoint, 3.0), position)
+            server = OwnWalServer(self.ctx, self.replica.files, before_start=self._clear_stale_lock)
+            served = Handoff(self.ctx).run(address, lambda: self.world.identify(endpoint, 3.0), position, server)
             info = self.replica.wait_for_primary(address, timeout=cfg.switchover_timeout, accept_standby=False)
+            if served:  # it ran as a standby since: a standby now, at the end of its WAL
+                former = False
+                position = history.parse_controldata(controldata(self.world.runner, self.pgdata))
         verdict = self.compare_histories(endpoint, info, position) if position is not None else None
         status = self._slot_status(endpoint) if verdict is not None and verdict.may_follow else None
         action = decide_restart(local, info.system_identifier, verdict, status, cfg.on_divergence,
@@ -181,12 +185,9 @@ class FollowCheck(Part):
         return False
 
     def _clear_stale_lock(self) -> None:
-        """A killed postgres leaves postmaster.pid naming PID 1, which in this container is the agent:
-        pg_rewind's single-user crash recovery (a grandchild) would take it for a running server."""
-        lock = self.pgdata / "postmaster.pid"
-        if lock.exists() and probe.postmaster_status(self.pgdata) is None:
-            lock.unlink()
-            self.log.info("stale_lock_removed", file=str(lock), note="left by a postgres that was killed")
+        if probe.remove_stale_lock(self.pgdata):
+            self.log.info("stale_lock_removed", file=str(self.pgdata / "postmaster.pid"),
+                          note="left by a postgres that was killed")  # fmt: skip
 
     def _save_diverged_wal(self) -> None:
         """pg_rewind replaces this member's WAL past the fork with the primary's: the transactions

@@ -44,6 +44,9 @@ def parse_history(text: str) -> dict[int, int]:
     return switches
 
 
+SHUT_DOWN = "shut down"
+
+
 @dataclass(frozen=True)
 class LocalPosition:
     """How far this data directory's history goes: the timeline and position it has reached, and
@@ -52,6 +55,9 @@ class LocalPosition:
     timeline: int
     lsn: int
     clean: bool = True
+    # pg_controldata's "Database cluster state": "shut down in recovery" is clean for a standby, but a
+    # former primary's WAL may go past the restartpoint it then wrote.
+    state: str = SHUT_DOWN
 
 
 def parse_controldata(text: str) -> LocalPosition:
@@ -68,8 +74,8 @@ def parse_controldata(text: str) -> LocalPosition:
     min_recovery_tli = int(values.get("Min recovery ending loc's timeline", "0") or 0)
     if min_recovery_tli and (min_recovery_tli, min_recovery) > (position.timeline, position.lsn):
         position = LocalPosition(min_recovery_tli, min_recovery)
-    clean = values.get("Database cluster state", "shut down") in ("shut down", "shut down in recovery")
-    return LocalPosition(position.timeline, position.lsn, clean)
+    state = values.get("Database cluster state", SHUT_DOWN)
+    return LocalPosition(position.timeline, position.lsn, state in (SHUT_DOWN, "shut down in recovery"), state)
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,8 @@ REMOTE_DECISIONS = {
         "(the last two for a former primary); skipped while the primary does not answer within "
         "PGSFS_RESTART_CHECK_TIMEOUT, except for a former primary, which then refuses (exit 6)",
         "handoff (switchover.decide_handoff), a former primary whose successor is still a standby: "
-        "promote_successor | wait_for_successor | refuse_unclean | refuse_writable | refuse_other_timeline "
+        "promote_successor | wait_for_successor | serve_own_wal (killed: its WAL served by a read-only standby "
+        "until the successor has it all, then promote) | refuse_writable | refuse_other_timeline "
         "(exit 15 at PGSFS_SWITCHOVER_TIMEOUT)",
     ),
     START: (

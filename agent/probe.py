@@ -53,6 +53,19 @@ def postmaster_status(pgdata: Path) -> tuple[int, str, str] | None:
     return pid, sockdir, status
 
 
+def remove_stale_lock(pgdata: Path) -> bool:
+    """Remove postmaster.pid when it names no running postgres; True if it did.
+
+    A killed postgres leaves one naming PID 1, which in the new container is the agent: pg_rewind's
+    single-user crash recovery (a grandchild) would take it for a running server.
+    """
+    lock = pgdata / "postmaster.pid"
+    if lock.exists() and postmaster_status(pgdata) is None:
+        lock.unlink()
+        return True
+    return False
+
+
 def heartbeat_age(state_dir: Path, now: float) -> float | None:
     """Seconds since the agent's last heartbeat, or None when there is none."""
     try:

@@ -5,13 +5,17 @@ When PGSFS_PRIMARY_ORDINAL changes from F to N and the StatefulSet rolls (highes
 - N, restarted while still a standby, follows the member that accepts writes (F) and never
   promotes itself (`decide_designated`);
 - F's agent, restarting, knows its own postgres is stopped (it cannot accept writes). It promotes N
-  once N has received F's WAL up to its shutdown checkpoint, then rejoins N (`decide_handoff`).
+  once N has received F's WAL up to its shutdown checkpoint, then rejoins N (`decide_handoff`). If F
+  was killed, its postgres first runs as a read-only standby serving its WAL until N has all of it.
 So no acknowledged write is lost and at no instant do two members accept writes. Decisions are
 pure; `Designated` and `Handoff` carry them out.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+from collections.abc import Iterator
 from typing import Any, Callable
 
 from tenacity import wait_fixed
@@ -19,6 +23,8 @@ from tenacity import wait_fixed
 from agent import history, survey
 from agent.context import Part
 from agent.errors import CommandFailed, SwitchoverBlocked
+from agent.files import fsync_dir
+from agent.postgres import child_env
 from agent.waits import poll_until
 
 FOLLOW_WRITABLE = "follow_writable"
@@ -27,7 +33,7 @@ REFUSE_MANY_WRITABLE = "refuse_many_writable"
 
 PROMOTE_SUCCESSOR = "promote_successor"
 WAIT_FOR_SUCCESSOR = "wait_for_successor"
-REFUSE_UNCLEAN = "refuse_unclean"
+SERVE_OWN_WAL = "serve_own_wal"
 REFUSE_WRITABLE = "refuse_writable"
 REFUSE_OTHER_TIMELINE = "refuse_other_timeline"
 PROMOTED_ALREADY = "promoted_already"  # seen, not decided: someone promoted the successor meanwhile
@@ -50,19 +56,24 @@ def decide_primary_restart(writable: list[str]) -> str:
 
 
 def decide_handoff(local: history.LocalPosition, successor_timeline: int, successor_received: int,
-                   writable: list[str]) -> str:  # fmt: skip
+                   writable: list[str], served_up_to: int | None = None) -> str:  # fmt: skip
     """A former primary (its postgres stopped) and its successor N, still a standby: promote N?
 
-    Only when no member accepts writes, this member shut down cleanly (so nothing past its shutdown
-    checkpoint exists), and N received WAL past that checkpoint on the same timeline: every commit
-    lies before the checkpoint, so N has them all.
+    Only when no member accepts writes and N has every commit this member has, on the same timeline:
+    - it shut down cleanly as a primary: N received WAL past its shutdown checkpoint (every commit
+      lies before it);
+    - it did not (killed, or a handoff that served its WAL failed after): its WAL past the last
+      checkpoint may hold commits, so it first serves that WAL as a read-only standby (SERVE_OWN_WAL);
+      `served_up_to` is then the end of its WAL, which N must have received in full.
     """
     if writable:
         return REFUSE_WRITABLE
-    if not local.clean:
-        return REFUSE_UNCLEAN
+    if served_up_to is None and (not local.clean or local.state != history.SHUT_DOWN):
+        return SERVE_OWN_WAL
     if successor_timeline != local.timeline:
         return REFUSE_OTHER_TIMELINE
+    if served_up_to is not None:
+        return PROMOTE_SUCCESSOR if successor_received >= served_up_to else WAIT_FOR_SUCCESSOR
     return PROMOTE_SUCCESSOR if successor_received > local.lsn else WAIT_FOR_SUCCESSOR
 
 
@@ -152,17 +163,39 @@ class PrimaryGuard(Part):
 class Handoff(Part):
     """A former primary's agent whose successor is still a standby: promote it, without losing a write."""
 
-    def run(self, address: str, identify: Callable[[], Any], local: history.LocalPosition) -> None:
-        """Wait (bounded) until the successor has WAL past `local` (this member's shutdown checkpoint,
-        from pg_controldata), then promote it; else refuse."""
+    def run(self, address: str, identify: Callable[[], Any], local: history.LocalPosition,
+            own_wal: OwnWalServer) -> bool:  # fmt: skip
+        """Wait (bounded) until the successor has every commit this member has, then promote it; else
+        refuse. `local` is this member's position from pg_controldata. After an unclean stop, its WAL is
+        first served by a read-only standby (`own_wal`).
+
+        Returns True when it served its own WAL (PGDATA is then a standby's, shut down in recovery).
+        """
+        served = decide_handoff(local, local.timeline, 0, []) == SERVE_OWN_WAL
+        try:
+            return self._run(address, identify, local, own_wal if served else None)
+        except BaseException:
+            if served:  # not handed over: PGDATA is the former primary's again for the next start
+                own_wal.give_back()
+            raise
+
+    def _run(self, address: str, identify: Callable[[], Any], local: history.LocalPosition,
+             own_wal: OwnWalServer | None) -> bool:  # fmt: skip
         cfg = self.config
         started = self.world.clock()
         successor = cfg.primary_fqdn.rstrip(".")
         writable, unasked = writable_members(self, min(cfg.peer_check_timeout, 10.0))
         seen: dict[str, Any] = {}
+        own_end: list[Callable[[], int | None]] = []
 
         def attempt() -> str:
             self.world.beat("switchover")
+            served_up_to = None
+            if own_end:
+                served_up_to = own_end[0]()
+                if served_up_to is None:  # its postgres is still in crash recovery
+                    return WAIT_FOR_SUCCESSOR
+                seen.update(served_up_to=history.format_lsn(served_up_to))
             result = identify()
             if result.info is None:
                 seen.update(outcome=result.outcome, detail=result.detail)
@@ -171,24 +204,35 @@ class Handoff(Part):
                 return PROMOTED_ALREADY
             received = history.parse_lsn(result.info.xlogpos)
             seen.update(timeline=result.info.timeline, received=result.info.xlogpos)
-            return decide_handoff(local, result.info.timeline, received, writable)
+            return decide_handoff(local, result.info.timeline, received, writable, served_up_to)
 
-        decision = poll_until(
-            attempt,
-            done=lambda d: d != WAIT_FOR_SUCCESSOR,
-            wait=wait_fixed(0.2),
-            deadline=started + cfg.switchover_timeout,
-            clock=self.world.clock,
-            sleep=self.world.sleep,
-        )
+        def wait() -> str:
+            return poll_until(attempt, done=lambda d: d != WAIT_FOR_SUCCESSOR, wait=wait_fixed(0.2),
+                              deadline=started + cfg.switchover_timeout, clock=self.world.clock,
+                              sleep=self.world.sleep)  # fmt: skip
+
+        served = own_wal is not None and decide_handoff(local, local.timeline, 0, writable) == SERVE_OWN_WAL
+        if served:
+            assert own_wal is not None
+            self.log.info(
+                "serving_own_wal", checkpoint=history.format_lsn(local.lsn),
+                note="this former primary was not shut down cleanly: its WAL past the last checkpoint may hold "
+                "commits its successor lacks. Its postgres runs as a read-only standby (crash recovery, then "
+                "connected to nobody) so the successor streams that WAL from here; then it is stopped",
+            )  # fmt: skip
+            with own_wal.serving() as end_of_wal:
+                own_end.append(end_of_wal)
+                decision = wait()
+        else:
+            decision = wait()
         fields = dict(successor=successor, decision=decision, checkpoint=history.format_lsn(local.lsn),
-                      timeline=local.timeline, clean=local.clean, writable=writable or None,
-                      unasked=unasked or None, successor_seen=seen or None)  # fmt: skip
+                      timeline=local.timeline, clean=local.clean, served_own_wal=served or None,
+                      writable=writable or None, unasked=unasked or None, successor_seen=seen or None)  # fmt: skip
         if decision == PROMOTED_ALREADY:
             self._phase("switchover_handoff", started, **fields)
-            return
+            return served
         if decision != PROMOTE_SUCCESSOR:
-            raise self._blocked(decision, successor, local, writable)
+            raise self._blocked(decision, successor, local, writable, served)
         try:
             promoted = promote_over_sql(successor, address, cfg.port, cfg.superuser, cfg.superuser_password.reveal())
         except Exception as exc:  # psycopg.Error; kept broad so no traceback reaches the user
@@ -199,20 +243,23 @@ class Handoff(Part):
                 "promote",
             ) from exc
         self._phase("switchover_promoted", started, promoted=promoted, **fields)
+        return served
 
     def _blocked(self, decision: str, successor: str, local: history.LocalPosition,
-                 writable: list[str]) -> SwitchoverBlocked:  # fmt: skip
+                 writable: list[str], served: bool) -> SwitchoverBlocked:  # fmt: skip
         me = self.config.identity.pod_name
         short = successor.split(".", maxsplit=1)[0]
         back = (f"set PGSFS_PRIMARY_ORDINAL back to {self.config.identity.ordinal} (this member then starts as the "
                 "primary again, nothing lost)")  # fmt: skip
         why = {
             REFUSE_WRITABLE: f"{', '.join(writable)} accept(s) writes, so promoting {short} would make two primaries",
-            REFUSE_UNCLEAN: "this member did not shut down cleanly, so it may hold commits past what "
-            f"{short} received",
             REFUSE_OTHER_TIMELINE: f"{short} is on another timeline than this member",
-            WAIT_FOR_SUCCESSOR: f"{short} did not receive this member's WAL up to its shutdown checkpoint "
-            f"({history.format_lsn(local.lsn)}) within PGSFS_SWITCHOVER_TIMEOUT",
+            WAIT_FOR_SUCCESSOR: (
+                f"{short} did not stream this member's WAL to its end (served by a read-only standby here, as it was "
+                "not shut down cleanly) within PGSFS_SWITCHOVER_TIMEOUT" if served else
+                f"{short} did not receive this member's WAL up to its shutdown checkpoint "
+                f"({history.format_lsn(local.lsn)}) within PGSFS_SWITCHOVER_TIMEOUT"
+            ),
         }[decision]
         return SwitchoverBlocked(
             f"switchover to {short} not done: {why}; {me}'s data was left untouched and {short} not promoted",
@@ -220,3 +267,52 @@ class Handoff(Part):
             f"is rewound), run `kubectl exec {short} -- pg-sfs-agent promote`",
             decision=decision,
         )
+
+
+class OwnWalServer(Part):
+    """A former primary killed mid-run: its postgres as a read-only standby, so its successor can stream
+    the WAL only it has (crash recovery replays it all before the first connection is accepted)."""
+
+    def __init__(self, ctx: Any, files: Any, before_start: Callable[[], None] = lambda: None) -> None:
+        super().__init__(ctx)
+        self.files = files
+        self.before_start = before_start
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[Callable[[], int | None]]:
+        """Run it (standby.signal, connected to nobody) until the block ends; yields a function giving
+        how far its WAL goes (None while it does not accept connections yet). Stopped cleanly at the end."""
+        cfg = self.config
+        self.files.write_config(self.pgdata, standby=True, connect=False)
+        self.before_start()
+        if self.ctx.announcer is not None:
+            self.ctx.announcer.close()  # its postgres needs the port
+        with open(cfg.state_dir / "own-wal-server.log", "ab") as out:
+            proc = self.world.runner.spawn(["postgres", "-D", str(self.pgdata)], env=child_env(), stdout=out,
+                                           stderr=out)  # fmt: skip
+        endpoint = self._endpoint("localhost", "127.0.0.1")
+
+        def end_of_wal() -> int | None:
+            if proc.poll() is not None:
+                raise CommandFailed(
+                    f"postgres, started to serve this former primary's WAL, exited with {proc.returncode}",
+                    hint=f"see {cfg.state_dir / 'own-wal-server.log'}; the pod restarts and tries again",
+                )
+            attempt = self.world.identify(endpoint, 2.0)
+            return history.parse_lsn(attempt.info.xlogpos) if attempt.info is not None else None
+
+        try:
+            yield end_of_wal
+        finally:
+            # Fast shutdown of a standby: a restartpoint, then "shut down in recovery".
+            self.world.runner.stop(proc, grace=cfg.switchover_timeout, sig=signal.SIGINT)
+
+    def give_back(self) -> None:
+        """The handoff failed after serving: remove standby.signal, so the next start sees the former
+        primary again (and, its state being "shut down in recovery", serves its WAL again first)."""
+        signal_file = self.pgdata / "standby.signal"
+        if signal_file.exists():
+            signal_file.unlink()
+            fsync_dir(self.pgdata)
+            self.log.info("standby_signal_removed", note="the handoff did not happen: PGDATA is the former "
+                          "primary's again, untouched otherwise")  # fmt: skip

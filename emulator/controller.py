@@ -576,6 +576,19 @@ class Cluster:
             self._history.append((time.time(), "statefulset", f"template revision {self.revision}"))
             return self.revision
 
+    def update_template_as_pod_dies(self, env: Mapping[str, str | None], name: str) -> int:
+        """`kubectl apply` of a changed template at the moment pod `name`'s node fails: its container is
+        killed (SIGKILL, no shutdown) and the pod deleted under the controller's lock, so the rollout
+        first waits for its replacement, which is of the new template. Returns the revision."""
+        with self._lock:
+            revision = self.update_template(env)
+            rec = self._rec(name)
+            self._event(rec, "node failure: signal SIGKILL")
+            rec.pod.kill(signal.SIGKILL)
+            thread = self._begin_delete(rec, 0)
+        thread.join(30)
+        return revision
+
     def rolled_out(self) -> bool:
         """True when every pod is of the current template, running and Ready (rollout complete)."""
         with self._lock:

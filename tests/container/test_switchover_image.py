@@ -23,6 +23,7 @@ from emulator.manifests import load_spec  # noqa: E402
 from emulator.waiting import wait_until  # noqa: E402
 from tests.container.test_image import IMAGE, START  # noqa: E402
 from tests.e2e.cluster_support import PRIMARY, log_events, pod  # noqa: E402
+from tests.e2e.fault_support import primary_dies_ahead_of_its_replica  # noqa: E402
 
 
 def _streams_from(c: Cluster, primary: str, standby: str) -> bool:
@@ -50,3 +51,24 @@ def test_switchover_and_back_on_the_image() -> None:
         assert c.psql(PRIMARY, "select timeline_id from pg_control_checkpoint()") == "3"
         wait_until(lambda: c.try_psql(pod(1), "select count(*) from acked").stdout.strip() == "102", 30, 0.2,
                    "pod 1 has every row")  # fmt: skip
+
+
+def test_a_switchover_whose_former_primary_is_killed_on_the_image() -> None:
+    # As tests/e2e/test_switchover.py's killed case, on PostgreSQL 14 as shipped: pod 1 stops receiving,
+    # pod 0 takes 50 more rows and its node fails as the ordinal moves; its agent serves its WAL from
+    # a read-only standby (uid 999, read-only root) until pod 1 has it all, then promotes pod 1.
+    c = Cluster(spec=load_spec(), replicas=2, image=IMAGE, probe_scale=0.5, backoff_base=2.0, backoff_cap=8.0)
+    with c:
+        c.wait_ready(timeout=START)
+        c.wait_streaming(timeout=START, replicas=2)
+        c.psql(PRIMARY, "create table acked (n int); insert into acked select generate_series(1, 100)")
+        wait_until(lambda: c.try_psql(pod(1), "select count(*) from acked").stdout.strip() == "100", 30, 0.2,
+                   "replica caught up")  # fmt: skip
+        primary_dies_ahead_of_its_replica(c, pod(1), "insert into acked select generate_series(101, 150)",
+                                          {"PGSFS_PRIMARY_ORDINAL": "1"})  # fmt: skip
+        wait_until(c.rolled_out, 2 * START, 0.2, "rollout to primary ordinal 1")
+        assert c.psql(pod(1), "select pg_is_in_recovery()") == "f"
+        assert c.psql(pod(1), "select count(*) from acked") == "150"
+        wait_until(lambda: _streams_from(c, pod(1), PRIMARY), 60, 0.2, "pod 0 streaming from pod 1")
+        said = [e["event"] for e in log_events(c, PRIMARY)]
+        assert "serving_own_wal" in said and "switchover_promoted" in said, said

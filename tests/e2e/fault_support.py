@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -307,6 +308,52 @@ def host_pids(c: Cluster, name: str, program: str) -> list[int]:
         if os.path.basename(argv0) == program:
             found.append(int(entry))
     return found
+
+
+def titled_pids(c: Cluster, name: str, prefix: str) -> list[int]:
+    """Host PIDs of the pod's processes whose title (cmdline) starts with `prefix`, such as
+    "postgres: walreceiver", seen from outside the pod."""
+    container = c.pod(name).container
+    if container is None or container.pid1 is None:
+        return []
+    pidns = os.readlink(f"/proc/{container.pid1}/ns/pid")
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{entry}/ns/pid") == pidns and \
+                    Path(f"/proc/{entry}/cmdline").read_bytes().startswith(prefix.encode()):
+                found.append(int(entry))
+    return found
+
+
+def primary_dies_ahead_of_its_replica(c: Cluster, replica: str, sql: str, env: Mapping[str, str | None],
+                                      check: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+    """Freeze `replica`'s walreceiver, run `sql` on pod 0 (acknowledged there alone; `check` runs then),
+    then apply `env` as pod 0's node fails (Cluster.update_template_as_pod_dies); the walreceiver
+    resumes after."""
+    receivers = titled_pids(c, replica, "postgres: walreceiver")
+    assert receivers, f"{replica} has no walreceiver"
+    for pid in receivers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        c.psql(pod(0), sql)
+        check()
+        c.update_template_as_pod_dies(env, pod(0))
+    finally:
+        for pid in receivers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def wait_rolled_out(c: Cluster, what: str, timeout: float) -> None:
+    """Until the rollout is complete; on timeout, the cluster's story and pod 0's last run are printed."""
+    try:
+        wait_until(c.rolled_out, timeout, 0.2, what)
+    except TimeoutError:
+        print(c.describe())
+        for line in run_lines(c, pod(0))[-1]:
+            print("   ", json.dumps(line)[:400])
+        raise
 
 
 def alive(pids: Iterable[int]) -> list[int]:

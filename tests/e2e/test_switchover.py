@@ -20,7 +20,17 @@ from typing import Any
 from emulator.controller import Cluster
 from emulator.waiting import wait_until
 from tests.e2e.cluster_support import container_pid1, pod, require_pods
-from tests.e2e.fault_support import PRIMARY, healthy, make_cluster, named, report, run_lines, wait_exit
+from tests.e2e.fault_support import (
+    PRIMARY,
+    healthy,
+    make_cluster,
+    named,
+    primary_dies_ahead_of_its_replica,
+    report,
+    run_lines,
+    wait_exit,
+    wait_rolled_out,
+)
 
 require_pods()
 
@@ -178,13 +188,7 @@ def _move_the_ordinal_to_1_and_rejoin(c: Cluster) -> None:
     hand, as a StatefulSet rollout waits for a broken pod. It must stream from pod 1 with all 150 rows."""
     c.update_template({"PGSFS_PRIMARY_ORDINAL": "1"})
     c.delete_pod(PRIMARY, grace=0)
-    try:
-        wait_until(c.rolled_out, 180, 0.2, "rollout to primary ordinal 1")
-    except TimeoutError:
-        print(c.describe())
-        for line in run_lines(c, PRIMARY)[-1]:
-            print("   ", json.dumps(line)[:400])
-        raise
+    wait_rolled_out(c, "rollout to primary ordinal 1", 180)
     wait_until(lambda: _streaming_from(c, pod(1)) == [PRIMARY], 60, 0.2, "pod 0 streaming from pod 1")
     wait_until(lambda: c.try_psql(PRIMARY, "select count(*) from acked").stdout.strip() == "150", 30, 0.2,
                "pod 0 has pod 1's writes")  # fmt: skip
@@ -234,3 +238,34 @@ def test_a_former_primary_that_cannot_be_rewound_is_moved_aside_and_clones() -> 
         assert not any((on_disk / "pg_wal" / name).exists() for name in lost_segment_names)
         assert c.psql(PRIMARY, "select pg_is_in_recovery()") == "t"
         report("rewind_impossible", moved_aside=aside.name, clone_s=named(lines, "clone")[-1].get("duration_s"))
+
+
+def test_a_switchover_whose_former_primary_is_killed_loses_nothing() -> None:
+    # The ordinal moves 0 -> 1 as pod 0's node fails (SIGKILL, no shutdown checkpoint), and pod 1
+    # had stopped receiving (its walreceiver frozen) while pod 0 acknowledged 50 more rows: only pod
+    # 0's WAL has them. Its agent must not promote pod 1 on the last checkpoint, nor refuse: it runs
+    # its postgres as a read-only standby until pod 1 has streamed all of that WAL, then promotes it.
+    c = make_cluster(replicas=2, grace_period=5)
+    with c:
+        healthy(c)
+        c.psql(PRIMARY, "create table acked (n int); insert into acked select generate_series(1, 100)")
+        wait_until(lambda: c.try_psql(pod(1), "select count(*) from acked").stdout.strip() == "100", 30, 0.2,
+                   "replica caught up")  # fmt: skip
+        since = time.time()
+        def pod_0_alone_has_them() -> None:
+            assert c.psql(pod(1), "select count(*) from acked") == "100"
+
+        primary_dies_ahead_of_its_replica(c, pod(1), "insert into acked select generate_series(101, 150)",
+                                          {"PGSFS_PRIMARY_ORDINAL": "1"}, check=pod_0_alone_has_them)  # fmt: skip
+        wait_rolled_out(c, "rollout to primary ordinal 1", 240)
+        assert c.psql(pod(1), "select pg_is_in_recovery()") == "f"
+        assert c.psql(pod(1), "select count(*) from acked") == "150"
+        wait_until(lambda: _streaming_from(c, pod(1)) == [PRIMARY], 60, 0.2, "pod 0 streaming from pod 1")
+        lines = _runs_of(c, PRIMARY)
+        [promoted] = named(lines, "switchover_promoted")
+        assert promoted["served_own_wal"] is True and promoted["clean"] is False, promoted
+        assert "serving_own_wal" in [e.get("event") for e in lines]
+        assert not named(lines, "switchover_blocked") and not named(lines, "rewound")
+        assert not list(c.volume_dir(PRIMARY).glob("pgdata.*-*")), "nothing moved aside or copied"
+        report("killed_former_primary", served_up_to=promoted["successor_seen"].get("served_up_to"),
+               handoff_s=promoted.get("duration_s"), rollout_s=round(time.time() - since, 1))

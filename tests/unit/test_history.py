@@ -48,7 +48,10 @@ def test_history_file() -> None:
 
 
 def test_controldata_of_a_standby_uses_its_minimum_recovery_point() -> None:
-    assert history.parse_controldata(STANDBY_CONTROLDATA) == LocalPosition(1, 0x7A3C1F0)
+    position = history.parse_controldata(STANDBY_CONTROLDATA)
+    assert position == LocalPosition(1, 0x7A3C1F0, clean=True, state="shut down in recovery")
+    # Clean for a standby; a former primary in that state still holds WAL past it (see switchover).
+    assert position.state != history.SHUT_DOWN
 
 
 def test_controldata_of_a_former_primary_uses_its_last_checkpoint() -> None:
