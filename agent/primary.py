@@ -158,15 +158,16 @@ class Primary(Part):
         finally:
             pwfile.unlink(missing_ok=True)
 
-    def _setup_statements(self) -> list[str]:
+    def _setup_statements(self, *, create: bool = True, replication_exists: bool = False) -> list[str]:
         cfg = self.config
-        repl = cfg.replication_password.reveal()
+        repl = cfg.replication_password.reveal()  # always set, except standalone without one
         return setup_sql(
             superuser=cfg.superuser,
             superuser_verifier=scram_verifier(cfg.superuser_password.reveal()),
             replication_user=cfg.replication_user if repl else None,
             replication_verifier=scram_verifier(repl) if repl else None,
-            database=cfg.database,
+            database=cfg.database if create else None,
+            replication_exists=replication_exists,
         )
 
     @contextlib.contextmanager
@@ -194,29 +195,16 @@ class Primary(Part):
             shutil.rmtree(sockdir, ignore_errors=True)
 
     def _setup_roles(self, server: TempServer, *, create: bool) -> None:
-        """Replication role and passwords as SCRAM verifiers, so no plain password is ever sent."""
+        """Replication role and passwords as SCRAM verifiers, so no plain password is ever sent; the
+        database too when `create` (a new cluster). Rotation finds the replication role may exist."""
         import psycopg
-        from psycopg import sql
 
-        cfg = self.config
-        with psycopg.connect(**server.conninfo("postgres", cfg.superuser), autocommit=True) as conn:
-            if cfg.replication_password.reveal():  # always, except standalone without one
-                repl = sql.Identifier(cfg.replication_user)
-                exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (cfg.replication_user,)).fetchone()
-                verb = sql.SQL("ALTER ROLE") if exists else sql.SQL("CREATE ROLE")
-                conn.execute(
-                    sql.SQL("{} {} WITH REPLICATION LOGIN PASSWORD {}").format(
-                        verb, repl, sql.Literal(scram_verifier(cfg.replication_password.reveal()))
-                    )
-                )
-            conn.execute(
-                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                    sql.Identifier(cfg.superuser),
-                    sql.Literal(scram_verifier(cfg.superuser_password.reveal())),
-                )
-            )
-            if create and cfg.database != "postgres":
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(cfg.database)))
+        with psycopg.connect(**server.conninfo("postgres", self.config.superuser), autocommit=True) as conn:
+            exists = not create and conn.execute(
+                "SELECT 1 FROM pg_roles WHERE rolname = %s", (self.config.replication_user,)
+            ).fetchone() is not None
+            for statement in self._setup_statements(create=create, replication_exists=exists):
+                conn.execute(statement)
 
     def _run_initdb_scripts(self, server: TempServer) -> None:
         """The initdb.d directory, as the official entrypoint runs it (see agent/initdbd.py)."""

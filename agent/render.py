@@ -39,12 +39,14 @@ def quote_literal(value: str) -> str:
 
 def setup_sql(
     *, superuser: str, superuser_verifier: str, replication_user: str | None, replication_verifier: str | None,
-    database: str | None,
+    database: str | None, replication_exists: bool = False,
 ) -> list[str]:
-    """The new cluster's roles and database as SQL statements, one per line, passwords as SCRAM verifiers."""
+    """The roles (and a new cluster's database) as SQL statements, one per line, passwords as SCRAM
+    verifiers: for single-user mode, and for the temporary server (initdb.d scripts, rotated passwords)."""
     statements = [f"ALTER ROLE {quote_ident(superuser)} PASSWORD {quote_literal(superuser_verifier)}"]
     if replication_user is not None and replication_verifier is not None:
-        statements.insert(0, f"CREATE ROLE {quote_ident(replication_user)} WITH REPLICATION LOGIN "
+        verb = "ALTER" if replication_exists else "CREATE"
+        statements.insert(0, f"{verb} ROLE {quote_ident(replication_user)} WITH REPLICATION LOGIN "
                              f"PASSWORD {quote_literal(replication_verifier)}")  # fmt: skip
     if database is not None and database != "postgres":
         statements.append(f"CREATE DATABASE {quote_ident(database)}")

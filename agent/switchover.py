@@ -171,20 +171,23 @@ class Handoff(Part):
 
         Returns True when it served its own WAL (PGDATA is then a standby's, shut down in recovery).
         """
-        served = decide_handoff(local, local.timeline, 0, []) == SERVE_OWN_WAL
+        started = self.world.clock()
+        writable, unasked = writable_members(self, min(self.config.peer_check_timeout, 10.0))
+        # Before anything is known of the successor: must this member's own WAL be served first?
+        served = decide_handoff(local, local.timeline, 0, writable) == SERVE_OWN_WAL
         try:
-            return self._run(address, identify, local, own_wal if served else None)
+            self._run(started, address, identify, local, writable, unasked, own_wal if served else None)
         except BaseException:
             if served:  # not handed over: PGDATA is the former primary's again for the next start
                 own_wal.give_back()
             raise
+        return served
 
-    def _run(self, address: str, identify: Callable[[], Any], local: history.LocalPosition,
-             own_wal: OwnWalServer | None) -> bool:  # fmt: skip
+    def _run(self, started: float, address: str, identify: Callable[[], Any], local: history.LocalPosition,
+             writable: list[str], unasked: list[str], own_wal: OwnWalServer | None) -> None:  # fmt: skip
         cfg = self.config
-        started = self.world.clock()
         successor = cfg.primary_fqdn.rstrip(".")
-        writable, unasked = writable_members(self, min(cfg.peer_check_timeout, 10.0))
+        served = own_wal is not None
         seen: dict[str, Any] = {}
         own_end: list[Callable[[], int | None]] = []
 
@@ -211,9 +214,7 @@ class Handoff(Part):
                               deadline=started + cfg.switchover_timeout, clock=self.world.clock,
                               sleep=self.world.sleep)  # fmt: skip
 
-        served = own_wal is not None and decide_handoff(local, local.timeline, 0, writable) == SERVE_OWN_WAL
-        if served:
-            assert own_wal is not None
+        if own_wal is not None:
             self.log.info(
                 "serving_own_wal", checkpoint=history.format_lsn(local.lsn),
                 note="this former primary was not shut down cleanly: its WAL past the last checkpoint may hold "
@@ -230,7 +231,7 @@ class Handoff(Part):
                       writable=writable or None, unasked=unasked or None, successor_seen=seen or None)  # fmt: skip
         if decision == PROMOTED_ALREADY:
             self._phase("switchover_handoff", started, **fields)
-            return served
+            return
         if decision != PROMOTE_SUCCESSOR:
             raise self._blocked(decision, successor, local, writable, served)
         try:
@@ -243,7 +244,6 @@ class Handoff(Part):
                 "promote",
             ) from exc
         self._phase("switchover_promoted", started, promoted=promoted, **fields)
-        return served
 
     def _blocked(self, decision: str, successor: str, local: history.LocalPosition,
                  writable: list[str], served: bool) -> SwitchoverBlocked:  # fmt: skip

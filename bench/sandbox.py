@@ -152,6 +152,25 @@ def _in_pod(argv: Sequence[str]) -> list[str]:
     return [str(POD_SH), *hostroot.wrap([*security_prefix(shipped_security()), *argv], exposed)]
 
 
+def _ready_when(check: Callable[[], None], ip: str, deadline: float, alive: Callable[[], bool], interval: float,
+                what: str) -> float:  # fmt: skip
+    """Poll `check` (a psycopg session that raises until the server serves) every `interval`;
+    time.time() at its first success. Gives up at `deadline`, or when the serving process exited."""
+    import psycopg
+
+    while True:
+        try:
+            check()
+            return time.time()
+        except psycopg.Error:
+            pass
+        if time.time() >= deadline:
+            raise TimeoutError(f"{ip}:{PORT} did not accept {what} in time")
+        if not alive():
+            raise RuntimeError(f"the process serving {ip} exited before it was ready")
+        time.sleep(interval)
+
+
 def replication_ready(
     ip: str,
     deadline: float,
@@ -165,48 +184,25 @@ def replication_ready(
     """
     import psycopg
 
-    while True:
-        try:
-            with psycopg.connect(
-                host=fqdn("postgresql-sfs-0"),
-                hostaddr=ip,
-                port=PORT,
-                user=REPLICATION_USER,
-                password=password,
-                dbname="replication",
-                replication="true",
-                connect_timeout=2,
-                autocommit=True,
-            ) as conn:
-                conn.execute("IDENTIFY_SYSTEM").fetchone()
-                return time.time()
-        except psycopg.Error:
-            pass
-        if time.time() >= deadline:
-            raise TimeoutError(f"{ip}:{PORT} did not accept a replication connection in time")
-        if not alive():
-            raise RuntimeError(f"the process serving {ip} exited before it was ready")
-        time.sleep(interval)
+    def check() -> None:
+        with psycopg.connect(host=fqdn("postgresql-sfs-0"), hostaddr=ip, port=PORT, user=REPLICATION_USER,
+                             password=password, dbname="replication", replication="true", connect_timeout=2,
+                             autocommit=True) as conn:  # fmt: skip
+            conn.execute("IDENTIFY_SYSTEM").fetchone()
+
+    return _ready_when(check, ip, deadline, alive, interval, "a replication connection")
 
 
 def superuser_ready(
     ip: str, deadline: float, alive: Callable[[], bool], interval: float = 0.02, password: str = SUPERUSER_PASSWORD
 ) -> float:
     """Poll until the superuser gets a session over TCP (SCRAM) at `ip`; time.time() then."""
-    import psycopg
 
-    while True:
-        try:
-            with superuser_conn(ip, password, timeout=2) as conn:
-                conn.execute("SELECT 1").fetchone()
-                return time.time()
-        except psycopg.Error:
-            pass
-        if time.time() >= deadline:
-            raise TimeoutError(f"{ip}:{PORT} did not accept the superuser in time")
-        if not alive():
-            raise RuntimeError(f"the process serving {ip} exited before it was ready")
-        time.sleep(interval)
+    def check() -> None:
+        with superuser_conn(ip, password, timeout=2) as conn:
+            conn.execute("SELECT 1").fetchone()
+
+    return _ready_when(check, ip, deadline, alive, interval, "the superuser")
 
 
 def superuser_conn(ip: str, password: str, timeout: float = 3.0) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import time
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import pytest
 from agent import builddir
 from agent.files import write_atomic
 from agent.pgdata import WORK_MARKER, inspect, staging_dir_for, tombstone_for, work_dir_for
+from emulator.waiting import wait_until
 
 
 def _pgdata(tmp_path: Path) -> Path:
@@ -138,13 +139,10 @@ def test_write_behind_flushes_while_the_copy_runs_and_never_after(tmp_path: Path
     built.parent.mkdir()
     area = buildarea.BuildArea(None)  # type: ignore[arg-type]  # writing_behind needs no context
     with area.writing_behind(built, interval=0.01):
-        deadline = time.monotonic() + 10
-        while len(calls) < 3 and time.monotonic() < deadline:
-            time.sleep(0.005)
-    flushed = len(calls)
-    assert flushed >= 3 and set(calls) == {built.parent}
-    time.sleep(0.05)  # the thread was joined: no flush may follow
-    assert len(calls) == flushed
+        wait_until(lambda: len(calls) >= 3, 10, 0.005, "three flushes while the copy runs")
+    assert set(calls) == {built.parent}
+    # Leaving the block joined the flusher: nothing can flush after the build moved on.
+    assert not [t for t in threading.enumerate() if t.name == "write-behind"]
 
 
 def test_sync_filesystem_flushes_a_real_filesystem_and_names_a_missing_path(tmp_path: Path) -> None:
