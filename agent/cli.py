@@ -165,14 +165,17 @@ def cmd_plan() -> int:
 
 
 def cmd_promote(args: list[str]) -> int:
-    """`promote [--dry-run] [--even-if-behind]`: this replica becomes the primary (see agent/promote.py)."""
+    """`promote [--dry-run] [--even-if-behind] [--assume-down POD]`: this replica becomes the primary
+    (see agent/promote.py); `--help` prints its help and promotes nothing."""
     logger = None
     try:
-        config, logger, _ = _prepare()
         from agent import promote
+
+        options = promote.parse_args(args)  # before anything is read: --help and bad flags touch nothing
+        config, logger, _ = _prepare()
         from agent.discovery import make_lookup
 
-        return promote.run(args, config, make_lookup(), logger)
+        return promote.run(options, config, make_lookup(), logger)
     except AgentError as exc:
         return _report(logger or _early_logging(), exc)
     except Exception as exc:

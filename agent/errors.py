@@ -24,11 +24,9 @@ class ConfigError(AgentError):
     exit_code = 2
     event = "config_invalid"
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__(
-            f"{len(problems)} configuration problem(s): " + "; ".join(problems),
-            hint="fix the listed environment variables; nothing was touched",
-        )
+    def __init__(self, problems: list[str], hint: str = "fix the listed environment variables; nothing was touched"
+                 ) -> None:  # fmt: skip
+        super().__init__(f"{len(problems)} configuration problem(s): " + "; ".join(problems), hint=hint)
         self.problems = problems
 
 

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent import history, probe, replication
+from agent import history, probe, replication, switchover, walend
 from agent.context import Part
 from agent.errors import (
     AgentError,
@@ -50,13 +50,18 @@ def decide_restart(
 ) -> str:
     """What a restarting replica does once it has seen the primary: every branch, no effects.
 
-    `verdict` is None when the clusters differ (histories of two clusters are not compared);
+    `verdict` is None when the clusters differ (histories of two clusters are not compared); a newer
+    timeline than the primary's is always refused (the data untouched), for a former primary too;
     `slot_status` is the slot's wal_status (None: no slot; `lost`: invalidated). A `former_primary`
     (no standby.signal) rejoins as it is only when it shut down cleanly on the primary's history;
     otherwise it is rewound (pg_rewind finds the exact fork, even after a crash).
     """
     if local_system_identifier is not None and local_system_identifier != primary_system_identifier:
         return REFUSE_OTHER_CLUSTER
+    if verdict is not None and verdict.outcome == history.NEWER_TIMELINE:
+        # It went on after a promotion the primary never saw: its writes are the newest. Never rewound
+        # onto the older timeline nor moved aside for it, whatever PGSFS_ON_DIVERGENCE says.
+        return REFUSE_DIVERGED
     if former_primary:
         if verdict is None or not verdict.may_follow or not clean:
             return REWIND
@@ -86,6 +91,7 @@ class FollowCheck(Part):
         cfg = self.config
         started = self.world.clock()
         budget = cfg.restart_check_timeout
+        switchover.give_back(self.pgdata, self.log)  # a handoff killed half-way: the former primary's data
         state = inspect(self.pgdata)
         local = state.system_identifier
         former = not state.standby_signal  # a former primary, on a replica ordinal now
@@ -112,11 +118,14 @@ class FollowCheck(Part):
             return False
         endpoint = self._endpoint(cfg.primary_fqdn, address)
         same_cluster = local is None or info.system_identifier == local
-        position = history.parse_controldata(controldata(self.world.runner, self.pgdata)) if same_cluster else None
+        control = controldata(self.world.runner, self.pgdata) if same_cluster else ""
+        position = history.parse_controldata(control) if same_cluster else None
         if info.in_hot_standby and former and position is not None:
             # A switchover: this member was the primary and its successor is still a standby.
+            wal_end = walend.local_wal_end(self.world.runner, self.pgdata, control)
             server = OwnWalServer(self.ctx, self.replica.files, before_start=self._clear_stale_lock)
-            served = Handoff(self.ctx).run(address, lambda: self.world.identify(endpoint, 3.0), position, server)
+            served = Handoff(self.ctx).run(address, lambda: self.world.identify(endpoint, 3.0), position, wal_end,
+                                           server)  # fmt: skip
             info = self.replica.wait_for_primary(address, timeout=cfg.switchover_timeout, accept_standby=False)
             if served:  # it ran as a standby since: a standby now, at the end of its WAL
                 former = False
@@ -244,14 +253,24 @@ class FollowCheck(Part):
             history.NOT_IN_HISTORY: "its timeline is not in the primary's history",
         }[verdict.outcome]
         fields = asdict(verdict)
+        hint = (
+            "find out which copy holds the writes you need. If it is the primary's, set PGSFS_ON_DIVERGENCE=reclone "
+            "on this pod (its data is moved aside, never deleted, and it clones again) or delete its PVC; if it is "
+            "this replica's, make it the primary instead"
+        )
+        if verdict.outcome == history.NEWER_TIMELINE:
+            hint = (
+                "this member went on after a promotion the primary never saw, so its writes are the newest: make it "
+                f"the primary (set the primary ordinal to {self.config.identity.ordinal} and apply). Only if its "
+                "writes are not needed, move its PGDATA aside or delete its PVC (PGSFS_ON_DIVERGENCE=reclone never "
+                "discards a newer timeline)"
+            )
         if not reclone:
             raise ReplicaDiverged(
                 f"this replica's data is not on the primary's history: {where} (replica timeline "
                 f"{verdict.local_timeline} at {verdict.local_lsn}, primary timeline {verdict.primary_timeline} "
                 f"at {verdict.primary_lsn}); streaming would silently mix the two. The data here was left untouched",
-                hint="find out which copy holds the writes you need. If it is the primary's, set "
-                "PGSFS_ON_DIVERGENCE=reclone on this pod (its data is moved aside, never deleted, and it clones "
-                "again) or delete its PVC; if it is this replica's, make it the primary instead",
+                hint=hint,
                 **fields,
             )
         self.move_aside_and_clone(

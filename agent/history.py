@@ -58,24 +58,32 @@ class LocalPosition:
     # pg_controldata's "Database cluster state": "shut down in recovery" is clean for a standby, but a
     # former primary's WAL may go past the restartpoint it then wrote.
     state: str = SHUT_DOWN
+    # `lsn` is where a record starts (a checkpoint's location), not where one ends (a min recovery
+    # point): that record is part of this history, so a fork exactly there is already past it.
+    record_start: bool = False
 
 
-def parse_controldata(text: str) -> LocalPosition:
-    """The furthest point pg_controldata proves this data reached: checkpoint or min recovery point."""
+def controldata_values(text: str) -> dict[str, str]:
+    """pg_controldata's report (run with LC_ALL=C) as label -> value."""
     values = {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
         if sep:
             values[key.strip()] = value.strip()
-    position = LocalPosition(
-        int(values["Latest checkpoint's TimeLineID"]), parse_lsn(values["Latest checkpoint location"])
-    )
+    return values
+
+
+def parse_controldata(text: str) -> LocalPosition:
+    """The furthest point pg_controldata proves this data reached: checkpoint or min recovery point."""
+    values = controldata_values(text)
+    timeline, lsn = int(values["Latest checkpoint's TimeLineID"]), parse_lsn(values["Latest checkpoint location"])
+    record_start = True
     min_recovery = parse_lsn(values.get("Minimum recovery ending location", "0/0"))
     min_recovery_tli = int(values.get("Min recovery ending loc's timeline", "0") or 0)
-    if min_recovery_tli and (min_recovery_tli, min_recovery) > (position.timeline, position.lsn):
-        position = LocalPosition(min_recovery_tli, min_recovery)
+    if min_recovery_tli and (min_recovery_tli, min_recovery) > (timeline, lsn):
+        timeline, lsn, record_start = min_recovery_tli, min_recovery, False
     state = values.get("Database cluster state", SHUT_DOWN)
-    return LocalPosition(position.timeline, position.lsn, state in (SHUT_DOWN, "shut down in recovery"), state)
+    return LocalPosition(timeline, lsn, state in (SHUT_DOWN, "shut down in recovery"), state, record_start)
 
 
 @dataclass(frozen=True)
@@ -104,11 +112,15 @@ def compare(local: LocalPosition, primary_timeline: int, primary_lsn: int, histo
             format_lsn(switch) if switch is not None else None,
         )  # fmt: skip
 
+    def within(limit: int) -> bool:
+        # A record starting exactly at `limit` ends past it: not within.
+        return local.lsn < limit if local.record_start else local.lsn <= limit
+
     if local.timeline == primary_timeline:
-        return verdict(ON_HISTORY if local.lsn <= primary_lsn else AHEAD_OF_PRIMARY)
+        return verdict(ON_HISTORY if within(primary_lsn) else AHEAD_OF_PRIMARY)
     if local.timeline > primary_timeline:
         return verdict(NEWER_TIMELINE)
     switch = history.get(local.timeline)
     if switch is None:
         return verdict(NOT_IN_HISTORY)
-    return verdict(ON_HISTORY if local.lsn <= switch else FORKED, switch)
+    return verdict(ON_HISTORY if within(switch) else FORKED, switch)

@@ -18,6 +18,7 @@ from agent.render import (
     synchronous_standby_names,
     with_hba_block,
     with_include,
+    without_handoff_conninfo,
 )
 
 
@@ -93,6 +94,8 @@ class ManagedFiles(Part):
             written.append("standby.signal")
         # postgresql.auto.conf from a clone may carry the primary's ALTER SYSTEM settings; that is
         # wanted, but a primary_conninfo there (someone ran pg_basebackup -R) would win over ours.
+        # The one a handoff sets on its successor is ours: removed if it outlived the handoff.
+        self._remove_handoff_conninfo(datadir)
         self._phase(
             "config_written", started, datadir=str(datadir), files=written, standby=standby,
             wal_volume_mb=wal.written.volume_mb, **wal.written.conf_values(),
@@ -107,6 +110,19 @@ class ManagedFiles(Part):
                 hint="WAL could fill the volume and stop the primary: lower the setting (PGSFS_* variables, "
                 "ALTER SYSTEM or postgres -c), leave them at auto, or grow the PersistentVolumeClaim",
             )
+
+    def _remove_handoff_conninfo(self, datadir: Path) -> None:
+        auto = datadir / "postgresql.auto.conf"
+        try:
+            text = auto.read_text()
+        except OSError:
+            return
+        kept, removed = without_handoff_conninfo(text)
+        if removed:
+            write_atomic(auto, kept, mode=0o600, owner=self.owner)
+            self.log.info("handoff_conninfo_removed", file=str(auto),
+                          note="a switchover's former primary pointed this member at itself to hand its WAL over; "
+                          "done, so the managed settings apply")  # fmt: skip
 
     def fix_ownership(self) -> None:
         """PGDATA owned by postgres with mode 0700, as postgres insists (a foreign owner was refused in the plan)."""

@@ -33,6 +33,7 @@ class DataDirState:
     empty: bool
     is_mountpoint: bool
     pg_version: str | None
+    # standby.signal, unless an unfinished handoff wrote it (PGDATA is then a former primary's)
     standby_signal: bool
     recovery_signal: bool
     system_identifier: int | None
@@ -47,6 +48,9 @@ class DataDirState:
         return self.pg_version is not None
 
 
+# Written before a former primary's own WAL is served as a standby (switchover.OwnWalServer) and
+# removed once its successor is promoted: while it exists, standby.signal is the handoff's, not a standby's.
+HANDOFF_MARKER = "pgsfs.handoff"
 # A fresh filesystem's own directory: never data, never in the way (a real PV's root has it).
 LOST_FOUND = "lost+found"
 
@@ -180,7 +184,7 @@ def inspect(pgdata: Path) -> DataDirState:
         empty=not entries,
         is_mountpoint=exists and os.path.ismount(pgdata),
         pg_version=pg_version,
-        standby_signal="standby.signal" in entries,
+        standby_signal="standby.signal" in entries and HANDOFF_MARKER not in entries,
         recovery_signal="recovery.signal" in entries,
         system_identifier=read_system_identifier(pgdata) if pg_version else None,
         sample_entries=tuple(sorted(entries)[:8]),

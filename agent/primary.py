@@ -33,7 +33,7 @@ from agent.render import (
     scram_verifier,
     setup_sql,
 )
-from agent.switchover import Designated, PrimaryGuard
+from agent.switchover import Designated, PrimaryGuard, give_back
 
 # A long initdb.d script (a restore) says it still runs this often.
 SCRIPT_PROGRESS_INTERVAL = 60.0
@@ -273,6 +273,7 @@ class Primary(Part):
         if "follow_writable" in self.plan.steps:
             self.follow_until_promoted()
             return
+        give_back(self.pgdata, self.log)  # a handoff killed half-way, the ordinal moved back since
         if "check_no_other_primary" in self.plan.steps:
             PrimaryGuard(self.ctx).check()
         self.files.write_config(self.pgdata, standby=False)

@@ -1,29 +1,34 @@
 """`pg-sfs-agent promote`: make this replica the primary after the primary is lost, never beside one.
 
 Run in the replica's pod (`kubectl exec postgresql-sfs-N -- pg-sfs-agent promote`). It asks every
-member (SRV targets and ordinals, as the re-init guard does) over SQL what it is and how far it
-got, then promotes this one only when no member accepts writes and none has replayed further
-(`--even-if-behind` overrides the second, never the first). `--dry-run` only reports. The report
-is JSON on stdout; the decision is the pure `decide`.
+member (SRV targets and ordinals, as the re-init guard does) over SQL what it is and how much WAL
+it holds, then promotes this one only when no member accepts writes, every member that resolves
+answered (or the operator named it with `--assume-down`), and none holds more WAL: the timeline
+first, then the furthest of what it received and what it replayed, so a commit acknowledged by a
+synchronous standby's flush is never behind the one promoted (`--even-if-behind` overrides only
+that last rule). `--dry-run` only reports. The report is JSON on stdout; the decision is the pure
+`decide`.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from agent import discovery, probe, survey
 from agent.config import Config
-from agent.errors import PromoteRefused
+from agent.errors import CommandFailed, ConfigError, PromoteRefused
 from agent.history import parse_lsn
 
-# pg_current_wal_flush_lsn() raises on a standby: CASE calls it only on a primary.
+# pg_current_wal_flush_lsn() raises on a standby: CASE calls it only on a primary. A standby's
+# timeline is the newer of its last restartpoint's and the one its WAL receiver streams.
 QUERY = (
     "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, "
     "CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_flush_lsn()::text END, "
-    "(SELECT timeline_id FROM pg_control_checkpoint())"
+    "GREATEST((SELECT timeline_id FROM pg_control_checkpoint()), (SELECT received_tli FROM pg_stat_wal_receiver))"
 )
 
 
@@ -40,25 +45,75 @@ class MemberView:
     written: str | None = None
     detail: str = ""
 
+    @property
+    def holds(self) -> tuple[int, int]:
+        """How much WAL it holds, comparable across members: (timeline, furthest of received and replayed)."""
+        return (self.timeline or 0, max(_lsn(self.received), _lsn(self.replayed), _lsn(self.written)))
+
 
 def _lsn(text: str | None) -> int:
     return parse_lsn(text) if text else -1
 
 
-def decide(local: MemberView, others: list[MemberView], even_if_behind: bool) -> str | None:
-    """Why this member must not be promoted now, or None when it may."""
+def decide(local: MemberView, others: list[MemberView], even_if_behind: bool,
+           assume_down: frozenset[str] = frozenset()) -> str | None:  # fmt: skip
+    """Why this member must not be promoted now, or None when it may.
+
+    Fails closed: a member that resolves but does not answer may be a primary cut off from this
+    member and not from its clients, so it blocks unless the operator named it in `assume_down`.
+    """
     if not local.reachable or local.in_recovery is not True:
         return f"this member ({local.member}) is not a running standby: {local.detail or 'not in recovery'}"
     writable = [o.member for o in others if o.reachable and o.in_recovery is False]
     if writable:
         return f"{', '.join(writable)} accept(s) writes: promoting here would make two primaries"
-    ahead = [o.member for o in others if o.reachable and o.in_recovery and _lsn(o.replayed) > _lsn(local.replayed)]
+    unknown = sorted(assume_down - {o.member for o in others})
+    if unknown:
+        return f"--assume-down names {', '.join(unknown)}, which did not resolve as a member: check the pod names"
+    answering = sorted(o.member for o in others if o.reachable and o.member in assume_down)
+    if answering:
+        return f"--assume-down names {', '.join(answering)}, which answered: it is not down"
+    silent = [o for o in others if not o.reachable and o.member not in assume_down]
+    if silent:
+        said = "; ".join(f"{o.member}: {o.detail or 'no answer'}" for o in silent)
+        return (
+            f"{', '.join(o.member for o in silent)} resolve(s) but did not answer ({said}): a primary cut off from "
+            "this member may still take its clients' writes. Check that pod and its node; only once it is down "
+            "(or its node is gone), pass --assume-down with its name"
+        )
+    ahead = [o.member for o in others if o.reachable and o.in_recovery and o.holds > local.holds]
     if ahead and not even_if_behind:
         return (
-            f"{', '.join(ahead)} replayed further than this member ({local.replayed}): promote the most advanced "
-            "one instead, or pass --even-if-behind to lose what only they have"
+            f"{', '.join(ahead)} hold(s) more WAL than this member (timeline {local.timeline}, received "
+            f"{local.received}, replayed {local.replayed}): promote the most advanced one instead, or pass "
+            "--even-if-behind to lose what only they have"
         )
     return None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as a configuration error (a JSON line, exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError([f"pg-sfs-agent promote: {message}"],
+                          hint="see `pg-sfs-agent promote --help`; nothing was changed")  # fmt: skip
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """promote's arguments; --help prints help and exits 0, anything unknown is a ConfigError."""
+    parser = _Parser(
+        prog="pg-sfs-agent promote",
+        description="Promote this replica to primary after the primary is lost, never beside another primary. "
+        "Run it in the replica's pod: kubectl exec postgresql-sfs-N -- pg-sfs-agent promote. Every member is "
+        "asked over SQL; the JSON report on stdout shows what each said.",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="report and decide, promote nothing")
+    parser.add_argument("--even-if-behind", action="store_true",
+                        help="promote although another standby holds more WAL (what only it has is lost)")  # fmt: skip
+    parser.add_argument("--assume-down", action="append", default=[], metavar="POD",
+                        help="a member that resolves but does not answer, which you checked is down (its pod or "
+                        "node gone); repeat for several. Without it such a member blocks the promotion")  # fmt: skip
+    return parser.parse_args(argv)
 
 
 def _ask(connect: Callable[..., Any], member: str, **where: Any) -> MemberView:
@@ -110,14 +165,16 @@ def observe(config: Config, lookup: discovery.Lookup) -> tuple[MemberView, list[
     return local, others
 
 
-def run(argv: list[str], config: Config, lookup: discovery.Lookup, log: Any) -> int:
+def run(args: argparse.Namespace, config: Config, lookup: discovery.Lookup, log: Any) -> int:
     """Report, decide, and (unless --dry-run) promote this member; 0 on success, 14 when refused."""
     import psycopg
 
-    dry_run = "--dry-run" in argv
+    dry_run = bool(args.dry_run)
     local, others = observe(config, lookup)
-    refusal = decide(local, others, even_if_behind="--even-if-behind" in argv)
-    report: dict[str, Any] = {"member": asdict(local), "others": [asdict(o) for o in others], "refused": refusal}
+    refusal = decide(local, others, even_if_behind=bool(args.even_if_behind),
+                     assume_down=frozenset(args.assume_down))  # fmt: skip
+    report: dict[str, Any] = {"member": asdict(local), "others": [asdict(o) for o in others], "refused": refusal,
+                              "assumed_down": sorted(args.assume_down) or None}  # fmt: skip
     if refusal is None and not dry_run:
         running = probe.postmaster_status(config.pgdata)
         assert running is not None
@@ -132,6 +189,12 @@ def run(argv: list[str], config: Config, lookup: discovery.Lookup, log: Any) -> 
         raise PromoteRefused(
             f"not promoting {local.member}: {refusal}; nothing was changed",
             hint="see the report on stdout: each member's role, timeline and received/replayed positions",
+        )
+    if not dry_run and not report["promoted"]:
+        raise CommandFailed(
+            f"pg_promote() on {local.member} did not report the promotion done within 60 s",
+            hint="check `SELECT pg_is_in_recovery()` in this pod: if still true, see postgres' log and run promote "
+            "again; if false, it finished late: move the primary ordinal to this member",
         )
     if not dry_run:
         log.warning(

@@ -67,6 +67,23 @@ def passfile_line(user: str, password: str) -> str:
     return f"*:*:*:{escape_passfile(user)}:{escape_passfile(password)}\n"
 
 
+# The application_name suffix of the primary_conninfo a handoff sets on its successor with ALTER
+# SYSTEM (switchover.redirect_successor); ManagedFiles removes such a line if it outlived the handoff.
+HANDOFF_SUFFIX = "-handoff"
+
+
+def without_handoff_conninfo(auto_conf: str) -> tuple[str, bool]:
+    """postgresql.auto.conf without a primary_conninfo a handoff left there; and whether one was."""
+    kept, removed = [], False
+    for line in auto_conf.splitlines(keepends=True):
+        key = line.split("=", 1)[0].strip()
+        if key == "primary_conninfo" and f"{HANDOFF_SUFFIX}'" in line.replace("''", "'"):
+            removed = True
+            continue
+        kept.append(line)
+    return "".join(kept), removed
+
+
 def conninfo(params: dict[str, str]) -> str:
     """A conninfo string from key/value pairs, every value quoted."""
     return " ".join(f"{key}={quote_conninfo(value)}" for key, value in params.items())

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -123,6 +124,36 @@ class Runner:
         finally:
             self._forget(proc)
         return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+
+    def run_last_line(
+        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 600.0
+    ) -> tuple[bytes, bytes]:
+        """Run a program whose output may be far too large to keep (pg_waldump over a GB of WAL);
+        returns its last complete stdout line and its stderr. Reads to EOF, so only for programs
+        that end by themselves."""
+        with tempfile.TemporaryFile() as errors:
+            proc = self.spawn(argv, env=env, stderr=errors)
+            assert proc.stdout is not None
+            last, pending = b"", b""
+            try:
+                while chunk := proc.stdout.read(1 << 20):
+                    data = pending + chunk
+                    end = data.rfind(b"\n")
+                    if end < 0:
+                        pending = data
+                        continue
+                    # The line before the last newline is whole: a partial line always starts `data`.
+                    last = data[data.rfind(b"\n", 0, end) + 1 : end]
+                    pending = data[end + 1 :]
+                proc.stdout.close()
+                proc.wait(timeout=timeout)
+            except BaseException:
+                self.stop(proc)
+                raise
+            finally:
+                self._forget(proc)
+            errors.seek(0)
+            return (pending or last), errors.read()
 
     def _forget(self, proc: subprocess.Popen[Any]) -> None:
         if proc in self.children and proc.poll() is not None:

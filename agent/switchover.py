@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Callable
 
 from tenacity import wait_fixed
@@ -23,8 +24,11 @@ from tenacity import wait_fixed
 from agent import history, survey
 from agent.context import Part
 from agent.errors import CommandFailed, SwitchoverBlocked
-from agent.files import fsync_dir
+from agent.files import fsync_dir, write_atomic
+from agent.pgdata import HANDOFF_MARKER
+from agent.plan import PASSFILE_NAME
 from agent.postgres import child_env
+from agent.render import HANDOFF_SUFFIX, primary_conninfo
 from agent.waits import poll_until
 
 FOLLOW_WRITABLE = "follow_writable"
@@ -55,26 +59,22 @@ def decide_primary_restart(writable: list[str]) -> str:
     return REFUSE_OTHER_PRIMARY if writable else START_PRIMARY
 
 
-def decide_handoff(local: history.LocalPosition, successor_timeline: int, successor_received: int,
-                   writable: list[str], served_up_to: int | None = None) -> str:  # fmt: skip
-    """A former primary (its postgres stopped) and its successor N, still a standby: promote N?
+def decide_handoff(timeline: int, wal_end: int, successor_timeline: int, successor_received: int,
+                   writable: list[str], serving: bool) -> str:  # fmt: skip
+    """A former primary (its postgres stopped) whose WAL ends at `wal_end`, and its successor N, still a
+    standby: promote N?
 
-    Only when no member accepts writes and N has every commit this member has, on the same timeline:
-    - it shut down cleanly as a primary: N received WAL past its shutdown checkpoint (every commit
-      lies before it);
-    - it did not (killed, or a handoff that served its WAL failed after): its WAL past the last
-      checkpoint may hold commits, so it first serves that WAL as a read-only standby (SERVE_OWN_WAL);
-      `served_up_to` is then the end of its WAL, which N must have received in full.
+    Only when no member accepts writes and N, on the same timeline, has received this member's WAL to
+    its end: every commit it acknowledged lies before that end. Until then its WAL is served by a
+    read-only standby here (SERVE_OWN_WAL), whether it was killed or shut down cleanly while N lagged.
     """
     if writable:
         return REFUSE_WRITABLE
-    if served_up_to is None and (not local.clean or local.state != history.SHUT_DOWN):
-        return SERVE_OWN_WAL
-    if successor_timeline != local.timeline:
+    if successor_timeline != timeline:
         return REFUSE_OTHER_TIMELINE
-    if served_up_to is not None:
-        return PROMOTE_SUCCESSOR if successor_received >= served_up_to else WAIT_FOR_SUCCESSOR
-    return PROMOTE_SUCCESSOR if successor_received > local.lsn else WAIT_FOR_SUCCESSOR
+    if successor_received >= wal_end:
+        return PROMOTE_SUCCESSOR
+    return WAIT_FOR_SUCCESSOR if serving else SERVE_OWN_WAL
 
 
 def writable_members(part: Part, timeout: float) -> tuple[list[str], list[str]]:
@@ -106,6 +106,21 @@ def promote_over_sql(host: str, hostaddr: str, port: int, user: str, password: s
                          connect_timeout=5, autocommit=True) as conn:  # fmt: skip
         row = conn.execute("SELECT pg_promote(true, 60)").fetchone()
     return bool(row and row[0])
+
+
+def redirect_successor(host: str, hostaddr: str, port: int, user: str, password: str, conninfo: str | None) -> None:
+    """Point another member's WAL receiver at `conninfo`, or with None back at its managed settings
+    (ALTER SYSTEM, then a reload: primary_conninfo is reloadable since PostgreSQL 13)."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(host=host, hostaddr=hostaddr, port=port, user=user, password=password, dbname="postgres",
+                         connect_timeout=5, autocommit=True) as conn:  # fmt: skip
+        if conninfo is None:
+            conn.execute("ALTER SYSTEM RESET primary_conninfo")
+        else:
+            conn.execute(sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(sql.Literal(conninfo)))
+        conn.execute("SELECT pg_reload_conf()")
 
 
 class Designated(Part):
@@ -163,90 +178,117 @@ class PrimaryGuard(Part):
 class Handoff(Part):
     """A former primary's agent whose successor is still a standby: promote it, without losing a write."""
 
-    def run(self, address: str, identify: Callable[[], Any], local: history.LocalPosition,
-            own_wal: OwnWalServer) -> bool:  # fmt: skip
-        """Wait (bounded) until the successor has every commit this member has, then promote it; else
-        refuse. `local` is this member's position from pg_controldata. After an unclean stop, its WAL is
-        first served by a read-only standby (`own_wal`).
+    def __init__(self, ctx: Any, promote: Callable[..., bool] = promote_over_sql,
+                 redirect: Callable[..., None] = redirect_successor) -> None:  # fmt: skip
+        super().__init__(ctx)
+        self.promote = promote
+        self.redirect = redirect
 
-        Returns True when it served its own WAL (PGDATA is then a standby's, shut down in recovery).
+    def run(self, address: str, identify: Callable[[], Any], local: history.LocalPosition, wal_end: int,
+            own_wal: OwnWalServer) -> bool:  # fmt: skip
+        """Wait (bounded) until the successor has received this member's WAL to `wal_end` (fixed before
+        anything reads it), serving that WAL from a read-only standby here while it lacks some; then
+        promote it, else refuse. Returns True when it served (PGDATA is then a standby's).
         """
         started = self.world.clock()
         writable, unasked = writable_members(self, min(self.config.peer_check_timeout, 10.0))
-        # Before anything is known of the successor: must this member's own WAL be served first?
-        served = decide_handoff(local, local.timeline, 0, writable) == SERVE_OWN_WAL
-        try:
-            self._run(started, address, identify, local, writable, unasked, own_wal if served else None)
-        except BaseException:
-            if served:  # not handed over: PGDATA is the former primary's again for the next start
-                own_wal.give_back()
-            raise
-        return served
-
-    def _run(self, started: float, address: str, identify: Callable[[], Any], local: history.LocalPosition,
-             writable: list[str], unasked: list[str], own_wal: OwnWalServer | None) -> None:  # fmt: skip
         cfg = self.config
         successor = cfg.primary_fqdn.rstrip(".")
-        served = own_wal is not None
         seen: dict[str, Any] = {}
-        own_end: list[Callable[[], int | None]] = []
 
-        def attempt() -> str:
+        alive: list[Callable[[], None]] = []
+
+        def attempt(serving: bool) -> str:
             self.world.beat("switchover")
-            served_up_to = None
-            if own_end:
-                served_up_to = own_end[0]()
-                if served_up_to is None:  # its postgres is still in crash recovery
-                    return WAIT_FOR_SUCCESSOR
-                seen.update(served_up_to=history.format_lsn(served_up_to))
+            for check in alive:
+                check()
             result = identify()
             if result.info is None:
                 seen.update(outcome=result.outcome, detail=result.detail)
                 return WAIT_FOR_SUCCESSOR
             if not result.info.in_hot_standby:
                 return PROMOTED_ALREADY
-            received = history.parse_lsn(result.info.xlogpos)
             seen.update(timeline=result.info.timeline, received=result.info.xlogpos)
-            return decide_handoff(local, result.info.timeline, received, writable, served_up_to)
+            received = history.parse_lsn(result.info.xlogpos)
+            return decide_handoff(local.timeline, wal_end, result.info.timeline, received, writable, serving)
 
-        def wait() -> str:
-            return poll_until(attempt, done=lambda d: d != WAIT_FOR_SUCCESSOR, wait=wait_fixed(0.2),
+        def wait(serving: bool) -> str:
+            return poll_until(lambda: attempt(serving), done=lambda d: d != WAIT_FOR_SUCCESSOR, wait=wait_fixed(0.2),
                               deadline=started + cfg.switchover_timeout, clock=self.world.clock,
                               sleep=self.world.sleep)  # fmt: skip
 
-        if own_wal is not None:
-            self.log.info(
-                "serving_own_wal", checkpoint=history.format_lsn(local.lsn),
-                note="this former primary was not shut down cleanly: its WAL past the last checkpoint may hold "
-                "commits its successor lacks. Its postgres runs as a read-only standby (crash recovery, then "
-                "connected to nobody) so the successor streams that WAL from here; then it is stopped",
-            )  # fmt: skip
-            with own_wal.serving() as end_of_wal:
-                own_end.append(end_of_wal)
-                decision = wait()
-        else:
-            decision = wait()
-        fields = dict(successor=successor, decision=decision, checkpoint=history.format_lsn(local.lsn),
-                      timeline=local.timeline, clean=local.clean, served_own_wal=served or None,
-                      writable=writable or None, unasked=unasked or None, successor_seen=seen or None)  # fmt: skip
-        if decision == PROMOTED_ALREADY:
-            self._phase("switchover_handoff", started, **fields)
-            return
-        if decision != PROMOTE_SUCCESSOR:
-            raise self._blocked(decision, successor, local, writable, served)
+        decision = wait(serving=False)
+        served = decision == SERVE_OWN_WAL
         try:
-            promoted = promote_over_sql(successor, address, cfg.port, cfg.superuser, cfg.superuser_password.reveal())
+            if served:
+                self.log.info(
+                    "serving_own_wal", wal_end=history.format_lsn(wal_end), successor_received=seen.get("received"),
+                    note="its successor lacks WAL this former primary has (it may hold acknowledged commits): its "
+                    "postgres runs as a read-only standby, connected to nobody, so the successor streams that WAL "
+                    "from here to its end; then it is stopped",
+                )  # fmt: skip
+                with own_wal.serving() as running:
+                    alive.append(running)
+                    # The successor may have started connected to nobody (no member was writable
+                    # then): point it here, and back at its own settings once done.
+                    self._point_successor(successor, address, here=True)
+                    try:
+                        decision = wait(serving=True)
+                    finally:
+                        self._point_successor(successor, address, here=False)
+            fields = dict(successor=successor, decision=decision, wal_end=history.format_lsn(wal_end),
+                          timeline=local.timeline, clean=local.clean, served_own_wal=served or None,
+                          writable=writable or None, unasked=unasked or None, successor_seen=seen or None)  # fmt: skip
+            if decision == PROMOTED_ALREADY:
+                self._phase("switchover_handoff", started, **fields)
+            elif decision != PROMOTE_SUCCESSOR:
+                raise self._blocked(decision, successor, wal_end, writable, served)
+            else:
+                promoted = self._promote(successor, address)
+                self._phase("switchover_promoted", started, promoted=promoted, **fields)
+        except BaseException:
+            if served:  # not handed over: PGDATA is the former primary's again for the next start
+                own_wal.give_back()
+            raise
+        if served:
+            own_wal.handed_over()
+        return served
+
+    def _point_successor(self, successor: str, address: str, *, here: bool) -> None:
+        cfg = self.config
+        conninfo = primary_conninfo(
+            host=cfg.pod_fqdn(cfg.identity.pod_name).rstrip("."), port=cfg.port, user=cfg.replication_user,
+            passfile=str(cfg.state_dir / PASSFILE_NAME),
+            application_name=f"{successor.split('.', maxsplit=1)[0]}{HANDOFF_SUFFIX}",
+        )  # fmt: skip
+        try:
+            self.redirect(successor, address, cfg.port, cfg.superuser, cfg.superuser_password.reveal(),
+                          conninfo if here else None)  # fmt: skip
+        except Exception as exc:  # psycopg.Error; kept broad so no traceback reaches the user
+            detail = " ".join(str(exc).split())
+            if here:
+                raise CommandFailed(
+                    f"could not point {successor} at this former primary to stream its WAL: {detail}",
+                    hint="the successor must accept the superuser (POSTGRES_USER) over the network; the pod restarts "
+                    "and tries again",
+                ) from exc
+            self.log.warning("handoff_conninfo_left", successor=successor, detail=detail,
+                             note="its agent removes it at that member's next start")  # fmt: skip
+
+    def _promote(self, successor: str, address: str) -> bool:
+        cfg = self.config
+        try:
+            return self.promote(successor, address, cfg.port, cfg.superuser, cfg.superuser_password.reveal())
         except Exception as exc:  # psycopg.Error; kept broad so no traceback reaches the user
             raise CommandFailed(
                 f"could not promote {successor}: {' '.join(str(exc).split())}",
                 hint="the successor must accept the superuser (POSTGRES_USER) over the network; the pod restarts "
-                f"and tries again, or promote it by hand: kubectl exec {successor.split('.')[0]} -- pg-sfs-agent "
-                "promote",
+                f"and tries again, or promote it by hand: kubectl exec {successor.split('.', maxsplit=1)[0]} "
+                "-- pg-sfs-agent promote",
             ) from exc
-        self._phase("switchover_promoted", started, promoted=promoted, **fields)
 
-    def _blocked(self, decision: str, successor: str, local: history.LocalPosition,
-                 writable: list[str], served: bool) -> SwitchoverBlocked:  # fmt: skip
+    def _blocked(self, decision: str, successor: str, wal_end: int, writable: list[str],
+                 served: bool) -> SwitchoverBlocked:  # fmt: skip
         me = self.config.identity.pod_name
         short = successor.split(".", maxsplit=1)[0]
         back = (f"set PGSFS_PRIMARY_ORDINAL back to {self.config.identity.ordinal} (this member then starts as the "
@@ -255,10 +297,8 @@ class Handoff(Part):
             REFUSE_WRITABLE: f"{', '.join(writable)} accept(s) writes, so promoting {short} would make two primaries",
             REFUSE_OTHER_TIMELINE: f"{short} is on another timeline than this member",
             WAIT_FOR_SUCCESSOR: (
-                f"{short} did not stream this member's WAL to its end (served by a read-only standby here, as it was "
-                "not shut down cleanly) within PGSFS_SWITCHOVER_TIMEOUT" if served else
-                f"{short} did not receive this member's WAL up to its shutdown checkpoint "
-                f"({history.format_lsn(local.lsn)}) within PGSFS_SWITCHOVER_TIMEOUT"
+                f"{short} did not receive this member's WAL to its end ({history.format_lsn(wal_end)}"
+                f"{', served by a read-only standby here' if served else ''}) within PGSFS_SWITCHOVER_TIMEOUT"
             ),
         }[decision]
         return SwitchoverBlocked(
@@ -270,8 +310,12 @@ class Handoff(Part):
 
 
 class OwnWalServer(Part):
-    """A former primary killed mid-run: its postgres as a read-only standby, so its successor can stream
-    the WAL only it has (crash recovery replays it all before the first connection is accepted)."""
+    """A former primary whose successor lacks some of its WAL: its postgres as a read-only standby,
+    connected to nobody, so the successor streams that WAL from it.
+
+    The handoff is recorded on the volume (HANDOFF_MARKER, before standby.signal): a kill at any
+    instant leaves PGDATA recognisably the former primary's, never an ordinary standby's.
+    """
 
     def __init__(self, ctx: Any, files: Any, before_start: Callable[[], None] = lambda: None) -> None:
         super().__init__(ctx)
@@ -279,10 +323,12 @@ class OwnWalServer(Part):
         self.before_start = before_start
 
     @contextlib.contextmanager
-    def serving(self) -> Iterator[Callable[[], int | None]]:
-        """Run it (standby.signal, connected to nobody) until the block ends; yields a function giving
-        how far its WAL goes (None while it does not accept connections yet). Stopped cleanly at the end."""
+    def serving(self) -> Iterator[Callable[[], None]]:
+        """Run it until the block ends; yields a check that raises once that postgres has exited.
+        Stopped at the end with a fast shutdown (a restartpoint, then "shut down in recovery")."""
         cfg = self.config
+        write_atomic(self.pgdata / HANDOFF_MARKER, "serving this former primary's WAL to its successor\n",
+                     owner=self.owner)  # fmt: skip
         self.files.write_config(self.pgdata, standby=True, connect=False)
         self.before_start()
         if self.ctx.announcer is not None:
@@ -290,29 +336,46 @@ class OwnWalServer(Part):
         with open(cfg.state_dir / "own-wal-server.log", "ab") as out:
             proc = self.world.runner.spawn(["postgres", "-D", str(self.pgdata)], env=child_env(), stdout=out,
                                            stderr=out)  # fmt: skip
-        endpoint = self._endpoint("localhost", "127.0.0.1")
 
-        def end_of_wal() -> int | None:
+        def running() -> None:
             if proc.poll() is not None:
                 raise CommandFailed(
                     f"postgres, started to serve this former primary's WAL, exited with {proc.returncode}",
                     hint=f"see {cfg.state_dir / 'own-wal-server.log'}; the pod restarts and tries again",
                 )
-            attempt = self.world.identify(endpoint, 2.0)
-            return history.parse_lsn(attempt.info.xlogpos) if attempt.info is not None else None
 
         try:
-            yield end_of_wal
+            yield running
         finally:
-            # Fast shutdown of a standby: a restartpoint, then "shut down in recovery".
-            self.world.runner.stop(proc, grace=cfg.switchover_timeout, sig=signal.SIGINT)
+            # Well inside the pod's grace period; a kill here leaves the marker, so nothing is forgotten.
+            self.world.runner.stop(proc, grace=min(cfg.switchover_timeout, 20.0), sig=signal.SIGINT)
+
+    def handed_over(self) -> None:
+        """The successor was promoted: PGDATA is a standby's from now on (it follows the successor)."""
+        _remove_durably(self.pgdata / HANDOFF_MARKER)
 
     def give_back(self) -> None:
-        """The handoff failed after serving: remove standby.signal, so the next start sees the former
-        primary again (and, its state being "shut down in recovery", serves its WAL again first)."""
-        signal_file = self.pgdata / "standby.signal"
-        if signal_file.exists():
-            signal_file.unlink()
-            fsync_dir(self.pgdata)
-            self.log.info("standby_signal_removed", note="the handoff did not happen: PGDATA is the former "
-                          "primary's again, untouched otherwise")  # fmt: skip
+        """The handoff did not happen: PGDATA is the former primary's again for the next start."""
+        give_back(self.pgdata, self.log)
+
+
+def give_back(pgdata: Path, log: Any) -> bool:
+    """Undo an unfinished handoff (standby.signal, then the marker); True when there was one.
+
+    Its state is then "shut down in recovery" or "in archive recovery": the next handoff reads
+    its WAL's end again and serves it first if the successor lacks any.
+    """
+    marker = pgdata / HANDOFF_MARKER
+    if not marker.exists():
+        return False
+    _remove_durably(pgdata / "standby.signal")
+    _remove_durably(marker)
+    log.info("handoff_given_back", note="a handoff that did not finish (the successor was not promoted by this "
+             "member): PGDATA is the former primary's again, untouched otherwise")  # fmt: skip
+    return True
+
+
+def _remove_durably(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+        fsync_dir(path.parent)

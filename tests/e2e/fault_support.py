@@ -328,19 +328,20 @@ def titled_pids(c: Cluster, name: str, prefix: str) -> list[int]:
 
 def primary_dies_ahead_of_its_replica(c: Cluster, replica: str, sql: str, env: Mapping[str, str | None],
                                       check: Callable[[], None] = lambda: None) -> None:  # fmt: skip
-    """Freeze `replica`'s walreceiver, run `sql` on pod 0 (acknowledged there alone; `check` runs then),
-    then apply `env` as pod 0's node fails (Cluster.update_template_as_pod_dies); the walreceiver
-    resumes after."""
-    receivers = titled_pids(c, replica, "postgres: walreceiver")
-    assert receivers, f"{replica} has no walreceiver"
-    for pid in receivers:
+    """Freeze pod 0's walsenders (so `replica` gets none of it, not even into its socket buffers),
+    run `sql` on pod 0 (acknowledged there alone; `check` runs then), then apply `env` as pod 0's
+    node fails (Cluster.update_template_as_pod_dies)."""
+    assert titled_pids(c, replica, "postgres: walreceiver"), f"{replica} has no walreceiver"
+    senders = titled_pids(c, pod(0), "postgres: walsender")
+    assert senders, "pod 0 has no walsender"
+    for pid in senders:
         os.kill(pid, signal.SIGSTOP)
     try:
         c.psql(pod(0), sql)
         check()
         c.update_template_as_pod_dies(env, pod(0))
     finally:
-        for pid in receivers:
+        for pid in senders:  # gone with the pod; resumed if the test failed before
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
 

@@ -52,9 +52,12 @@ def test_lost_primary_volume_promote_and_move_the_primary_ordinal() -> None:
         c.delete_pod(PRIMARY)
         wait_until(lambda: any(e.code == 8 for e in exits(c, PRIMARY, since)), 60, 0.2, "the primary's exit 8")
 
+        # Pod 0 resolves but runs no postgres: promote fails closed until the operator names it down.
         code, shown, err = _promote(c, pod(1), "--dry-run")
+        assert code == 14 and "--assume-down" in shown["refused"], (shown, err)
+        code, shown, err = _promote(c, pod(1), "--dry-run", "--assume-down", PRIMARY)
         assert code == 0 and shown["refused"] is None and "promoted" not in shown, (shown, err)
-        code, shown, err = _promote(c, pod(1))
+        code, shown, err = _promote(c, pod(1), "--assume-down", PRIMARY)
         assert code == 0 and shown["promoted"] is True, (shown, err)
         promoted_at = time.monotonic()
         assert c.psql(pod(1), "select pg_is_in_recovery()") == "f"
@@ -94,6 +97,6 @@ def test_synchronous_commits_survive_the_primarys_loss_through_promote() -> None
         since = time.time()
         c.delete_pod(PRIMARY, grace=0)
         wait_until(lambda: any(e.code == 8 for e in exits(c, PRIMARY, since)), 60, 0.2, "the primary's exit 8")
-        code, shown, err = _promote(c, pod(1))
+        code, shown, err = _promote(c, pod(1), "--assume-down", PRIMARY)
         assert code == 0 and shown["promoted"] is True, (shown, err)
         assert c.psql(pod(1), "select count(*), max(n) from acked") == "50|50"

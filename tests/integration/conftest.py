@@ -38,6 +38,7 @@ MODULE_BINARIES = {
     "test_replica.py": ("postgres", "initdb", "pg_basebackup"),
     "test_signals.py": (),
     "test_versions.py": ("postgres", "initdb"),
+    "test_walend.py": ("postgres", "initdb", "pg_controldata", "pg_waldump"),
 }
 _isolated: dict[str, str] = {}
 _processes: list[subprocess.Popen[Any]] = []

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent import follow, history, replication
 from agent.follow import decide_restart
@@ -29,7 +31,9 @@ def test_every_combination(
     local: int | None, seen: history.Verdict | None, on_divergence: str, slot: str | None
 ) -> None:
     decided = decide_restart(local, OURS, seen, slot, on_divergence)
-    if seen is not None and not seen.may_follow:
+    if seen is not None and seen.outcome == history.NEWER_TIMELINE:
+        assert decided == follow.REFUSE_DIVERGED
+    elif seen is not None and not seen.may_follow:
         assert decided == (follow.RECLONE_DIVERGED if on_divergence == "reclone" else follow.REFUSE_DIVERGED)
     elif slot == replication.LOST:
         assert decided == follow.RECLONE_LOST_SLOT
@@ -54,10 +58,40 @@ def test_a_former_primary_rejoins_is_rewound_or_clones_when_its_slot_was_lost(
     slot: str | None, clean: bool, seen: history.Verdict
 ) -> None:
     decided = decide_restart(OURS, OURS, seen, slot, "refuse", former_primary=True, clean=clean)
-    if not (seen.may_follow and clean):
+    if seen.outcome == history.NEWER_TIMELINE:
+        assert decided == follow.REFUSE_DIVERGED
+    elif not (seen.may_follow and clean):
         assert decided == follow.REWIND
     elif slot == replication.LOST:
         # The primary removed WAL it would need: rejoining would stream nothing, forever.
         assert decided == follow.RECLONE_LOST_SLOT
     else:
         assert decided == follow.REJOIN
+
+
+@given(
+    former=st.booleans(), clean=st.booleans(), slot=st.sampled_from(SLOTS),
+    on_divergence=st.sampled_from(["refuse", "reclone"]), local_timeline=st.integers(1, 6),
+    primary_timeline=st.integers(1, 6), local_lsn=st.integers(0, 2**40), primary_lsn=st.integers(0, 2**40),
+    switches=st.dictionaries(st.integers(1, 5), st.integers(0, 2**40)), record_start=st.booleans(),
+)  # fmt: skip
+def test_the_newer_timeline_never_loses(
+    former: bool, clean: bool, slot: str | None, on_divergence: str, local_timeline: int, primary_timeline: int,
+    local_lsn: int, primary_lsn: int, switches: dict[int, int], record_start: bool,
+) -> None:
+    # Review H2: a member whose timeline is newer than the primary's holds the newest writes. No
+    # decision rewinds it onto the older timeline or moves its data aside for a clone of the older one.
+    local = history.LocalPosition(local_timeline, local_lsn, clean, record_start=record_start)
+    seen = history.compare(local, primary_timeline, primary_lsn, switches)
+    decided = decide_restart(OURS, OURS, seen, slot, on_divergence, former_primary=former, clean=clean)
+    if local_timeline > primary_timeline:
+        assert decided == follow.REFUSE_DIVERGED
+    if decided in (follow.REWIND, follow.RECLONE_DIVERGED, follow.RECLONE_LOST_SLOT):
+        assert local_timeline <= primary_timeline
+
+
+def test_a_former_primary_with_a_newer_timeline_is_refused_not_rewound() -> None:
+    # Review H2's one-line reproduction: this was `rewind`, which put the promoted member back onto
+    # the old timeline and dropped every commit it had acknowledged since.
+    newer = history.Verdict(history.NEWER_TIMELINE, 2, "0/6000000", 1, "0/5000000", None)
+    assert decide_restart(OURS, OURS, newer, None, "reclone", former_primary=True) == follow.REFUSE_DIVERGED

@@ -55,7 +55,18 @@ def test_controldata_of_a_standby_uses_its_minimum_recovery_point() -> None:
 
 
 def test_controldata_of_a_former_primary_uses_its_last_checkpoint() -> None:
-    assert history.parse_controldata(PRIMARY_CONTROLDATA) == LocalPosition(2, 0x9000028)
+    # A checkpoint's location is where its record starts: that record is part of this history.
+    assert history.parse_controldata(PRIMARY_CONTROLDATA) == LocalPosition(2, 0x9000028, record_start=True)
+
+
+def test_a_former_primary_whose_checkpoint_starts_at_the_switch_point_has_forked() -> None:
+    # Review M2: the successor has every record but the shutdown checkpoint, so its new timeline
+    # starts where that checkpoint starts. Rejoining would end in PostgreSQL's "requested timeline 2
+    # is not a child of this server's history", forever; it must be rewound.
+    former = history.parse_controldata(PRIMARY_CONTROLDATA.replace("TimeLineID:       2", "TimeLineID:       1"))
+    assert history.compare(former, 2, 0xA000000, {1: 0x9000028}).outcome == history.FORKED
+    assert history.compare(former, 2, 0xA000000, {1: 0x90000A0}).may_follow
+    assert history.compare(former, 1, 0x9000028, {}).outcome == history.AHEAD_OF_PRIMARY
 
 
 def test_same_timeline_behind_or_level_may_follow() -> None:
@@ -89,13 +100,18 @@ def test_timeline_absent_from_the_primarys_history() -> None:
 
 @given(
     st.integers(min_value=1, max_value=20), LSNS, st.integers(min_value=1, max_value=20), LSNS,
-    st.dictionaries(st.integers(min_value=1, max_value=20), LSNS),
+    st.dictionaries(st.integers(min_value=1, max_value=20), LSNS), st.booleans(),
 )  # fmt: skip
 def test_a_replica_may_follow_only_a_primary_that_contains_its_whole_past(
-    local_tli: int, local_lsn: int, primary_tli: int, primary_lsn: int, switches: dict[int, int]
+    local_tli: int, local_lsn: int, primary_tli: int, primary_lsn: int, switches: dict[int, int], starts: bool
 ) -> None:
-    verdict = history.compare(LocalPosition(local_tli, local_lsn), primary_tli, primary_lsn, switches)
-    contained = (local_tli == primary_tli and local_lsn <= primary_lsn) or (
-        local_tli < primary_tli and local_tli in switches and local_lsn <= switches[local_tli]
+    local = LocalPosition(local_tli, local_lsn, record_start=starts)
+    verdict = history.compare(local, primary_tli, primary_lsn, switches)
+
+    def within(limit: int) -> bool:  # a record starting at the limit ends past it
+        return local_lsn < limit or (local_lsn == limit and not starts)
+
+    contained = (local_tli == primary_tli and within(primary_lsn)) or (
+        local_tli < primary_tli and local_tli in switches and within(switches[local_tli])
     )
     assert verdict.may_follow == contained

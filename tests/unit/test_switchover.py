@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, cast
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent import discovery, replication
 from agent import switchover as sw
-from agent.history import LocalPosition
+from agent.context import Context, World
+from agent.errors import SwitchoverBlocked
+from agent.history import LocalPosition, format_lsn
+from agent.runner import Runner
+from tests.unit.conftest import FakeClock, ListLogger
 
 CHECKPOINT = 0x3000028
+END = 0x3005000
 
 
 def test_the_successor_follows_the_one_writable_member() -> None:
@@ -17,62 +30,144 @@ def test_the_successor_follows_the_one_writable_member() -> None:
     assert sw.decide_designated(["postgresql-sfs-0", "postgresql-sfs-2"]) == sw.REFUSE_MANY_WRITABLE
 
 
-def test_promote_once_the_successor_received_past_the_shutdown_checkpoint() -> None:
-    clean = LocalPosition(1, CHECKPOINT, clean=True)
-    assert sw.decide_handoff(clean, 1, CHECKPOINT + 0x68, []) == sw.PROMOTE_SUCCESSOR
-    assert sw.decide_handoff(clean, 1, CHECKPOINT, []) == sw.WAIT_FOR_SUCCESSOR
-    assert sw.decide_handoff(clean, 1, CHECKPOINT - 0x1000, []) == sw.WAIT_FOR_SUCCESSOR
+def test_promote_once_the_successor_received_the_wal_to_its_end() -> None:
+    assert sw.decide_handoff(1, END, 1, END, [], serving=False) == sw.PROMOTE_SUCCESSOR
+    assert sw.decide_handoff(1, END, 1, END + 0x1000, [], serving=True) == sw.PROMOTE_SUCCESSOR
+    assert sw.decide_handoff(1, END, 1, END - 1, [], serving=True) == sw.WAIT_FOR_SUCCESSOR
 
 
 def test_never_promote_beside_a_writable_member_or_across_timelines() -> None:
-    clean = LocalPosition(1, CHECKPOINT, clean=True)
-    assert sw.decide_handoff(clean, 1, CHECKPOINT + 0x68, ["postgresql-sfs-2"]) == sw.REFUSE_WRITABLE
-    assert sw.decide_handoff(clean, 2, CHECKPOINT + 0x68, []) == sw.REFUSE_OTHER_TIMELINE
+    assert sw.decide_handoff(1, END, 1, END, ["postgresql-sfs-2"], serving=False) == sw.REFUSE_WRITABLE
+    assert sw.decide_handoff(1, END, 2, END, [], serving=False) == sw.REFUSE_OTHER_TIMELINE
 
 
-def test_after_a_crash_the_own_wal_is_served_first_and_must_be_received_to_its_end() -> None:
-    crashed = LocalPosition(1, CHECKPOINT, clean=False)
-    # Past the last checkpoint there may be commits: never promote on the checkpoint alone.
-    assert sw.decide_handoff(crashed, 1, CHECKPOINT + 0x68, []) == sw.SERVE_OWN_WAL
-    assert sw.decide_handoff(crashed, 1, CHECKPOINT + 0x68, ["postgresql-sfs-2"]) == sw.REFUSE_WRITABLE
-    end = CHECKPOINT + 0x5000
-    assert sw.decide_handoff(crashed, 1, end - 1, [], served_up_to=end) == sw.WAIT_FOR_SUCCESSOR
-    assert sw.decide_handoff(crashed, 1, end, [], served_up_to=end) == sw.PROMOTE_SUCCESSOR
-    assert sw.decide_handoff(crashed, 2, end, [], served_up_to=end) == sw.REFUSE_OTHER_TIMELINE
+def test_a_successor_that_lacks_wal_is_served_it_killed_or_shut_down_cleanly() -> None:
+    # Review H1: a primary SIGKILLed after its shutdown checkpoint (its walsenders still draining to a
+    # lagging successor) is "shut down" by pg_control, yet its successor lacks its tail. Whatever
+    # the state, a successor short of the end is served that WAL, never promoted, never waited on
+    # without a source.
+    assert sw.decide_handoff(1, END, 1, CHECKPOINT - 0x100000, [], serving=False) == sw.SERVE_OWN_WAL
+    assert sw.decide_handoff(1, END, 1, END - 1, [], serving=False) == sw.SERVE_OWN_WAL
 
 
 @given(
     timeline=st.integers(1, 5),
-    lsn=st.integers(0, 2**40),
-    clean=st.booleans(),
+    wal_end=st.integers(0, 2**40),
     successor_timeline=st.integers(1, 5),
     received=st.integers(0, 2**40),
     writable=st.lists(st.sampled_from(["postgresql-sfs-1", "postgresql-sfs-2"]), max_size=2),
-    served_up_to=st.one_of(st.none(), st.integers(0, 2**40)),
+    serving=st.booleans(),
 )
 def test_a_promotion_never_loses_a_commit_nor_makes_two_primaries(
-    timeline: int, lsn: int, clean: bool, successor_timeline: int, received: int, writable: list[str],
-    served_up_to: int | None,
+    timeline: int, wal_end: int, successor_timeline: int, received: int, writable: list[str], serving: bool
 ) -> None:
-    decision = sw.decide_handoff(LocalPosition(timeline, lsn, clean), successor_timeline, received, writable,
-                                 served_up_to)  # fmt: skip
+    decision = sw.decide_handoff(timeline, wal_end, successor_timeline, received, writable, serving)
     if decision == sw.PROMOTE_SUCCESSOR:
-        # It alone writes, on the same timeline, with every commit: those before the clean shutdown's
-        # checkpoint, or, after a crash, the whole WAL its read-only standby served.
-        assert not writable and successor_timeline == timeline
-        if served_up_to is None:
-            assert clean and received > lsn
-        else:
-            assert received >= served_up_to
+        # It alone writes, on the same timeline, with the former primary's whole WAL.
+        assert not writable and successor_timeline == timeline and received >= wal_end
+    if decision == sw.WAIT_FOR_SUCCESSOR:
+        assert serving, "a successor short of the end waits only while the WAL is served to it"
+
+
+# -- the handoff over a fake world: the successor's and the own server's positions as time goes on --
+
+
+class FakeOwnWal:
+    """Stands in for the own-WAL postgres (a real one runs in the e2e tests): records what was done."""
+
+    def __init__(self, world: FakeWorld) -> None:
+        self.world = world
+        self.calls: list[str] = []
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[Callable[[], None]]:
+        self.calls.append("serve")
+        self.world.serving = True
+        try:
+            yield lambda: None
+        finally:
+            self.world.serving = False
+            self.calls.append("stop")
+
+    def handed_over(self) -> None:
+        self.calls.append("handed_over")
+
+    def give_back(self) -> None:
+        self.calls.append("give_back")
+
+
+@dataclass
+class FakeWorld:
+    """The successor streams the former primary's WAL only while it is served, `rate` bytes a poll."""
+
+    received: int
+    end: int
+    rate: int
+    serving: bool = False
+    promoted_at: list[int] = field(default_factory=list)
+    pointed: list[str | None] = field(default_factory=list)
+
+    def identify(self) -> replication.Attempt:
+        if self.serving:
+            self.received = min(self.end, self.received + self.rate)
+        info = replication.SystemInfo(1, 1, format_lsn(self.received), not self.promoted_at, 140005)
+        return replication.Attempt(replication.IN_RECOVERY, info=info)
+
+    def promote(self, *args: Any) -> bool:
+        self.promoted_at.append(self.received)
+        return True
+
+    def redirect(self, *args: Any) -> None:
+        self.pointed.append(args[-1])
+
+
+def _handoff(make_config: Callable[..., Any], log: ListLogger, clock: FakeClock, tmp_path: Path,
+             world: FakeWorld) -> tuple[bool, FakeOwnWal]:  # fmt: skip
+    config = make_config(POD_NAME="postgresql-sfs-0", PGSFS_PRIMARY_ORDINAL="1", PGDATA=str(tmp_path / "pgdata"))
+    nothing = lambda name, rdtype: discovery.DnsAnswer(name, rdtype, discovery.NO_RECORD, negative_ttl=5)  # noqa: E731
+    ctx = Context(config, cast(Any, None), World(Runner(), nothing, clock=clock, sleep=clock.sleep), log)
+    own = FakeOwnWal(world)
+    served = sw.Handoff(ctx, promote=world.promote, redirect=world.redirect).run(
+        "198.18.0.11", world.identify, LocalPosition(1, CHECKPOINT, clean=False), world.end, cast(Any, own)
+    )
+    return served, own
+
+
+def test_a_killed_primary_hands_over_its_whole_wal_however_long_replay_takes(
+    make_config: Callable[..., Any], log: ListLogger, clock: FakeClock, tmp_path: Path
+) -> None:
+    # Review C1: the own server opens hot standby at the checkpoint's redo and replays for seconds;
+    # its moving replay pointer once stood in for the end of WAL, so the first poll promoted the
+    # successor without the tail. The end is fixed before serving: promoted only with all of it.
+    world = FakeWorld(received=0x8000000, end=0x9000000, rate=0x100000)
+    served, own = _handoff(make_config, log, clock, tmp_path, world)
+    assert served and world.promoted_at == [0x9000000]
+    assert own.calls == ["serve", "stop", "handed_over"]
+    # Review H6: the successor may have started connected to nobody; it is pointed here, then back.
+    [here, back] = world.pointed
+    assert here is not None and "host='postgresql-sfs-0." in here and "-handoff" in here and back is None
+    [promoted] = log.events("switchover_promoted")
+    assert promoted["wal_end"] == "0/9000000" and promoted["served_own_wal"] is True
+
+
+def test_a_successor_with_every_record_is_promoted_without_serving(
+    make_config: Callable[..., Any], log: ListLogger, clock: FakeClock, tmp_path: Path
+) -> None:
+    world = FakeWorld(received=0x9000000, end=0x9000000, rate=0)
+    served, own = _handoff(make_config, log, clock, tmp_path, world)
+    assert not served and own.calls == [] and world.promoted_at == [0x9000000]
+
+
+def test_a_successor_that_never_gets_the_tail_is_not_promoted_and_the_data_is_given_back(
+    make_config: Callable[..., Any], log: ListLogger, clock: FakeClock, tmp_path: Path
+) -> None:
+    world = FakeWorld(received=0x8000000, end=0x9000000, rate=0)
+    with pytest.raises(SwitchoverBlocked) as raised:
+        _handoff(make_config, log, clock, tmp_path, world)
+    assert world.promoted_at == [] and "0/9000000" in raised.value.message
+    assert world.serving is False and raised.value.fields["decision"] == sw.WAIT_FOR_SUCCESSOR
 
 
 def test_the_primary_ordinal_starts_its_primary_only_while_no_other_member_writes() -> None:
     assert sw.decide_primary_restart([]) == sw.START_PRIMARY
     assert sw.decide_primary_restart(["postgresql-sfs-1"]) == sw.REFUSE_OTHER_PRIMARY
-
-
-def test_a_former_primary_shut_down_in_recovery_serves_its_wal_again() -> None:
-    # A handoff that served its WAL and then failed leaves "shut down in recovery": its restartpoint
-    # may lie before the end of its WAL, so the checkpoint alone never justifies a promotion.
-    after_failed_handoff = LocalPosition(1, CHECKPOINT, clean=True, state="shut down in recovery")
-    assert sw.decide_handoff(after_failed_handoff, 1, CHECKPOINT + 0x68, []) == sw.SERVE_OWN_WAL
