@@ -22,14 +22,16 @@ SSL_REQUEST = 80877103
 GSSENC_REQUEST = 80877104
 PROTOCOL_3 = 196608
 PREFIX = "the database system is starting up (pg-sfs-agent: "
-_HOLDS = re.compile(r"pg-sfs-agent: holds cluster (\d+)")
+_HOLDS = re.compile(r"pg-sfs-agent: holds cluster (\d+)(?: timeline (\d+))?")
 _EMPTY = "pg-sfs-agent: holds no data"
 MAX_PACKET = 10000
 
 
-def holds_message(system_identifier: int, doing: str) -> str:
-    """The announcement of a member whose PGDATA holds cluster `system_identifier`."""
-    return f"{PREFIX}holds cluster {system_identifier}; {doing})"
+def holds_message(system_identifier: int, doing: str, timeline: int | None = None) -> str:
+    """The announcement of a member whose PGDATA holds cluster `system_identifier` (on `timeline`:
+    a member promoted while the primary was away says so, and the primary does not start beside it)."""
+    on = f" timeline {timeline}" if timeline is not None else ""
+    return f"{PREFIX}holds cluster {system_identifier}{on}; {doing})"
 
 
 def empty_message(doing: str) -> str:
@@ -37,13 +39,14 @@ def empty_message(doing: str) -> str:
     return f"{PREFIX}holds no data; {doing})"
 
 
-def read_announcement(message: str) -> tuple[bool, int | None] | None:
-    """(holds data, its system identifier) from an error message, or None if no agent said it."""
+def read_announcement(message: str) -> tuple[bool, int | None, int | None] | None:
+    """(holds data, its system identifier, its timeline if said) from an error message, or None if
+    no agent said it."""
     match = _HOLDS.search(message)
     if match:
-        return True, int(match.group(1))
+        return True, int(match.group(1)), int(match.group(2)) if match.group(2) else None
     if _EMPTY in message:
-        return False, None
+        return False, None, None
     return None
 
 

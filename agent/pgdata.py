@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,20 @@ def read_system_identifier(pgdata: Path) -> int | None:
     if len(head) != 8:
         return None
     return int(struct.unpack("<Q", head)[0])
+
+
+_HISTORY_FILE = re.compile(r"^([0-9A-F]{8})\.history$")
+
+
+def newest_timeline(pgdata: Path) -> int:
+    """The newest timeline this data has seen: the highest timeline history file in pg_wal (a
+    promotion writes one, and a standby that followed it receives it); 1 when there is none."""
+    try:
+        names = os.listdir(pgdata / "pg_wal")
+    except OSError:
+        return 1
+    found = [int(m.group(1), 16) for m in map(_HISTORY_FILE.match, names) if m]
+    return max(found, default=1)
 
 
 def _real_dir(path: Path) -> bool:

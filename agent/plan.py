@@ -136,7 +136,9 @@ REMOTE_DECISIONS = {
         "unfinished handoff (pgsfs.handoff) is given back first",
     ),
     START: (
-        "primary_guard (switchover.decide_primary_restart): start_primary | refuse_other_primary (exit 15)",
+        "primary_guard (switchover.decide_primary_restart): start_primary | refuse_other_primary | "
+        "refuse_newer_timeline (exit 15: another member accepts writes, or holds a newer timeline than this "
+        "one; a silent member is waited for up to PGSFS_PEER_CHECK_TIMEOUT, then logged, not refused)",
     ),
     "designated_standby": (
         "designated (switchover.decide_designated): follow_writable | await_promotion | "

@@ -16,7 +16,7 @@ from agent.errors import (
 from agent.files import free_bytes
 from agent.follow import FollowCheck
 from agent.managed import ManagedFiles
-from agent.pgdata import inspect
+from agent.pgdata import inspect, newest_timeline
 from agent.postgres import (
     basebackup,
 )
@@ -153,7 +153,7 @@ class Replica(Part):
         self.build.move_into_place(datadir)
         cloned = inspect(self.pgdata).system_identifier
         if self.ctx.announcer is not None and cloned is not None:
-            self.ctx.announcer.say(announce.holds_message(cloned, "clone done, starting"))
+            self.ctx.announcer.say(announce.holds_message(cloned, "clone done, starting", newest_timeline(self.pgdata)))
 
     def _clone_failed(self, exc: CommandFailed) -> CommandFailed:
         """Discard the partial clone now (it is ours and never usable) and explain a full volume."""
@@ -190,7 +190,7 @@ class Replica(Part):
         """Say on postgres' port what this member holds until postgres starts (see agent/announce.py)."""
         local = inspect(self.pgdata).system_identifier
         message = (
-            announce.holds_message(local, "checking the primary before starting")
+            announce.holds_message(local, "checking the primary before starting", newest_timeline(self.pgdata))
             if local is not None
             else announce.empty_message("waiting to clone the primary")
         )

@@ -38,6 +38,8 @@ class Member:
     detail: str = ""
     # True: it accepts writes (a primary); False: a standby; None: unknown (no postgres answered).
     writable: bool | None = None
+    # The timeline its postgres is on, or its agent announced; None when not said.
+    timeline: int | None = None
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,13 @@ class Verdict:
 def classify(name: str, attempt: replication.Attempt) -> Member:
     """One member's answer to IDENTIFY_SYSTEM, as what it tells about its data."""
     if attempt.info is not None:
-        return Member(name, HOLDS_DATA, attempt.info.system_identifier, writable=not attempt.info.in_hot_standby)
+        info = attempt.info
+        return Member(name, HOLDS_DATA, info.system_identifier, writable=not info.in_hot_standby,
+                      timeline=info.timeline)  # fmt: skip
     announced = announce.read_announcement(attempt.detail)
     if announced is not None:
-        holds, system_identifier = announced
-        return Member(name, HOLDS_DATA if holds else EMPTY, system_identifier)
+        holds, system_identifier, timeline = announced
+        return Member(name, HOLDS_DATA if holds else EMPTY, system_identifier, timeline=timeline)
     if attempt.outcome in replication.AUTH_FAILURES or attempt.outcome == replication.STARTING:
         # A postgres runs there (it checks passwords, or recovers): it has a cluster.
         return Member(name, HOLDS_DATA, None, attempt.outcome)

@@ -25,7 +25,7 @@ from agent import history, survey
 from agent.context import Part
 from agent.errors import CommandFailed, SwitchoverBlocked
 from agent.files import fsync_dir, write_atomic
-from agent.pgdata import HANDOFF_MARKER
+from agent.pgdata import HANDOFF_MARKER, newest_timeline
 from agent.plan import PASSFILE_NAME
 from agent.postgres import child_env
 from agent.render import HANDOFF_SUFFIX, primary_conninfo
@@ -44,6 +44,7 @@ PROMOTED_ALREADY = "promoted_already"  # seen, not decided: someone promoted the
 
 START_PRIMARY = "start_primary"
 REFUSE_OTHER_PRIMARY = "refuse_other_primary"
+REFUSE_NEWER_TIMELINE = "refuse_newer_timeline"
 
 
 def decide_designated(writable: list[str]) -> str:
@@ -53,10 +54,13 @@ def decide_designated(writable: list[str]) -> str:
     return FOLLOW_WRITABLE if writable else AWAIT_PROMOTION
 
 
-def decide_primary_restart(writable: list[str]) -> str:
+def decide_primary_restart(writable: list[str], newer: list[str] | None = None) -> str:
     """The primary ordinal holds a primary's data: start it only while no other member accepts
-    writes (one promoted while this member was away must not get a rival)."""
-    return REFUSE_OTHER_PRIMARY if writable else START_PRIMARY
+    writes and none holds a newer timeline than this one (a member promoted while this one was away
+    must not get a rival, even while it restarts: its writes are the newest)."""
+    if writable:
+        return REFUSE_OTHER_PRIMARY
+    return REFUSE_NEWER_TIMELINE if newer else START_PRIMARY
 
 
 def decide_handoff(timeline: int, wal_end: int, successor_timeline: int, successor_received: int,
@@ -156,12 +160,27 @@ class Designated(Part):
 
 
 class PrimaryGuard(Part):
-    """Before the primary ordinal starts its primary: is another member already writable?"""
+    """Before the primary ordinal starts its primary: is another member writable, or on a newer timeline?"""
 
     def check(self) -> None:
-        """Refuse (exit 15, data untouched) while another member accepts writes."""
-        timeout = min(self.config.peer_check_timeout, 2.0)
-        decision, writable = _ask_writable(self, "writable_check", timeout, decide_primary_restart)
+        """Refuse (exit 15, data untouched) while another member accepts writes or holds a newer timeline."""
+        started = self.world.clock()
+        own = newest_timeline(self.pgdata)
+        # Members that answer make this quick; one that resolves but stays silent is waited for, up to
+        # PGSFS_PEER_CHECK_TIMEOUT: a restarting member's agent announces what it holds (its timeline
+        # too) within a second or two of its start.
+        peers, unchecked = self._survey_members(self.config.peer_check_timeout, stop_early=False)
+        members = list(peers.members.values())
+        writable = sorted(m.name.split(".")[0] for m in members if m.writable)
+        newer = sorted(f"{m.name.split('.')[0]} (timeline {m.timeline})" for m in members
+                       if m.timeline is not None and m.timeline > own)  # fmt: skip
+        silent = sorted([m.name.split(".")[0] for m in members if m.state == survey.SILENT] +
+                        [n.split(".")[0] for n in unchecked])  # fmt: skip
+        if peers.dns_problem:  # nobody could even be looked up: that is silence too
+            silent.append(f"every member (DNS: {peers.dns_problem})")
+        decision = decide_primary_restart(writable, newer)
+        self._phase("writable_check", started, decision=decision, timeline=own, writable=writable or None,
+                    newer_timeline=newer or None, unasked=silent or None)  # fmt: skip
         if decision == REFUSE_OTHER_PRIMARY:
             who = ", ".join(writable)
             raise SwitchoverBlocked(
@@ -173,6 +192,26 @@ class PrimaryGuard(Part):
                 decision=decision,
                 writable=writable,
             )
+        if decision == REFUSE_NEWER_TIMELINE:
+            who = ", ".join(newer)
+            raise SwitchoverBlocked(
+                f"this member holds the primary ordinal on timeline {own}, but {who} hold(s) a newer timeline: "
+                "a member was promoted while this one was away and may hold writes this one lacks; starting here "
+                "would fork the cluster. The data here was left untouched",
+                hint="set the primary ordinal to the member on the newest timeline and apply (this member then "
+                "rejoins it); see README, 'Lost primary volume'",
+                decision=decision,
+                newer_timeline=newer,
+            )
+        if silent:
+            # Not refused: a member whose pod exists but never runs (a lost node, a long crash loop) would
+            # otherwise hold the primary down, and the ordinal-move runbook would deadlock (README).
+            self.log.warning(
+                "started_beside_silent_members", silent=silent,
+                note="these members resolve but did not answer within PGSFS_PEER_CHECK_TIMEOUT; if one of them "
+                "was promoted while this member was away, it refuses to follow this one (newer timeline, exit 12, "
+                "its data untouched): then move the primary ordinal to it",
+            )  # fmt: skip
 
 
 class Handoff(Part):

@@ -214,6 +214,31 @@ def test_a_member_promoted_while_the_primary_was_away_gets_no_rival_and_the_old_
         report("rival", refused_exits=[e.code for e in refused], rewind_s=rewound.get("duration_s"))
 
 
+def test_a_promoted_member_that_restarts_keeps_its_timeline_and_gets_no_rival() -> None:
+    # Review H2: pod 1, promoted while pod 0 was away, takes 50 writes and restarts before the ordinal
+    # moves (its agent then waits for the primary ordinal, announcing timeline 2). Pod 0 must keep
+    # refusing (refuse_newer_timeline) instead of starting on timeline 1 beside it, and pod 1 must
+    # never be rewound onto timeline 1. Moving the ordinal then brings every row back.
+    c = make_cluster(replicas=2, grace_period=5)
+    with c:
+        _promoted_while_the_primary_was_away(c)
+        since = time.time()
+        c.delete_pod(pod(1))
+
+        def pod_0_refused_the_newer_timeline() -> bool:
+            checks = [e for e in named(_runs_of(c, PRIMARY), "writable_check") if e.get("timeline") is not None]
+            return any(e["decision"] == "refuse_newer_timeline" for e in checks)
+
+        wait_until(pod_0_refused_the_newer_timeline, 120, 0.5, "pod 0 refusing pod 1's newer timeline")
+        # Pod 0 never started its primary on timeline 1 beside pod 1's timeline 2.
+        assert all(e["decision"] != "start_primary" for e in named(_runs_of(c, PRIMARY), "writable_check"))
+        _move_the_ordinal_to_1_and_rejoin(c)
+        assert c.psql(pod(1), "select pg_is_in_recovery()") == "f"
+        assert c.psql(pod(1), "select count(*) from acked") == "150"
+        assert not named(_runs_of(c, pod(1)), "rewound")
+        report("newer_timeline_kept", since_restart_s=round(time.time() - since, 1))
+
+
 def test_a_former_primary_that_cannot_be_rewound_is_moved_aside_and_clones() -> None:
     # As above, but pod 0's WAL is lost while it crash-loops on the refusal (a bad disk; nothing runs
     # postgres there then): pg_rewind's crash recovery cannot replay it. The agent must say so, move

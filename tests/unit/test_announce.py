@@ -21,8 +21,11 @@ def _free_port() -> int:
 
 @given(st.integers(min_value=1, max_value=2**64 - 1), st.text(max_size=40))
 def test_announcements_read_back(system_identifier: int, doing: str) -> None:
-    assert announce.read_announcement(announce.holds_message(system_identifier, doing)) == (True, system_identifier)
-    assert announce.read_announcement(announce.empty_message(doing)) == (False, None)
+    said = announce.holds_message(system_identifier, doing)
+    assert announce.read_announcement(said) == (True, system_identifier, None)
+    said = announce.holds_message(system_identifier, doing, timeline=3)
+    assert announce.read_announcement(said) == (True, system_identifier, 3)
+    assert announce.read_announcement(announce.empty_message(doing)) == (False, None, None)
 
 
 def test_other_errors_are_not_announcements() -> None:
@@ -39,7 +42,7 @@ def test_libpq_gets_a_retryable_error_naming_the_cluster(sslmode: str) -> None:
                             sslmode=sslmode, gssencmode="disable", connect_timeout=3)  # fmt: skip
     message = str(caught.value)
     assert replication.classify_error(message) == replication.STARTING
-    assert announce.read_announcement(message) == (True, 7711490745716584460)
+    assert announce.read_announcement(message) == (True, 7711490745716584460, None)
 
 
 def test_the_message_can_change_and_the_port_is_free_after_close() -> None:
@@ -49,7 +52,7 @@ def test_the_message_can_change_and_the_port_is_free_after_close() -> None:
     a.say(announce.holds_message(42, "clone finished"))
     with pytest.raises(psycopg.OperationalError) as caught:
         psycopg.connect(host="127.0.0.1", port=port, connect_timeout=3, gssencmode="disable")
-    assert announce.read_announcement(str(caught.value)) == (True, 42)
+    assert announce.read_announcement(str(caught.value)) == (True, 42, None)
     a.close()
     with socket.socket() as s:  # what postgres does next: bind the same port at once
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -171,3 +171,18 @@ def test_a_successor_that_never_gets_the_tail_is_not_promoted_and_the_data_is_gi
 def test_the_primary_ordinal_starts_its_primary_only_while_no_other_member_writes() -> None:
     assert sw.decide_primary_restart([]) == sw.START_PRIMARY
     assert sw.decide_primary_restart(["postgresql-sfs-1"]) == sw.REFUSE_OTHER_PRIMARY
+
+
+def test_the_primary_ordinal_never_starts_beside_a_newer_timeline() -> None:
+    # Review H2: pod 1 was promoted while pod 0 was away, then restarted: it accepts no writes now
+    # (its agent announces what it holds), yet its timeline is newer. Starting pod 0 would fork.
+    assert sw.decide_primary_restart([], ["postgresql-sfs-1 (timeline 2)"]) == sw.REFUSE_NEWER_TIMELINE
+
+
+NAMES = st.lists(st.sampled_from(["a", "b"]), max_size=2)
+
+
+@given(writable=NAMES, newer=NAMES)
+def test_the_primary_starts_only_when_no_member_is_writable_or_newer(writable: list[str], newer: list[str]) -> None:
+    started = sw.decide_primary_restart(writable, newer) == sw.START_PRIMARY
+    assert started == (not writable and not newer)
