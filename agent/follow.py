@@ -9,6 +9,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tenacity import wait_fixed
+
 from agent import history, probe, replication, switchover, walend
 from agent.context import Part
 from agent.errors import (
@@ -23,6 +25,7 @@ from agent.files import fix_tree_ownership, free_bytes, fsync_dir, tree_size
 from agent.pgdata import builds_inside, inspect, volume_dir
 from agent.postgres import controldata, rewind
 from agent.switchover import Handoff, OwnWalServer
+from agent.waits import poll_until
 
 if TYPE_CHECKING:
     from agent.replica import Replica
@@ -129,8 +132,17 @@ class FollowCheck(Part):
             info = self.replica.wait_for_primary(address, timeout=cfg.switchover_timeout, accept_standby=False)
             if served:  # it ran as a standby since: a standby now, at the end of its WAL
                 former = False
-                position = history.parse_controldata(controldata(self.world.runner, self.pgdata))
+                control = controldata(self.world.runner, self.pgdata)
+                position = history.parse_controldata(control)
+        if position is not None and not former:
+            position = self._through_local_wal(position, control)
         verdict = self.compare_histories(endpoint, info, position) if position is not None else None
+        if verdict is not None and position is not None and verdict.outcome == history.AHEAD_OF_PRIMARY and \
+                info.in_hot_standby:
+            # Upstream is a switchover's successor, still streaming from the same primary as this member
+            # did: it catches up within moments, so "ahead" is only a race; look again, briefly.
+            info = self._until_upstream_has(endpoint, info, position.lsn)
+            verdict = self.compare_histories(endpoint, info, position)
         status = self._slot_status(endpoint) if verdict is not None and verdict.may_follow else None
         action = decide_restart(local, info.system_identifier, verdict, status, cfg.on_divergence,
                                 former_primary=former, clean=position.clean if position else True)  # fmt: skip
@@ -167,6 +179,37 @@ class FollowCheck(Part):
         if action == CREATE_SLOT:
             self.replica.ensure_slot(address)
         return False
+
+    def _until_upstream_has(self, endpoint: replication.Endpoint, info: replication.SystemInfo,
+                            lsn: int) -> replication.SystemInfo:  # fmt: skip
+        """IDENTIFY_SYSTEM again until the upstream standby holds `lsn` or a few seconds passed."""
+        seen = [info]
+
+        def attempt() -> bool:
+            result = self.world.identify(endpoint, 3.0)
+            if result.info is not None:
+                seen.append(result.info)
+            return history.parse_lsn(seen[-1].xlogpos) >= lsn or seen[-1].timeline != info.timeline
+
+        poll_until(attempt, done=bool, wait=wait_fixed(0.2), deadline=self.world.clock() + 10.0,
+                   clock=self.world.clock, sleep=self.world.sleep)  # fmt: skip
+        return seen[-1]
+
+    def _through_local_wal(self, position: history.LocalPosition, control: str) -> history.LocalPosition:
+        """A standby's history goes as far as the WAL in its pg_wal, replayed or not (pg_control only
+        proves what was replayed and flushed): received WAL past a fork is a fork too (review M7)."""
+        try:
+            layout = walend.layout(control)
+            end = walend.local_wal_end(self.world.runner, self.pgdata, control)
+        except (AgentError, KeyError, ValueError) as exc:
+            self.log.warning("wal_end_unknown", detail=getattr(exc, "message", str(exc)),
+                             note="the history check uses pg_control's position alone")  # fmt: skip
+            return position
+        if layout.timeline != position.timeline or end <= position.lsn:
+            return position
+        self.log.info("local_wal_past_control", control=history.format_lsn(position.lsn),
+                      wal_end=history.format_lsn(end), timeline=position.timeline)  # fmt: skip
+        return history.LocalPosition(position.timeline, end, position.clean, position.state)
 
     def _slot_status(self, endpoint: replication.Endpoint) -> str | None:
         try:

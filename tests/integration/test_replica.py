@@ -368,6 +368,63 @@ def test_replica_refuses_a_primary_whose_history_it_is_not_on(primary: Any, volu
         _diverge_and_check(primary, volume_root, older, how)
 
 
+@pytest.mark.parametrize("how", ["restored_without_promotion", "promoted_copy"])
+def test_received_but_unreplayed_wal_past_the_fork_is_refused_too(primary: Any, volume_root: Path, how: str) -> None:
+    # Review M7: pg_control proves only what a standby replayed. Here its replay is paused before a
+    # copy of the primary is taken, then it receives 4 MB more: pg_control says it is behind the copy,
+    # its pg_wal says it went past. Started against the copy it would replay that WAL and never
+    # stream (or mix two histories); the agent must refuse with the data untouched.
+    bootstrap_replica(volume_root, primary.port)
+    replica_port = free_port()
+    proc = start_postgres(volume_root / "pgdata", replica_port)
+    with sized_volume("pgsfs-older-") as other_volume:
+        try:
+            wait_for(lambda: connect(replica_port).execute("SELECT pg_is_in_recovery()").fetchone() == (True,), 30,
+                     "the replica to run")  # fmt: skip
+            with connect(replica_port) as conn:
+                conn.execute("SELECT pg_wal_replay_pause()")
+                paused_at = conn.execute("SELECT pg_last_wal_replay_lsn()").fetchone()[0]
+            older = other_volume / "pgdata"
+            other_volume.chmod(0o777)
+            _copy_of_the_primary(primary.port, older)
+            with connect(primary.port) as conn:
+                conn.execute("CREATE TABLE IF NOT EXISTS later (v text)")
+                conn.execute("INSERT INTO later SELECT repeat('x', 1000) FROM generate_series(1, 4000)")
+                target = conn.execute("SELECT pg_current_wal_flush_lsn()").fetchone()[0]
+            wait_for(lambda: connect(replica_port).execute("SELECT pg_last_wal_receive_lsn() >= %s::pg_lsn",
+                                                           (str(target),)).fetchone() == (True,),
+                     30, "the replica to receive the writes")  # fmt: skip
+            with connect(replica_port) as conn:
+                assert conn.execute("SELECT pg_last_wal_replay_lsn()").fetchone()[0] == paused_at
+        finally:
+            stop_postgres(proc)
+        _start_older_and_expect_refusal(volume_root, older, how)
+
+
+def _start_older_and_expect_refusal(volume_root: Path, older: Path, how: str) -> None:
+    older_port = free_port()
+    if how == "promoted_copy":
+        (older / "standby.signal").write_text("")
+        shutil.chown(older / "standby.signal", "postgres", "postgres")
+    older_proc = start_postgres(older, older_port)
+    try:
+        if how == "promoted_copy":
+            wait_for(lambda: connect(older_port).execute("SELECT pg_promote()").fetchone() == (True,), 30, "promotion")
+        wait_for(
+            lambda: connect(older_port).execute("SELECT NOT pg_is_in_recovery()").fetchone() == (True,),
+            30, "the older copy to accept writes",
+        )  # fmt: skip
+        pgdata = volume_root / "pgdata"
+        before = {p.name: p.stat().st_mtime_ns for p in pgdata.iterdir()}
+        with pytest.raises(ReplicaDiverged) as caught:
+            bootstrap_replica(volume_root, older_port)
+        expected = "ahead_of_primary" if how == "restored_without_promotion" else "forked"
+        assert caught.value.fields["outcome"] == expected
+        assert {p.name: p.stat().st_mtime_ns for p in pgdata.iterdir()} == before
+    finally:
+        stop_postgres(older_proc)
+
+
 def _diverge_and_check(primary: Any, volume_root: Path, older: Path, how: str) -> None:
     replica_port = free_port()
     proc = start_postgres(volume_root / "pgdata", replica_port)
