@@ -330,8 +330,10 @@ class Handoff(Part):
                  served: bool) -> SwitchoverBlocked:  # fmt: skip
         me = self.config.identity.pod_name
         short = successor.split(".", maxsplit=1)[0]
-        back = (f"set PGSFS_PRIMARY_ORDINAL back to {self.config.identity.ordinal} (this member then starts as the "
-                "primary again, nothing lost)")  # fmt: skip
+        back = (f"set the primary ordinal back to {self.config.identity.ordinal}, apply, and delete this pod "
+                f"(kubectl delete pod {me}: the rollout restarts the highest ordinal first and waits for it, while "
+                "this pod, on the old revision, would never be reached); it then starts as the primary again, "
+                "nothing lost")  # fmt: skip
         why = {
             REFUSE_WRITABLE: f"{', '.join(writable)} accept(s) writes, so promoting {short} would make two primaries",
             REFUSE_OTHER_TIMELINE: f"{short} is on another timeline than this member",
