@@ -28,7 +28,8 @@ from agent.files import fsync_dir, write_atomic
 from agent.pgdata import HANDOFF_MARKER, newest_timeline
 from agent.plan import PASSFILE_NAME
 from agent.postgres import child_env
-from agent.render import HANDOFF_SUFFIX, primary_conninfo
+from agent.render import HANDOFF_SUFFIX, primary_conninfo, synchronous_standby_names
+from agent.successor import promote_over_sql, redirect_successor, set_until_reload
 from agent.waits import poll_until
 
 FOLLOW_WRITABLE = "follow_writable"
@@ -100,31 +101,6 @@ def _ask_writable(part: Part, event: str, timeout: float, decide: Callable[[list
     decision = decide(writable)
     part._phase(event, started, decision=decision, writable=writable or None, unasked=unasked or None)
     return decision, writable
-
-
-def promote_over_sql(host: str, hostaddr: str, port: int, user: str, password: str) -> bool:
-    """pg_promote() on another member as the superuser, waiting up to 60 s for it to finish."""
-    import psycopg
-
-    with psycopg.connect(host=host, hostaddr=hostaddr, port=port, user=user, password=password, dbname="postgres",
-                         connect_timeout=5, autocommit=True) as conn:  # fmt: skip
-        row = conn.execute("SELECT pg_promote(true, 60)").fetchone()
-    return bool(row and row[0])
-
-
-def redirect_successor(host: str, hostaddr: str, port: int, user: str, password: str, conninfo: str | None) -> None:
-    """Point another member's WAL receiver at `conninfo`, or with None back at its managed settings
-    (ALTER SYSTEM, then a reload: primary_conninfo is reloadable since PostgreSQL 13)."""
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(host=host, hostaddr=hostaddr, port=port, user=user, password=password, dbname="postgres",
-                         connect_timeout=5, autocommit=True) as conn:  # fmt: skip
-        if conninfo is None:
-            conn.execute("ALTER SYSTEM RESET primary_conninfo")
-        else:
-            conn.execute(sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(sql.Literal(conninfo)))
-        conn.execute("SELECT pg_reload_conf()")
 
 
 class Designated(Part):
@@ -218,10 +194,12 @@ class Handoff(Part):
     """A former primary's agent whose successor is still a standby: promote it, without losing a write."""
 
     def __init__(self, ctx: Any, promote: Callable[..., bool] = promote_over_sql,
-                 redirect: Callable[..., None] = redirect_successor) -> None:  # fmt: skip
+                 redirect: Callable[..., None] = redirect_successor,
+                 set_setting: Callable[..., str] = set_until_reload) -> None:  # fmt: skip
         super().__init__(ctx)
         self.promote = promote
         self.redirect = redirect
+        self.set_setting = set_setting
 
     def run(self, address: str, identify: Callable[[], Any], local: history.LocalPosition, wal_end: int,
             own_wal: OwnWalServer) -> bool:  # fmt: skip
@@ -293,6 +271,20 @@ class Handoff(Part):
             own_wal.handed_over()
         return served
 
+    def _synchronous_from_the_first_commit(self, successor: str, address: str) -> None:
+        """With synchronous replication, the successor gets synchronous_standby_names before it is
+        promoted: it may not have been restarted under the new ordinal yet (a switch to a lower
+        ordinal), and its own files would leave it empty until then (review M4)."""
+        cfg = self.config
+        if not cfg.synchronous_standbys or cfg.standalone:
+            return
+        ident = cfg.identity
+        others = [ident.peer_pod(n) for n in range(cfg.max_replication_slots + 1) if n != ident.primary_ordinal]
+        names = synchronous_standby_names(cfg.synchronous_standbys, others)
+        shown = self.set_setting(successor, address, cfg.port, cfg.superuser, cfg.superuser_password.reveal(),
+                                 "synchronous_standby_names", names)  # fmt: skip
+        self.log.info("successor_synchronous", successor=successor, synchronous_standby_names=shown)
+
     def _point_successor(self, successor: str, address: str, *, here: bool) -> None:
         cfg = self.config
         conninfo = primary_conninfo(
@@ -317,6 +309,7 @@ class Handoff(Part):
     def _promote(self, successor: str, address: str) -> bool:
         cfg = self.config
         try:
+            self._synchronous_from_the_first_commit(successor, address)
             return self.promote(successor, address, cfg.port, cfg.superuser, cfg.superuser_password.reveal())
         except Exception as exc:  # psycopg.Error; kept broad so no traceback reaches the user
             raise CommandFailed(

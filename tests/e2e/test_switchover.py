@@ -334,3 +334,27 @@ def test_a_killed_former_primary_hands_over_a_large_unreplayed_tail_whole() -> N
         assert promoted["served_own_wal"] is True, promoted
         report("killed_former_primary_large_tail", tail_mb=tail_mb, rows_handed_over=150, wal_end=promoted["wal_end"],
                handoff_s=promoted.get("duration_s"), rollout_s=round(time.time() - since, 1))  # fmt: skip
+
+
+def test_a_successor_promoted_before_its_restart_is_synchronous_from_the_first_commit() -> None:
+    # Review M4: switching back to a lower ordinal, the former primary (pod 1, rolled first) promotes
+    # pod 0 while pod 0 still runs under the old revision, whose files leave synchronous_standby_names
+    # empty. Commits there would be acknowledged asynchronously until pod 0's own restart; the
+    # handoff gives it the setting before pg_promote().
+    c = make_cluster(replicas=2, env={"PGSFS_SYNCHRONOUS_STANDBYS": "ANY 1"})
+    with c:
+        healthy(c)
+        c.update_template({"PGSFS_PRIMARY_ORDINAL": "1"})
+        wait_rolled_out(c, "rollout to primary ordinal 1", 180)
+        wait_until(lambda: _streaming_from(c, pod(1)) == [PRIMARY], 60, 0.2, "pod 0 streaming from pod 1")
+        runs = len(run_lines(c, PRIMARY))
+        c.update_template({"PGSFS_PRIMARY_ORDINAL": "0"})
+        wait_until(lambda: c.try_psql(PRIMARY, "select pg_is_in_recovery()", timeout=5).stdout.strip() == "f",
+                   120, 0.05, "pod 0 promoted")  # fmt: skip
+        shown = c.psql(PRIMARY, "show synchronous_standby_names")
+        still_old_run = len(run_lines(c, PRIMARY)) == runs
+        assert shown.startswith("ANY 1 ("), shown
+        wait_rolled_out(c, "rollout to primary ordinal 0", 180)
+        [given] = named(_runs_of(c, pod(1)), "successor_synchronous")
+        assert given["synchronous_standby_names"].startswith("ANY 1 (")
+        report("successor_synchronous", seen_before_its_restart=still_old_run, shown=shown)
