@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from agent.heartbeat import FRESH_SECONDS, HEARTBEAT_NAME
+from agent.render import RECEIVER_TIMEOUT_S
 
 _ORDINAL = re.compile(r"-(0|[1-9][0-9]*)$")
 
@@ -187,7 +188,7 @@ def check_readiness(env: Mapping[str, str], now: float) -> str:
             "-d",
             "postgres",
             "-c",
-            "SELECT status FROM pg_stat_wal_receiver",
+            "SELECT status, round(extract(epoch FROM now() - last_msg_receipt_time)) FROM pg_stat_wal_receiver",
         ],
         capture_output=True,
         text=True,
@@ -195,9 +196,13 @@ def check_readiness(env: Mapping[str, str], now: float) -> str:
         check=False,
         env={"PATH": env.get("PATH", os.defpath), "PGCONNECT_TIMEOUT": "1"},
     )
-    state = done.stdout.strip()
+    state, _, silent_s = done.stdout.strip().partition("|")
     if done.returncode != 0 or state != "streaming":
         raise ProbeFailed(f"replica not streaming (wal receiver: {state or done.stderr.strip() or 'none'})")
+    # "streaming" lasts until wal_receiver_timeout on a silently cut connection; the upstream answers
+    # the receiver's ping within half of it, so a longer silence means the upstream is gone.
+    if silent_s and float(silent_s) > RECEIVER_TIMEOUT_S * 0.75:
+        raise ProbeFailed(f"replica streaming but heard nothing from its upstream for {silent_s} s")
     return "replica streaming"
 
 

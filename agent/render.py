@@ -70,6 +70,8 @@ def passfile_line(user: str, password: str) -> str:
 # The application_name suffix of the primary_conninfo a handoff sets on its successor with ALTER
 # SYSTEM (switchover.redirect_successor); ManagedFiles removes such a line if it outlived the handoff.
 HANDOFF_SUFFIX = "-handoff"
+# wal_receiver_timeout; a replica whose receiver heard nothing for 3/4 of it is not Ready (probe.py).
+RECEIVER_TIMEOUT_S = 10
 
 
 def without_handoff_conninfo(auto_conf: str) -> tuple[str, bool]:
@@ -133,6 +135,13 @@ def settings_file(
         "wal_log_hints = on",
         # Long clones must not be cut by the walsender timeout while the primary is busy.
         "wal_sender_timeout = '5min'",
+        # A replica cut off silently: the kernel gives up on data it never acknowledges after 30 s, so
+        # a walsender stuck sending to it exits and its slot can be invalidated before WAL fills the
+        # volume (the checkpoint that invalidates a slot waits for its walsender).
+        "tcp_user_timeout = '30s'",
+        # The receiver asks for a reply after 5 s of silence and gives up after 10 s: readiness sees a
+        # silent upstream after 7.5 s, and the receiver reconnects by itself once the network heals.
+        f"wal_receiver_timeout = '{RECEIVER_TIMEOUT_S}s'",
     ]
     if synchronous_standby_names:
         lines.append(f"synchronous_standby_names = {quote_conf(synchronous_standby_names)}")

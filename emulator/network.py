@@ -366,6 +366,15 @@ class Network:
             self._veths[name] = veth
             return host
 
+    def partition(self, name: str, *, cut: bool = True) -> None:
+        """Cut the host off silently: its bridge port goes down, so the bridge drops what is sent to
+        it and its own eth0, with no carrier, drops what it sends (no RST, no ICMP: a dead switch
+        port or a lost node, as the other side sees it). `cut=False` heals it."""
+        with self._lock:
+            self._require_running()
+            veth = self._veths[name]
+        nsx.ip("-n", self.bridge_netns, "link", "set", veth, "down" if cut else "up")
+
     def remove_host(self, name: str) -> None:
         """Kill the host's processes (registered ones gracefully, then any left by PID) and delete it."""
         with self._lock:

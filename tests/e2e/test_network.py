@@ -118,6 +118,31 @@ def test_two_hosts_ping_and_tcp(net: Network) -> None:
     assert net.run(b, ["ip", "-o", "-4", "addr", "show", "eth0"]).stdout.count(b.ip) == 1
 
 
+def _connect_outcome(ip: str) -> str:
+    try:
+        socket.create_connection((ip, 7000), timeout=1.5).close()
+    except TimeoutError:
+        return "timeout"
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno or 0, str(exc))
+    return "connected"
+
+
+def test_a_partition_drops_silently_both_ways_and_heals(net: Network) -> None:
+    a, b = net.add_host("a"), net.add_host("b")
+    assert net.call_in(a, _ping, b.ip)
+    net.partition("b")
+    # Silent for the others: no answer, no refusal, no "unreachable"; only a timeout. Inside the cut
+    # host nothing leaves (its link has no carrier): a new connection fails there once its neighbour
+    # lookup does, an established one just stops hearing anything.
+    assert not net.call_in(a, _ping, b.ip, 1.0) and not net.call_in(b, _ping, a.ip, 1.0)
+    assert net.call_in(a, _connect_outcome, b.ip) == "timeout"
+    assert net.call_in(b, _connect_outcome, a.ip) in ("timeout", "EHOSTUNREACH")
+    net.partition("b", cut=False)
+    assert any(net.call_in(a, _ping, b.ip, 1.0) for _ in range(5)), "the link never came back"
+    assert net.call_in(a, _connect_outcome, b.ip) == "ECONNREFUSED"  # healed: nothing listens there
+
+
 def test_root_namespace_cannot_reach_pods(net: Network) -> None:
     a = net.add_host("a")
     assert Network.guard_route_present()

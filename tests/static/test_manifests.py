@@ -309,7 +309,7 @@ def test_overlays_start_without_root(overlay: str, uid: int, gid: int) -> None:
     ("probe", "kind", "period", "failures"),
     [
         ("startupProbe", "startup", 5, 24),
-        ("readinessProbe", "readiness", 5, 3),
+        ("readinessProbe", "readiness", 5, 2),
         ("livenessProbe", "liveness", 10, 6),
     ],
 )
@@ -323,6 +323,13 @@ def test_probes_call_the_agent(
     # The probe must finish in < 0.15 s; the timeout is headroom, and must stay
     # below the period so probes never overlap.
     assert 1 <= p["timeoutSeconds"] < period
+
+
+def test_a_silently_cut_replica_leaves_the_read_service_within_20_s(container: Obj) -> None:
+    from agent.render import RECEIVER_TIMEOUT_S
+
+    p = container["readinessProbe"]
+    assert RECEIVER_TIMEOUT_S * 0.75 + p["periodSeconds"] * p["failureThreshold"] <= 20
 
 
 def test_startup_probe_outlasts_a_stalled_bootstrap(container: Obj) -> None:
