@@ -67,6 +67,8 @@ class Config:
     clone_max_rate: str | None
     clone_stall_timeout: float
     allow_reinit: int | None
+    # The StatefulSet's replicas (PGSFS_MEMBERS, from the manifest); 0 when not given.
+    members: int
     on_divergence: str
     max_wal_senders: int
     max_replication_slots: int
@@ -436,6 +438,7 @@ def load_config(
     restart_check_timeout = _seconds(env, "PGSFS_RESTART_CHECK_TIMEOUT", 10.0, problems)
     switchover_timeout = _seconds(env, "PGSFS_SWITCHOVER_TIMEOUT", 60.0, problems)
     peer_check_timeout = _seconds(env, "PGSFS_PEER_CHECK_TIMEOUT", 30.0, problems)
+    members = _int(env, "PGSFS_MEMBERS", 0, problems, 0, 1000)
     auth_attempts = _int(env, "PGSFS_AUTH_ATTEMPTS", 3, problems, 1, 100)
     max_rate = _max_rate(env, problems)
     clone_stall_timeout = _seconds(env, "PGSFS_CLONE_STALL_TIMEOUT", 300.0, problems)
@@ -495,6 +498,7 @@ def load_config(
         clone_max_rate=max_rate,
         clone_stall_timeout=clone_stall_timeout,
         allow_reinit=allow_reinit,
+        members=members,
         on_divergence=on_divergence,
         max_wal_senders=max_wal_senders,
         max_replication_slots=max_slots,

@@ -125,6 +125,7 @@ class Part:
             sleep=self.world.sleep,
             own_name=cfg.pod_fqdn(cfg.identity.pod_name).lower(),
             pod_fqdn=lambda n: cfg.pod_fqdn(cfg.identity.peer_pod(n)),
+            expected=cfg.members,
         )
         if outcome == discovery.DNS_UNREACHABLE:
             peers.dns_problem = "no nameserver answered the Service's SRV query"

@@ -26,6 +26,8 @@ INCOMPLETE = "incomplete"
 # Without SRV records, ordinals are tried up to this one, and two past the highest that exists.
 MIN_ORDINALS = 5
 ORDINALS_PAST_HIGHEST = 2
+# How long a "no such name" for an expected member is doubted when the answer gave no negative TTL.
+DEFAULT_NEGATIVE_WAIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,9 @@ def classify(name: str, attempt: replication.Attempt) -> Member:
 def judge(members: list[Member], unchecked: list[str], dns_problem: str | None, allow_reinit: int | None) -> Verdict:
     """Initialise only when every member was seen and none holds data (or only the cluster given up)."""
     holders = [m for m in members if m.state == HOLDS_DATA]
-    given_up = allow_reinit is not None and all(m.system_identifier in (None, allow_reinit) for m in holders)
+    # Only holders that named the given-up cluster: one that could not say (a password refused, still
+    # starting) may hold another, and a forgotten override must never give that up (review H4).
+    given_up = allow_reinit is not None and all(m.system_identifier == allow_reinit for m in holders)
     incomplete = bool(dns_problem or unchecked or any(m.state == SILENT for m in members))
     if holders and not given_up:
         decision = REFUSE_HOLDERS
@@ -112,13 +116,22 @@ def ordinal_of(name: str, pod_fqdn: Callable[[int], str], found: set[int]) -> in
 
 def resolve(lookup: discovery.Lookup, name: str) -> tuple[str | None, str | None]:
     """A member's address (A, else AAAA) or None when it has none; and why DNS failed, if it did."""
+    address, problem, _ = resolve_with_ttl(lookup, name)
+    return address, problem
+
+
+def resolve_with_ttl(lookup: discovery.Lookup, name: str) -> tuple[str | None, str | None, float | None]:
+    """As `resolve`, with how long a "no such name" may be cached (the SOA's negative TTL), if said."""
+    ttl: float | None = None
     for rdtype in ("A", "AAAA"):
         answer = lookup(name, rdtype)
         if answer.outcome == discovery.DNS_UNREACHABLE:
-            return None, answer.detail or "no nameserver answered"
+            return None, answer.detail or "no nameserver answered", None
         if answer.found:
-            return answer.records[0], None
-    return None, None
+            return answer.records[0], None, None
+        if answer.negative_ttl is not None:
+            ttl = max(ttl or 0.0, answer.negative_ttl)
+    return None, None, ttl
 
 
 @dataclass
@@ -131,8 +144,13 @@ class Survey:
     sleep: Sleep
     own_name: str
     pod_fqdn: Callable[[int], str]
+    # Ordinals below this exist in the manifest (PGSFS_MEMBERS): their "no such name" is believed only
+    # once a negative cache could have expired since it was first seen (a pod still Pending, its
+    # record not published yet, or a cached NXDOMAIN, must not pass for an absent member).
+    expected: int = 0
     members: dict[str, Member] = field(default_factory=dict)
     dns_problem: str | None = None
+    first_absent: dict[str, float] = field(default_factory=dict)
 
     def run(self, srv_targets: list[str], timeout: float, stop_early: bool, on_poll: Callable[[], None]) -> list[str]:
         """Survey until every member answered definitively or `timeout`; returns names never checked."""
@@ -155,15 +173,22 @@ class Survey:
                 return unchecked
             self.sleep(min(1.0, max(0.0, deadline - self.clock())))
 
+    def _absent_long_enough(self, name: str, negative_ttl: float | None) -> bool:
+        first = self.first_absent.setdefault(name, self.clock())
+        wait = min(negative_ttl if negative_ttl is not None else DEFAULT_NEGATIVE_WAIT, discovery.MAX_NEGATIVE_WAIT)
+        return self.clock() - first >= wait
+
     def _ask(self, name: str, deadline: float, found_ordinals: set[int]) -> None:
-        address, problem = resolve(self.lookup, name)
+        address, problem, negative_ttl = resolve_with_ttl(self.lookup, name)
         if problem is not None:
             self.dns_problem = problem
             return
+        ordinal = ordinal_of(name, self.pod_fqdn, found_ordinals)
         if address is None:
+            if ordinal is not None and ordinal < self.expected and not self._absent_long_enough(name, negative_ttl):
+                return  # not there yet: asked again, and unchecked if the deadline comes first
             self.members[name] = Member(name.rstrip("."), ABSENT)
             return
-        ordinal = ordinal_of(name, self.pod_fqdn, found_ordinals)
         if ordinal is not None:
             found_ordinals.add(ordinal)
         budget = max(1.0, min(3.0, deadline - self.clock()))

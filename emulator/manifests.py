@@ -514,6 +514,9 @@ def with_overrides(
     changes: dict[str, Any] = {}
     if replicas is not None:
         changes["replicas"] = replicas
+        # As kustomize does from the one `members` value: the pods' member count follows replicas.
+        if any(e.name == "PGSFS_MEMBERS" for e in sts.env) and "PGSFS_MEMBERS" not in (env or {}):
+            env = {**(env or {}), "PGSFS_MEMBERS": str(replicas)}
     if policy is not None:
         if policy not in ("OrderedReady", "Parallel"):
             raise ValueError(f"podManagementPolicy {policy!r}")

@@ -923,6 +923,30 @@ def full_restart_volume_lost() -> dict[str, Any]:
         }
 
 
+def test_a_member_whose_pod_comes_late_is_not_taken_for_absent() -> None:
+    """Review H4: after a full restart with pod 0's volume lost, pod 1 exists but gets its address
+    2 s later (a volume still attaching). Its "no such name" on the first pass once let pod 0
+    initialise a new, empty cluster beside the real one; the manifest says it exists (PGSFS_MEMBERS),
+    so pod 0 asks again until a negative cache could have expired, sees it, and refuses (exit 8)."""
+    c = make_cluster()  # Parallel, as shipped; PGSFS_MEMBERS follows replicas (2)
+    with c:
+        healthy(c)
+        scale_down_to(c, 0)
+        vol0 = c.volume_dir(PRIMARY)
+        (vol0 / "pgdata").rename(vol0 / "pgdata.lost-by-test")
+        base = run_count(c, PRIMARY)
+        t0 = time.time()
+        c.scale(1)
+        wait_until(lambda: run_count(c, PRIMARY) > base, 30, 0.05, "pod 0 running")
+        wait_until(lambda: time.time() - t0 > 2, 5, 0.1, "2 s without pod 1")
+        c.scale(2)
+        lost = wait_exit(c, PRIMARY, t0, 60)[0]
+        lines = run_lines(c, PRIMARY)[base]
+        assert lost.code == 8, event_names(lines)
+        assert "initdb" not in event_names(lines)
+        report("late_member", exit=lost.code, survey_s=the(lines, "peer_check")["duration_s"])
+
+
 class TestFullRestartWithTheVolumeLost:
     """Row 10b: all pods restart together (Parallel) and the primary's volume is empty."""
 

@@ -184,6 +184,19 @@ def test_one_value_moves_the_primary_ordinal_and_the_rw_selector(tmp_path: Path)
     assert _primary_ordinal_env(get(rendered, "StatefulSet", STS)) == "2"
 
 
+def test_one_value_sets_the_member_count_and_the_replicas(tmp_path: Path) -> None:
+    base = tmp_path / "k8s"
+    shutil.copytree(BASE, base)
+    kustomization = base / "kustomization.yaml"
+    text = kustomization.read_text()
+    assert "      - members=3\n" in text
+    kustomization.write_text(text.replace("      - members=3\n", "      - members=5\n"))
+    sts = get(kustomize(base), "StatefulSet", STS)
+    env = sts["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert sts["spec"]["replicas"] == 5
+    assert next(e["value"] for e in env if e["name"] == "PGSFS_MEMBERS") == "5"
+
+
 def test_ro_service_only_ready_members(objects: list[Obj]) -> None:
     svc = get(objects, "Service", "postgresql-ro")
     assert not svc["spec"].get("publishNotReadyAddresses", False)

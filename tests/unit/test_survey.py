@@ -54,7 +54,7 @@ def test_initialises_only_with_a_complete_survey_and_no_holder_of_another_cluste
     members = [Member(f"m{i}", state, sid if state == HOLDS_DATA else None) for i, (state, sid) in enumerate(answers)]
     verdict = survey.judge(members, ["x"] if unchecked else [], "down" if dns_down else None, override)
     complete = not unchecked and not dns_down and all(m.state != SILENT for m in members)
-    given_up = (None, override) if override is not None else ()
+    given_up = (override,) if override is not None else ()
     foreign = [m for m in members if m.state == HOLDS_DATA and m.system_identifier not in given_up]
     assert (verdict.decision == survey.INIT) == (complete and not foreign)
     if foreign:
@@ -89,6 +89,10 @@ class FakeWorld:
         self.answers = answers
         self.asked: list[tuple[str, str]] = []
         self.dns_down = False
+        # name -> the fake time its record is published (a pod still Pending until then), and its address.
+        self.appear: dict[str, float] = {}
+        self.later: dict[str, str] = {}
+        self.expected = 0
 
     def clock(self) -> float:
         return self.now
@@ -99,6 +103,10 @@ class FakeWorld:
     def lookup(self, name: str, rdtype: str) -> discovery.DnsAnswer:
         self.asked.append((name, rdtype))
         self.now += 0.01
+        for appearing, at in list(self.appear.items()):
+            if self.now >= at:
+                del self.appear[appearing]
+                self.records[appearing] = self.later[appearing]
         if self.dns_down:
             return discovery.DnsAnswer(name, rdtype, discovery.DNS_UNREACHABLE, detail="timeout")
         if rdtype == "AAAA" and name in self.records and ":" in self.records[name]:
@@ -114,7 +122,7 @@ class FakeWorld:
         return queue.pop(0) if len(queue) > 1 else queue[0]
 
     def survey(self) -> survey.Survey:
-        return survey.Survey(self.lookup, self.identify, self.clock, self.sleep, fqdn(0), fqdn)
+        return survey.Survey(self.lookup, self.identify, self.clock, self.sleep, fqdn(0), fqdn, expected=self.expected)
 
 
 def test_a_replica_that_starts_its_postgres_later_is_still_found() -> None:
@@ -172,3 +180,31 @@ def test_a_fresh_cluster_initialises_without_waiting() -> None:
     unchecked = peers.run([fqdn(1), fqdn(2)], 30, stop_early=True, on_poll=lambda: None)
     verdict = survey.judge(list(peers.members.values()), unchecked, peers.dns_problem, None)
     assert verdict.decision == survey.INIT and world.now < 2
+
+
+def test_a_member_the_manifest_has_is_not_absent_before_a_negative_cache_expires() -> None:
+    # Review H4: pod 1 exists (Parallel) but has no address for 2 s (its volume attaching). Its
+    # NXDOMAIN on the first pass once let pod 0 initialise a new, empty cluster beside it.
+    holder = replication.Attempt(replication.STARTING, announce.holds_message(OLD, "checking the primary"))
+    world = FakeWorld({}, {fqdn(1): [holder]})
+    world.appear, world.later, world.expected = {fqdn(1): 2.0}, {fqdn(1): "198.18.0.11"}, 3
+    peers = world.survey()
+    unchecked = peers.run([], 30, stop_early=True, on_poll=lambda: None)
+    verdict = survey.judge(list(peers.members.values()), unchecked, peers.dns_problem, None)
+    assert verdict.decision == survey.REFUSE_HOLDERS
+
+
+def test_an_expected_member_that_never_appears_is_absent_after_the_negative_ttl() -> None:
+    # OrderedReady: pods 1 and 2 are only created once pod 0 is Ready; the first start must not
+    # wait forever for them, only for as long as a cached NXDOMAIN could lie (the SOA says 5 s).
+    world = FakeWorld({}, {})
+    world.expected = 3
+    peers = world.survey()
+    unchecked = peers.run([], 30, stop_early=True, on_poll=lambda: None)
+    verdict = survey.judge(list(peers.members.values()), unchecked, peers.dns_problem, None)
+    assert verdict.decision == survey.INIT and 5 <= world.now < 8
+
+
+def test_the_override_never_gives_up_a_holder_that_did_not_name_its_cluster() -> None:
+    unknown = [Member("b", HOLDS_DATA, None, "bad_password"), Member("c", HOLDS_DATA, None, "starting")]
+    assert survey.judge(unknown, [], None, OLD).decision == survey.REFUSE_HOLDERS
