@@ -907,12 +907,7 @@ def full_restart_volume_lost() -> dict[str, Any]:
     with c:
         healthy(c)
         old = c.psql(PRIMARY, "select system_identifier from pg_control_system()")
-        # Every pod goes away (a node pool replaced), and the primary's volume comes back empty.
-        scale_down_to(c, 0)
-        vol0 = c.volume_dir(PRIMARY)
-        (vol0 / "pgdata").rename(vol0 / "pgdata.lost-by-test")
-        base = run_count(c, PRIMARY)
-        t0 = time.time()
+        vol0, base, t0 = _all_pods_gone_and_pod_0s_volume_lost(c)
         c.scale(2)
         lost = wait_exit(c, PRIMARY, t0, 60)[0]
         return {
@@ -923,6 +918,16 @@ def full_restart_volume_lost() -> dict[str, Any]:
         }
 
 
+def _all_pods_gone_and_pod_0s_volume_lost(c: Cluster) -> tuple[Path, int, float]:
+    """Every pod goes away (a node pool replaced) and pod 0's volume comes back empty; returns that
+    volume, pod 0's run count and the time, before anything is scaled up again."""
+    healthy(c)
+    scale_down_to(c, 0)
+    vol0 = c.volume_dir(PRIMARY)
+    (vol0 / "pgdata").rename(vol0 / "pgdata.lost-by-test")
+    return vol0, run_count(c, PRIMARY), time.time()
+
+
 def test_a_member_whose_pod_comes_late_is_not_taken_for_absent() -> None:
     """Review H4: after a full restart with pod 0's volume lost, pod 1 exists but gets its address
     2 s later (a volume still attaching). Its "no such name" on the first pass once let pod 0
@@ -930,12 +935,7 @@ def test_a_member_whose_pod_comes_late_is_not_taken_for_absent() -> None:
     so pod 0 asks again until a negative cache could have expired, sees it, and refuses (exit 8)."""
     c = make_cluster()  # Parallel, as shipped; PGSFS_MEMBERS follows replicas (2)
     with c:
-        healthy(c)
-        scale_down_to(c, 0)
-        vol0 = c.volume_dir(PRIMARY)
-        (vol0 / "pgdata").rename(vol0 / "pgdata.lost-by-test")
-        base = run_count(c, PRIMARY)
-        t0 = time.time()
+        _, base, t0 = _all_pods_gone_and_pod_0s_volume_lost(c)
         c.scale(1)
         wait_until(lambda: run_count(c, PRIMARY) > base, 30, 0.05, "pod 0 running")
         wait_until(lambda: time.time() - t0 > 2, 5, 0.1, "2 s without pod 1")

@@ -171,27 +171,26 @@ def test_rw_service_selects_the_primary_pod(objects: list[Obj], sts: Obj) -> Non
     assert not svc["spec"].get("publishNotReadyAddresses", False)
 
 
-def test_one_value_moves_the_primary_ordinal_and_the_rw_selector(tmp_path: Path) -> None:
+def _rendered_with(tmp_path: Path, literal: str, value: str) -> list[Obj]:
+    """The base rendered with one literal of its postgresql-primary ConfigMap changed."""
     base = tmp_path / "k8s"
     shutil.copytree(BASE, base)
     kustomization = base / "kustomization.yaml"
     text = kustomization.read_text()
-    assert "      - ordinal=0\n" in text
-    kustomization.write_text(text.replace("      - ordinal=0\n", "      - ordinal=2\n"))
-    rendered = kustomize(base)
+    line = next(x for x in text.splitlines(keepends=True) if x.strip().startswith(f"- {literal}="))
+    kustomization.write_text(text.replace(line, line.split("=")[0] + f"={value}\n"))
+    return kustomize(base)
+
+
+def test_one_value_moves_the_primary_ordinal_and_the_rw_selector(tmp_path: Path) -> None:
+    rendered = _rendered_with(tmp_path, "ordinal", "2")
     selector = get(rendered, "Service", "postgresql-rw")["spec"]["selector"]
     assert selector["statefulset.kubernetes.io/pod-name"] == f"{STS}-2"
     assert _primary_ordinal_env(get(rendered, "StatefulSet", STS)) == "2"
 
 
 def test_one_value_sets_the_member_count_and_the_replicas(tmp_path: Path) -> None:
-    base = tmp_path / "k8s"
-    shutil.copytree(BASE, base)
-    kustomization = base / "kustomization.yaml"
-    text = kustomization.read_text()
-    assert "      - members=3\n" in text
-    kustomization.write_text(text.replace("      - members=3\n", "      - members=5\n"))
-    sts = get(kustomize(base), "StatefulSet", STS)
+    sts = get(_rendered_with(tmp_path, "members", "5"), "StatefulSet", STS)
     env = sts["spec"]["template"]["spec"]["containers"][0]["env"]
     assert sts["spec"]["replicas"] == 5
     assert next(e["value"] for e in env if e["name"] == "PGSFS_MEMBERS") == "5"
