@@ -27,6 +27,7 @@ class World:
     ensure_slot: Callable[[replication.Endpoint, str], bool] = replication.ensure_slot
     slot_status: Callable[[replication.Endpoint, str], str | None] = replication.slot_status
     timeline_history: Callable[[replication.Endpoint, int], str] = replication.timeline_history
+    segment_kept: Callable[[replication.Endpoint, str], bool] = replication.segment_kept
     clock: Clock = time.monotonic
     sleep: Sleep = time.sleep
     heartbeat: Heartbeat | None = None

@@ -50,6 +50,7 @@ def decide_restart(
     on_divergence: str,
     former_primary: bool = False,
     clean: bool = True,
+    wal_kept: bool | None = None,
 ) -> str:
     """What a restarting replica does once it has seen the primary: every branch, no effects.
 
@@ -57,7 +58,9 @@ def decide_restart(
     timeline than the primary's is always refused (the data untouched), for a former primary too;
     `slot_status` is the slot's wal_status (None: no slot; `lost`: invalidated). A `former_primary`
     (no standby.signal) rejoins as it is only when it shut down cleanly on the primary's history;
-    otherwise it is rewound (pg_rewind finds the exact fork, even after a crash).
+    otherwise it is rewound (pg_rewind finds the exact fork, even after a crash). `wal_kept` says
+    whether the primary still has the WAL from this member's position (None: not known): with no
+    slot and that WAL gone, a new slot would stream nothing, ever, so it clones again (review M6).
     """
     if local_system_identifier is not None and local_system_identifier != primary_system_identifier:
         return REFUSE_OTHER_CLUSTER
@@ -68,11 +71,12 @@ def decide_restart(
     if former_primary:
         if verdict is None or not verdict.may_follow or not clean:
             return REWIND
-        # Its slot was invalidated while it was away: the WAL it would stream from is gone.
-        return RECLONE_LOST_SLOT if slot_status == replication.LOST else REJOIN
+        # Its slot was invalidated while it was away, or there is none and the WAL is gone.
+        gone = slot_status == replication.LOST or (slot_status is None and wal_kept is False)
+        return RECLONE_LOST_SLOT if gone else REJOIN
     if verdict is not None and not verdict.may_follow:
         return RECLONE_DIVERGED if on_divergence == "reclone" else REFUSE_DIVERGED
-    if slot_status == replication.LOST:
+    if slot_status == replication.LOST or (slot_status is None and wal_kept is False):
         return RECLONE_LOST_SLOT
     if slot_status is None:
         return CREATE_SLOT
@@ -144,12 +148,16 @@ class FollowCheck(Part):
             info = self._until_upstream_has(endpoint, info, position.lsn)
             verdict = self.compare_histories(endpoint, info, position)
         status = self._slot_status(endpoint) if verdict is not None and verdict.may_follow else None
+        kept = self._wal_kept(address, position, control) if status is None and verdict and verdict.may_follow \
+            else None  # fmt: skip
         action = decide_restart(local, info.system_identifier, verdict, status, cfg.on_divergence,
-                                former_primary=former, clean=position.clean if position else True)  # fmt: skip
+                                former_primary=former, clean=position.clean if position else True,
+                                wal_kept=kept)  # fmt: skip
         self._phase(
             "primary_check", started, system_identifier=str(info.system_identifier), decision=action,
             history=verdict.outcome if verdict else None, timeline=verdict.local_timeline if verdict else None,
-            slot_status=status, former_primary=former or None, upstream_standby=info.in_hot_standby or None,
+            slot_status=status, wal_kept=kept, former_primary=former or None,
+            upstream_standby=info.in_hot_standby or None,
         )  # fmt: skip
         if action == REJOIN:
             self.log.info("rejoining", note="a former primary that shut down cleanly on the primary's history: "
@@ -174,7 +182,7 @@ class FollowCheck(Part):
             self.diverged(verdict, reclone=action == RECLONE_DIVERGED)
             return True
         if action == RECLONE_LOST_SLOT:
-            self.reclone_after_lost_slot()
+            self.reclone_after_lost_slot(missing=status is None)
             return True
         if action == CREATE_SLOT:
             self.replica.ensure_slot(address)
@@ -210,6 +218,22 @@ class FollowCheck(Part):
         self.log.info("local_wal_past_control", control=history.format_lsn(position.lsn),
                       wal_end=history.format_lsn(end), timeline=position.timeline)  # fmt: skip
         return history.LocalPosition(position.timeline, end, position.clean, position.state)
+
+    def _wal_kept(self, address: str, position: history.LocalPosition | None, control: str) -> bool | None:
+        """Does the primary still have the WAL segment this member resumes from? None when unknown."""
+        if position is None:
+            return None
+        cfg = self.config
+        su = replication.Endpoint(host=cfg.primary_fqdn.rstrip("."), hostaddr=address, port=cfg.port,
+                                  user=cfg.superuser, password=cfg.superuser_password.reveal(),
+                                  application_name=f"{cfg.identity.pod_name}-agent")  # fmt: skip
+        try:
+            size = walend.layout(control).segment_size
+            return self.world.segment_kept(su, replication.segment_name_suffix(position.lsn, size))
+        except Exception as exc:  # psycopg.Error, or a control file without the size: not known
+            self.log.warning("wal_check_failed", detail=" ".join(str(exc).split()),
+                             note="a missing slot is created as before")  # fmt: skip
+            return None
 
     def _slot_status(self, endpoint: replication.Endpoint) -> str | None:
         try:
@@ -323,14 +347,22 @@ class FollowCheck(Part):
             outcome=verdict.outcome,
         )
 
-    def reclone_after_lost_slot(self) -> None:
+    def reclone_after_lost_slot(self, missing: bool = False) -> None:
         """The primary removed WAL this replica needs: move its data aside and clone again."""
+        slot = self.config.identity.slot_name
+        if missing:
+            self.move_aside_and_clone(
+                "wal-gone", "slot_missing_wal_gone",
+                f"the primary has no slot {slot} for this replica (it was away during a switchover, or the slot "
+                "was dropped) and no longer has the WAL this replica would resume from: a new slot would stream "
+                "nothing", slot=slot,
+            )  # fmt: skip
+            return
         self.move_aside_and_clone(
             "slot-invalidated",
             "slot_invalidated",
-            f"slot {self.config.identity.slot_name} was invalidated (the primary removed WAL this replica still "
-            "needed, max_slot_wal_keep_size)",
-            slot=self.config.identity.slot_name,
+            f"slot {slot} was invalidated (the primary removed WAL this replica still needed, max_slot_wal_keep_size)",
+            slot=slot,
         )
 
     def move_aside_and_clone(self, suffix: str, event: str, why: str, **fields: Any) -> None:

@@ -207,6 +207,27 @@ def slot_status(endpoint: Endpoint, slot: str, timeout: float = 5.0) -> str | No
     return NOT_RESERVED if row[0] is None else str(row[0])
 
 
+def segment_name_suffix(lsn: int, segment_size: int) -> str:
+    """The last 16 hex digits of the name of the WAL segment holding `lsn` (the timeline's 8 come first)."""
+    segno = lsn // segment_size
+    per_id = 0x100000000 // segment_size
+    return f"{segno // per_id:08X}{segno % per_id:08X}"
+
+
+def segment_kept(endpoint: Endpoint, suffix: str, timeout: float = 5.0) -> bool:
+    """Whether the server still has the WAL segment named `<any timeline><suffix>` in pg_wal
+    (pg_ls_waldir: the endpoint's role must be a superuser or in pg_monitor)."""
+    import psycopg
+
+    with psycopg.connect(**_sql_kwargs(endpoint, timeout)) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}(\\.partial)?$' "
+            "AND substr(name, 9, 16) = %s",
+            (suffix,),
+        ).fetchone()
+    return bool(row and row[0])
+
+
 def drop_slot(endpoint: Endpoint, slot: str, timeout: float = 5.0) -> None:
     """Drop a physical slot, ending a lingering walsender of ours that still holds it.
 

@@ -111,3 +111,23 @@ def test_the_member_that_comes_back_clones_again_and_streams(burst: dict[str, An
     assert burst["slots_after"]["postgresql_sfs_2"]["wal_status"] in ("reserved", "extended")
     # The old data was moved aside on the same volume, never deleted.
     assert any(n.startswith("pgdata.slot-invalidated-") for n in burst["volume_after"]), burst["volume_after"]
+
+
+def test_a_member_with_no_slot_whose_wal_is_gone_clones_again() -> None:
+    # Review M6: a member away while the primary role moved finds no slot on the (new) primary; a
+    # slot made now reserves from the primary's current position, so if the WAL it resumes from is
+    # gone it would start and never stream, NotReady forever. Here its slot is dropped while it is
+    # scaled away and 128 MB of WAL go by (wal_keep_size is 20 MB on these volumes): it must clone.
+    c = make_cluster(replicas=2, volume_size=VOLUME)
+    with c:
+        healthy(c)
+        scale_down_to(c, 1)
+        c.psql(PRIMARY, "select pg_drop_replication_slot('postgresql_sfs_1')")
+        _write_wal(c, 8 * SEGMENT_MB)
+        c.scale(2)
+        c.wait_ready(timeout=180)
+        c.wait_streaming(timeout=120, replicas=2)
+        said = event_names(current(c, "postgresql-sfs-1"))
+        assert "slot_missing_wal_gone" in said and "clone" in said, said
+        assert list(c.volume_dir("postgresql-sfs-1").glob("pgdata.wal-gone-*")), "the old data kept aside"
+        report("slot_missing_wal_gone", events=len(said))

@@ -95,3 +95,16 @@ def test_a_former_primary_with_a_newer_timeline_is_refused_not_rewound() -> None
     # the old timeline and dropped every commit it had acknowledged since.
     newer = history.Verdict(history.NEWER_TIMELINE, 2, "0/6000000", 1, "0/5000000", None)
     assert decide_restart(OURS, OURS, newer, None, "reclone", former_primary=True) == follow.REFUSE_DIVERGED
+
+
+@pytest.mark.parametrize("former", [False, True])
+def test_no_slot_and_the_wal_gone_clones_again_instead_of_starting_to_stream_nothing(former: bool) -> None:
+    # Review M6: a member away during a switchover finds no slot on the new primary. A new slot
+    # reserves from the primary's current position: if the WAL it resumes from is gone, it would
+    # start and never stream. Unknown (None) keeps today's way: create the slot.
+    on = verdict(history.ON_HISTORY)
+    assert decide_restart(OURS, OURS, on, None, "refuse", former_primary=former, wal_kept=False) == \
+        follow.RECLONE_LOST_SLOT  # fmt: skip
+    kept = decide_restart(OURS, OURS, on, None, "refuse", former_primary=former, wal_kept=True)
+    unknown = decide_restart(OURS, OURS, on, None, "refuse", former_primary=former, wal_kept=None)
+    assert kept == unknown == (follow.REJOIN if former else follow.CREATE_SLOT)

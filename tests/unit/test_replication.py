@@ -32,6 +32,7 @@ from agent.replication import (
     Endpoint,
     SystemInfo,
     classify_error,
+    segment_name_suffix,
     try_identify,
     wait_for_primary,
 )
@@ -330,3 +331,11 @@ def test_unavailable_after_timeout(clock, log, kind: str) -> None:
     assert error.fields["reason"] == kind
     assert kind in error.message and "20 s" in error.message
     assert len(log.events("primary_wait_state")) == 1
+
+
+def test_the_segment_holding_a_position_is_named_as_postgresql_names_it() -> None:
+    # 0/3000028 with 16 MB segments: segment 3 of log 0; 1/0 starts log 1.
+    # As XLogFileName: segment number / and % segments per 4 GB log id.
+    assert segment_name_suffix(0x3000028, 16 * 1048576) == "0000000000000003"
+    assert segment_name_suffix(0x1FF000000, 16 * 1048576) == "00000001000000FF"
+    assert segment_name_suffix(0x1FF000000, 64 * 1048576) == "000000010000003F"
