@@ -71,16 +71,23 @@ def decide_restart(
     if former_primary:
         if verdict is None or not verdict.may_follow or not clean:
             return REWIND
-        # Its slot was invalidated while it was away, or there is none and the WAL is gone.
-        gone = slot_status == replication.LOST or (slot_status is None and wal_kept is False)
-        return RECLONE_LOST_SLOT if gone else REJOIN
+        # Its slot was invalidated while it was away, or there is none, and the WAL is gone.
+        return RECLONE_LOST_SLOT if _wal_gone(slot_status, wal_kept) else REJOIN
     if verdict is not None and not verdict.may_follow:
         return RECLONE_DIVERGED if on_divergence == "reclone" else REFUSE_DIVERGED
-    if slot_status == replication.LOST or (slot_status is None and wal_kept is False):
+    if _wal_gone(slot_status, wal_kept):
         return RECLONE_LOST_SLOT
-    if slot_status is None:
+    if slot_status in (None, replication.LOST):  # a lost slot whose WAL is still there: made again
         return CREATE_SLOT
     return START
+
+
+def _wal_gone(slot_status: str | None, wal_kept: bool | None) -> bool:
+    """No usable slot and no WAL to resume from: an invalidated slot counts as gone unless the
+    primary is known to still have that WAL (review M1); a missing one only when it is known not to."""
+    if slot_status == replication.LOST:
+        return wal_kept is not True
+    return slot_status is None and wal_kept is False
 
 
 class FollowCheck(Part):
@@ -148,8 +155,8 @@ class FollowCheck(Part):
             info = self._until_upstream_has(endpoint, info, position.lsn)
             verdict = self.compare_histories(endpoint, info, position)
         status = self._slot_status(endpoint) if verdict is not None and verdict.may_follow else None
-        kept = self._wal_kept(address, position, control) if status is None and verdict and verdict.may_follow \
-            else None  # fmt: skip
+        kept = self._wal_kept(address, position, control) if status in (None, replication.LOST) and verdict and \
+            verdict.may_follow else None  # fmt: skip
         action = decide_restart(local, info.system_identifier, verdict, status, cfg.on_divergence,
                                 former_primary=former, clean=position.clean if position else True,
                                 wal_kept=kept)  # fmt: skip
@@ -162,7 +169,7 @@ class FollowCheck(Part):
         if action == REJOIN:
             self.log.info("rejoining", note="a former primary that shut down cleanly on the primary's history: "
                           "it follows as a standby, nothing copied")  # fmt: skip
-            if status is None:
+            if status in (None, replication.LOST):
                 self.replica.ensure_slot(address)
             return False
         if action == REWIND:

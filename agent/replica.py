@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from agent import announce, discovery, replication
+from agent import announce, discovery, memberslots, replication
 from agent.buildarea import BuildArea
 from agent.context import Part
 from agent.errors import (
@@ -15,6 +15,7 @@ from agent.errors import (
 )
 from agent.files import free_bytes
 from agent.follow import FollowCheck
+from agent.identity import slot_name_for
 from agent.managed import ManagedFiles
 from agent.pgdata import inspect, newest_timeline
 from agent.postgres import (
@@ -183,6 +184,10 @@ class Replica(Part):
         # Check first: data of another cluster must be left exactly as it was.
         if self.follow.check_primary():
             return
+        cfg = self.config
+        ordinals = range(max(cfg.members, cfg.max_replication_slots + 1))
+        members = {slot_name_for(cfg.identity.peer_pod(n)) for n in ordinals}
+        memberslots.set_aside(self.pgdata, cfg.state_dir, members, self.log)
         self.files.write_config(self.pgdata, standby=True)
 
     @contextlib.contextmanager

@@ -115,7 +115,13 @@ def test_switchover_under_write_load_and_back() -> None:
         try:
             wait_until(lambda: len(load.acked()) > 50, 30, 0.1, "the load writing")
             to_one = _switch(c, load, 1)
+            # Review M1: the demoted primary keeps no member slots (frozen, they would pin WAL and go
+            # stale); the new primary has one for each member that follows it.
+            assert c.psql(PRIMARY, "select count(*) from pg_replication_slots") == "0"
+            assert c.psql(pod(1), "select string_agg(slot_name, ',' order by slot_name) from pg_replication_slots") == \
+                "postgresql_sfs_0,postgresql_sfs_2"  # fmt: skip
             to_zero = _switch(c, load, 0)
+            assert c.psql(pod(1), "select count(*) from pg_replication_slots") == "0"
         finally:
             lines = load.stop()
         acked = [x for x in lines if "ack" in x]

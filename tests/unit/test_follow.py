@@ -30,7 +30,7 @@ SLOTS = [None, "reserved", "extended", "unreserved", "unknown", replication.LOST
 def test_every_combination(
     local: int | None, seen: history.Verdict | None, on_divergence: str, slot: str | None
 ) -> None:
-    decided = decide_restart(local, OURS, seen, slot, on_divergence)
+    decided = decide_restart(local, OURS, seen, slot, on_divergence)  # wal_kept not known
     if seen is not None and seen.outcome == history.NEWER_TIMELINE:
         assert decided == follow.REFUSE_DIVERGED
     elif seen is not None and not seen.may_follow:
@@ -108,3 +108,15 @@ def test_no_slot_and_the_wal_gone_clones_again_instead_of_starting_to_stream_not
     kept = decide_restart(OURS, OURS, on, None, "refuse", former_primary=former, wal_kept=True)
     unknown = decide_restart(OURS, OURS, on, None, "refuse", former_primary=former, wal_kept=None)
     assert kept == unknown == (follow.REJOIN if former else follow.CREATE_SLOT)
+
+
+@pytest.mark.parametrize("former", [False, True])
+def test_an_invalidated_slot_whose_wal_is_still_there_is_made_again_not_cloned(former: bool) -> None:
+    # Review M1: a slot left to go stale (on a demoted primary, say) is `lost`, yet the member is
+    # exactly at the switch point and the primary has that WAL: recreate the slot, copy nothing.
+    on = verdict(history.ON_HISTORY)
+    decided = decide_restart(OURS, OURS, on, replication.LOST, "refuse", former_primary=former, wal_kept=True)
+    assert decided == (follow.REJOIN if former else follow.CREATE_SLOT)
+    for unknown_or_gone in (None, False):
+        assert decide_restart(OURS, OURS, on, replication.LOST, "refuse", former_primary=former,
+                              wal_kept=unknown_or_gone) == follow.RECLONE_LOST_SLOT  # fmt: skip
