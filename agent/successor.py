@@ -13,9 +13,14 @@ def _connect(host: str, hostaddr: str, port: int, user: str, password: str) -> A
                            connect_timeout=5, autocommit=True)  # fmt: skip
 
 
-def promote_over_sql(host: str, hostaddr: str, port: int, user: str, password: str) -> bool:
-    """pg_promote() on another member as the superuser, waiting up to 60 s for it to finish."""
+def promote_over_sql(host: str, hostaddr: str, port: int, user: str, password: str, slot: str) -> bool | None:
+    """pg_promote() on another member as the superuser, waiting up to 60 s for it to finish; only if
+    the server at that address is that member (its primary_slot_name is `slot`: a stale DNS record
+    and a reused address must not promote another one). None when it was not."""
     with _connect(host, hostaddr, port, user, password) as conn:
+        row = conn.execute("SELECT current_setting('primary_slot_name', true)").fetchone()
+        if not row or row[0] != slot:
+            return None
         row = conn.execute("SELECT pg_promote(true, 60)").fetchone()
     return bool(row and row[0])
 

@@ -25,6 +25,7 @@ from agent import history, survey
 from agent.context import Part
 from agent.errors import CommandFailed, SwitchoverBlocked
 from agent.files import fsync_dir, write_atomic
+from agent.identity import slot_name_for
 from agent.pgdata import HANDOFF_MARKER, newest_timeline
 from agent.plan import PASSFILE_NAME
 from agent.postgres import child_env
@@ -193,7 +194,7 @@ class PrimaryGuard(Part):
 class Handoff(Part):
     """A former primary's agent whose successor is still a standby: promote it, without losing a write."""
 
-    def __init__(self, ctx: Any, promote: Callable[..., bool] = promote_over_sql,
+    def __init__(self, ctx: Any, promote: Callable[..., bool | None] = promote_over_sql,
                  redirect: Callable[..., None] = redirect_successor,
                  set_setting: Callable[..., str] = set_until_reload) -> None:  # fmt: skip
         super().__init__(ctx)
@@ -310,7 +311,8 @@ class Handoff(Part):
         cfg = self.config
         try:
             self._synchronous_from_the_first_commit(successor, address)
-            return self.promote(successor, address, cfg.port, cfg.superuser, cfg.superuser_password.reveal())
+            promoted = self.promote(successor, address, cfg.port, cfg.superuser, cfg.superuser_password.reveal(),
+                                    slot_name_for(successor.split(".", maxsplit=1)[0]))  # fmt: skip
         except Exception as exc:  # psycopg.Error; kept broad so no traceback reaches the user
             raise CommandFailed(
                 f"could not promote {successor}: {' '.join(str(exc).split())}",
@@ -318,6 +320,13 @@ class Handoff(Part):
                 f"and tries again, or promote it by hand: kubectl exec {successor.split('.', maxsplit=1)[0]} "
                 "-- pg-sfs-agent promote",
             ) from exc
+        if promoted is None:
+            raise CommandFailed(
+                f"the server at {successor}'s address ({address}) is not {successor} (its primary_slot_name differs): "
+                "a stale DNS record? Nothing was promoted",
+                hint="the pod restarts and looks again; check the cluster DNS for the successor's record",
+            )
+        return promoted
 
     def _blocked(self, decision: str, successor: str, wal_end: int, writable: list[str],
                  served: bool) -> SwitchoverBlocked:  # fmt: skip

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from agent import discovery, replication
 from agent import switchover as sw
 from agent.context import Context, World
-from agent.errors import SwitchoverBlocked
+from agent.errors import CommandFailed, SwitchoverBlocked
 from agent.history import LocalPosition, format_lsn
 from agent.runner import Runner
 from tests.unit.conftest import FakeClock, ListLogger
@@ -106,6 +106,7 @@ class FakeWorld:
     serving: bool = False
     promoted_at: list[int] = field(default_factory=list)
     pointed: list[str | None] = field(default_factory=list)
+    imposter: bool = False  # the successor's address answers as another member (a stale record)
 
     def identify(self) -> replication.Attempt:
         if self.serving:
@@ -113,7 +114,9 @@ class FakeWorld:
         info = replication.SystemInfo(1, 1, format_lsn(self.received), not self.promoted_at, 140005)
         return replication.Attempt(replication.IN_RECOVERY, info=info)
 
-    def promote(self, *args: Any) -> bool:
+    def promote(self, *args: Any) -> bool | None:
+        if self.imposter:
+            return None
         self.promoted_at.append(self.received)
         return True
 
@@ -186,3 +189,13 @@ NAMES = st.lists(st.sampled_from(["a", "b"]), max_size=2)
 def test_the_primary_starts_only_when_no_member_is_writable_or_newer(writable: list[str], newer: list[str]) -> None:
     started = sw.decide_primary_restart(writable, newer) == sw.START_PRIMARY
     assert started == (not writable and not newer)
+
+
+def test_the_server_at_the_successors_address_must_be_the_successor(
+    make_config: Callable[..., Any], log: ListLogger, clock: FakeClock, tmp_path: Path
+) -> None:
+    # Review L5: a stale record and a reused address must not promote another member.
+    world = FakeWorld(received=0x9000000, end=0x9000000, rate=0, imposter=True)
+    with pytest.raises(CommandFailed) as raised:
+        _handoff(make_config, log, clock, tmp_path, world)
+    assert "is not postgresql-sfs-1" in raised.value.message and world.promoted_at == []
