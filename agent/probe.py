@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from agent.heartbeat import FRESH_SECONDS, HEARTBEAT_NAME
-from agent.render import RECEIVER_TIMEOUT_S
+from agent.render import CONF_NAME, RECEIVER_TIMEOUT_S
 
 _ORDINAL = re.compile(r"-(0|[1-9][0-9]*)$")
 
@@ -133,7 +133,8 @@ def _postmaster_port(pgdata: Path, env: Mapping[str, str]) -> int:
 
 
 def check_liveness(env: Mapping[str, str], now: float) -> str:
-    """Local only, never the primary: postgres answers on its socket, or the bootstrap still beats."""
+    """Local only, never the primary: postgres answers on its socket, or the bootstrap still beats;
+    and the primary ordinal does not wait connected to nobody for long."""
     running = postmaster_status(_pgdata(env))
     if running is None:
         return check_startup(env, now)
@@ -144,7 +145,43 @@ def check_liveness(env: Mapping[str, str], now: float) -> str:
     problem = postmaster_answers(sockdir, _postmaster_port(_pgdata(env), env))
     if problem is not None:
         raise ProbeFailed(problem)
+    waiting = connected_to_nobody_for(_pgdata(env), env, now)
+    if waiting is not None and waiting > AWAIT_PROMOTION_LIMIT_S:
+        # Its agent surveyed once, at start: a blip then, or a second ordinal change, would leave it
+        # here forever, the rollout waiting on it (review H6). A restart surveys the members again.
+        raise ProbeFailed(f"the primary ordinal has waited connected to nobody for {waiting:.0f} s; restarting it "
+                          "asks the members again whom to follow")  # fmt: skip
     return f"postgres answers (pid {pid}, {status})"
+
+
+# How long the primary ordinal, still a standby, may wait unconnected before liveness restarts it.
+AWAIT_PROMOTION_LIMIT_S = 60.0
+_CONNINFO = re.compile(r"^\s*primary_conninfo\s*=\s*'(.*)'\s*(#.*)?$")
+
+
+def connected_to_nobody_for(pgdata: Path, env: Mapping[str, str], now: float) -> float | None:
+    """Seconds the primary ordinal's postgres has run as a standby with an empty primary_conninfo (the
+    agent's file, then postgresql.auto.conf, read with a size limit), or None when it is not so."""
+    if not _is_primary(env) or not (pgdata / "standby.signal").exists():
+        return None
+    conninfo = None
+    for name in (CONF_NAME, "postgresql.auto.conf"):
+        try:
+            with open(pgdata / name, "rb") as handle:
+                text = handle.read(65536).decode("utf-8", "replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            match = _CONNINFO.match(line)
+            if match:
+                conninfo = match.group(1)
+    if conninfo is None or conninfo.strip():
+        return None
+    try:
+        started = float((pgdata / "postmaster.pid").read_text()[:4096].splitlines()[2])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, now - started)
 
 
 def _tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -364,3 +364,30 @@ def test_a_successor_promoted_before_its_restart_is_synchronous_from_the_first_c
         [given] = named(_runs_of(c, pod(1)), "successor_synchronous")
         assert given["synchronous_standby_names"].startswith("ANY 1 (")
         report("successor_synchronous", seen_before_its_restart=still_old_run, shown=shown)
+
+
+def test_a_successor_that_started_connected_to_nobody_asks_again_and_the_rollout_completes() -> None:
+    # Review H6 (c): pod 0, the primary, is cut off while the ordinal moves to 1, so pod 1, rolled
+    # first, sees no writable member and waits connected to nobody (not Ready). Healed seconds later,
+    # nothing would ever make it look again: the rollout waited on it forever. Liveness now restarts
+    # a primary ordinal that waits unconnected for over a minute; it then follows pod 0, becomes
+    # Ready, and the rollout goes on to pod 0, whose agent hands over.
+    c = make_cluster(replicas=2, grace_period=5)
+    with c:
+        healthy(c)
+        c.psql(PRIMARY, "create table acked (n int); insert into acked select generate_series(1, 100)")
+        wait_until(lambda: c.try_psql(pod(1), "select count(*) from acked").stdout.strip() == "100", 30, 0.2,
+                   "replica caught up")  # fmt: skip
+        restarts = c.restarts(pod(1))
+        since = time.time()
+        c.network.partition(PRIMARY)
+        try:
+            c.update_template({"PGSFS_PRIMARY_ORDINAL": "1"})
+            wait_until(lambda: named(_runs_of(c, pod(1)), "awaiting_promotion"), 90, 0.2, "pod 1 waiting unconnected")
+        finally:
+            c.network.partition(PRIMARY, cut=False)
+        wait_rolled_out(c, "rollout to primary ordinal 1", 300)
+        assert c.psql(pod(1), "select pg_is_in_recovery()") == "f"
+        assert c.psql(pod(1), "select count(*) from acked") == "100"
+        assert c.restarts(pod(1)) > restarts, "pod 1 was restarted by its liveness probe"
+        report("unconnected_successor", rollout_s=round(time.time() - since, 1))

@@ -285,3 +285,27 @@ def test_liveness_fails_when_the_socket_is_gone(env: dict[str, str], postmaster:
 def test_liveness_leaves_a_long_crash_recovery_alone(env: dict[str, str], postmaster: int, tmp_path: Path) -> None:
     write_pid(Path(env["PGDATA"]), postmaster, "starting", sockdir=str(tmp_path / "nowhere"))
     assert "starting" in probe.check_liveness(env, NOW)
+
+
+def _designated(pgdata: Path, conninfo: str, started: float, auto: str = "") -> dict[str, str]:
+    pgdata.mkdir(parents=True, exist_ok=True)
+    (pgdata / "standby.signal").write_text("")
+    (pgdata / "pg-sfs-agent.conf").write_text(f"port = 5432\nprimary_conninfo = '{conninfo}'\n")
+    (pgdata / "postgresql.auto.conf").write_text(auto)
+    (pgdata / "postmaster.pid").write_text(f"4242\n{pgdata}\n{started:.0f}\n5432\n/tmp\n*\n0 0\nstandby\n")
+    return {"PGDATA": str(pgdata), "POD_NAME": "postgresql-sfs-1", "PGSFS_PRIMARY_ORDINAL": "1"}
+
+
+def test_the_primary_ordinal_waiting_unconnected_is_timed_from_its_postmasters_start(tmp_path: Path) -> None:
+    # Review H6: a designated standby that found no writable member at its start waits connected to
+    # nobody; liveness restarts it after AWAIT_PROMOTION_LIMIT_S so that it asks the members again.
+    env = _designated(tmp_path / "pgdata", "", started=1000.0)
+    assert probe.connected_to_nobody_for(tmp_path / "pgdata", env, 1090.0) == 90.0
+    # Pointed somewhere (its own files, or a handoff's ALTER SYSTEM): not waiting.
+    env = _designated(tmp_path / "pgdata", "host=postgresql-sfs-0", started=1000.0)
+    assert probe.connected_to_nobody_for(tmp_path / "pgdata", env, 1090.0) is None
+    env = _designated(tmp_path / "pgdata", "", 1000.0, auto="primary_conninfo = 'host=''postgresql-sfs-0'''\n")
+    assert probe.connected_to_nobody_for(tmp_path / "pgdata", env, 1090.0) is None
+    # A replica ordinal is never in that state on purpose.
+    env = {**_designated(tmp_path / "pgdata", "", started=1000.0), "PGSFS_PRIMARY_ORDINAL": "0"}
+    assert probe.connected_to_nobody_for(tmp_path / "pgdata", env, 1090.0) is None
