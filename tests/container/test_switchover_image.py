@@ -23,7 +23,7 @@ from emulator.manifests import load_spec  # noqa: E402
 from emulator.waiting import wait_until  # noqa: E402
 from tests.container.test_image import IMAGE, START  # noqa: E402
 from tests.e2e.cluster_support import PRIMARY, log_events, pod  # noqa: E402
-from tests.e2e.fault_support import primary_dies_ahead_of_its_replica  # noqa: E402
+from tests.e2e.fault_support import acked_rows_on_both, primary_dies_ahead_of_its_replica  # noqa: E402
 
 
 def _streams_from(c: Cluster, primary: str, standby: str) -> bool:
@@ -61,9 +61,7 @@ def test_a_switchover_whose_former_primary_is_killed_on_the_image() -> None:
     with c:
         c.wait_ready(timeout=START)
         c.wait_streaming(timeout=START, replicas=2)
-        c.psql(PRIMARY, "create table acked (n int); insert into acked select generate_series(1, 100)")
-        wait_until(lambda: c.try_psql(pod(1), "select count(*) from acked").stdout.strip() == "100", 30, 0.2,
-                   "replica caught up")  # fmt: skip
+        acked_rows_on_both(c)
         primary_dies_ahead_of_its_replica(c, pod(1), "insert into acked select generate_series(101, 150)",
                                           {"PGSFS_PRIMARY_ORDINAL": "1"})  # fmt: skip
         wait_until(c.rolled_out, 2 * START, 0.2, "rollout to primary ordinal 1")

@@ -326,6 +326,13 @@ def titled_pids(c: Cluster, name: str, prefix: str) -> list[int]:
     return found
 
 
+def acked_rows_on_both(c: Cluster, rows: int = 100) -> None:
+    """Table `acked` with rows 1..`rows` on pod 0, and pod 1 has replayed them."""
+    c.psql(pod(0), f"create table acked (n int); insert into acked select generate_series(1, {rows})")
+    wait_until(lambda: c.try_psql(pod(1), "select count(*) from acked").stdout.strip() == str(rows), 30, 0.2,
+               "replica caught up")  # fmt: skip
+
+
 def primary_dies_ahead_of_its_replica(c: Cluster, replica: str, sql: str, env: Mapping[str, str | None],
                                       check: Callable[[], None] = lambda: None) -> None:  # fmt: skip
     """Freeze pod 0's walsenders (so `replica` gets none of it, not even into its socket buffers),

@@ -22,6 +22,7 @@ from emulator.waiting import wait_until
 from tests.e2e.cluster_support import container_pid1, pod, require_pods
 from tests.e2e.fault_support import (
     PRIMARY,
+    acked_rows_on_both,
     healthy,
     make_cluster,
     named,
@@ -165,9 +166,7 @@ def _promoted_while_the_primary_was_away(c: Cluster) -> list[Any]:
     """Freeze pod 0's postgres, `promote` pod 1, let the liveness probe kill pod 0: its agent, still
     on ordinal 0, must refuse (exit 15). Pod 1 then takes 50 more writes. Returns pod 0's exits."""
     healthy(c)
-    c.psql(PRIMARY, "create table acked (n int); insert into acked select generate_series(1, 100)")
-    wait_until(lambda: c.try_psql(pod(1), "select count(*) from acked").stdout.strip() == "100", 30, 0.2,
-               "replica caught up")  # fmt: skip
+    acked_rows_on_both(c)
     pid1 = container_pid1(c, PRIMARY)
     assert pid1 is not None
     before = c.restarts(PRIMARY)
@@ -282,9 +281,7 @@ def test_a_switchover_whose_former_primary_is_killed_loses_nothing() -> None:
     c = make_cluster(replicas=2, grace_period=5)
     with c:
         healthy(c)
-        c.psql(PRIMARY, "create table acked (n int); insert into acked select generate_series(1, 100)")
-        wait_until(lambda: c.try_psql(pod(1), "select count(*) from acked").stdout.strip() == "100", 30, 0.2,
-                   "replica caught up")  # fmt: skip
+        acked_rows_on_both(c)
         since = time.time()
         def pod_0_alone_has_them() -> None:
             assert c.psql(pod(1), "select count(*) from acked") == "100"
@@ -375,9 +372,7 @@ def test_a_successor_that_started_connected_to_nobody_asks_again_and_the_rollout
     c = make_cluster(replicas=2, grace_period=5)
     with c:
         healthy(c)
-        c.psql(PRIMARY, "create table acked (n int); insert into acked select generate_series(1, 100)")
-        wait_until(lambda: c.try_psql(pod(1), "select count(*) from acked").stdout.strip() == "100", 30, 0.2,
-                   "replica caught up")  # fmt: skip
+        acked_rows_on_both(c)
         restarts = c.restarts(pod(1))
         since = time.time()
         c.network.partition(PRIMARY)
