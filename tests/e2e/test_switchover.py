@@ -386,3 +386,27 @@ def test_a_successor_that_started_connected_to_nobody_asks_again_and_the_rollout
         assert c.psql(pod(1), "select count(*) from acked") == "100"
         assert c.restarts(pod(1)) > restarts, "pod 1 was restarted by its liveness probe"
         report("unconnected_successor", rollout_s=round(time.time() - since, 1))
+
+
+def test_a_former_primary_killed_while_serving_its_wal_hands_over_at_its_next_start() -> None:
+    # Review H5: pod 0 is killed again while its read-only standby serves its WAL. That left
+    # standby.signal behind, and its next start took PGDATA for an ordinary standby: no member ever
+    # promoted. The handoff marker (pgsfs.handoff) makes the next start give the data back and hand
+    # over again: exactly one writable member, with every acknowledged row.
+    c = make_cluster(replicas=2, grace_period=5)
+    with c:
+        healthy(c)
+        acked_rows_on_both(c)
+        primary_dies_ahead_of_its_replica(c, pod(1), "insert into acked select generate_series(101, 150)",
+                                          {"PGSFS_PRIMARY_ORDINAL": "1"})  # fmt: skip
+        wait_until(lambda: named(_runs_of(c, PRIMARY), "serving_own_wal"), 60, 0.05, "pod 0 serving its WAL")
+        c.delete_pod(PRIMARY, grace=0)
+        wait_rolled_out(c, "rollout to primary ordinal 1", 240)
+        writable = [n for n in (PRIMARY, pod(1)) if c.psql(n, "select pg_is_in_recovery()") == "f"]
+        assert writable == [pod(1)], writable
+        assert c.psql(pod(1), "select count(*) from acked") == "150"
+        lines = _runs_of(c, PRIMARY)
+        said = [e.get("event") for e in lines]
+        assert "switchover_promoted" in said, said
+        report("killed_while_serving", given_back="handoff_given_back" in said,
+               serving_runs=len(named(lines, "serving_own_wal")))  # fmt: skip
