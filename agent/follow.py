@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import time
-from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tenacity import wait_fixed
 
-from agent import history, probe, replication, switchover, walend
+from agent import history, replication, switchover, walend
 from agent.context import Part
 from agent.errors import (
     AgentError,
     CommandFailed,
     DataDirConflict,
-    NoRoomToMoveAside,
-    ReplicaDiverged,
     SystemIdentifierMismatch,
 )
-from agent.files import fix_tree_ownership, free_bytes, fsync_dir, tree_size
-from agent.pgdata import builds_inside, inspect, volume_dir
-from agent.postgres import controldata, rewind
+from agent.makeway import MakeWay
+from agent.pgdata import inspect
+from agent.postgres import controldata
 from agent.switchover import Handoff, OwnWalServer
 from agent.waits import poll_until
 
@@ -38,8 +31,6 @@ REFUSE_DIVERGED = "refuse_diverged"
 RECLONE_DIVERGED = "reclone_diverged"
 REJOIN = "rejoin"
 REWIND = "rewind"
-# Room kept free beyond a copy's own size (for a clone: the WAL written while it runs).
-COPY_MARGIN = 64 * 1048576
 
 
 def decide_restart(
@@ -96,6 +87,7 @@ class FollowCheck(Part):
     def __init__(self, ctx: Any, replica: Replica) -> None:
         super().__init__(ctx)
         self.replica = replica
+        self.makeway = MakeWay(ctx, replica)
 
     def check_primary(self) -> bool:
         """A bounded look at the primary, then `decide_restart`: start, refuse, or clone again.
@@ -137,7 +129,7 @@ class FollowCheck(Part):
         if info.in_hot_standby and former and position is not None:
             # A switchover: this member was the primary and its successor is still a standby.
             wal_end = walend.local_wal_end(self.world.runner, self.pgdata, control)
-            server = OwnWalServer(self.ctx, self.replica.files, before_start=self._clear_stale_lock)
+            server = OwnWalServer(self.ctx, self.replica.files, before_start=self.makeway.clear_stale_lock)
             served = Handoff(self.ctx).run(address, lambda: self.world.identify(endpoint, 3.0), position, wal_end,
                                            server)  # fmt: skip
             info = self.replica.wait_for_primary(address, timeout=cfg.switchover_timeout, accept_standby=False)
@@ -173,7 +165,7 @@ class FollowCheck(Part):
                 self.replica.ensure_slot(address)
             return False
         if action == REWIND:
-            return self.rewind(address)
+            return self.makeway.rewind(address)
         if action == REFUSE_OTHER_CLUSTER:
             raise SystemIdentifierMismatch(
                 f"this replica's data belongs to cluster {local} but the primary "
@@ -186,10 +178,10 @@ class FollowCheck(Part):
             )
         if action in (REFUSE_DIVERGED, RECLONE_DIVERGED):
             assert verdict is not None
-            self.diverged(verdict, reclone=action == RECLONE_DIVERGED)
+            self.makeway.diverged(verdict, reclone=action == RECLONE_DIVERGED)
             return True
         if action == RECLONE_LOST_SLOT:
-            self.reclone_after_lost_slot(missing=status is None)
+            self.makeway.reclone_after_lost_slot(missing=status is None)
             return True
         if action == CREATE_SLOT:
             self.replica.ensure_slot(address)
@@ -249,57 +241,6 @@ class FollowCheck(Part):
             self.log.warning("slot_check_failed", detail=str(exc))
             return "unknown"
 
-    def rewind(self, address: str) -> bool:
-        """pg_rewind onto the primary's history; if it cannot, move aside and clone (True then)."""
-        cfg = self.config
-        started = self.world.clock()
-        self.world.beat("rewind")
-        self._save_diverged_wal()
-        self._clear_stale_lock()
-        try:
-            said = rewind(self.world.runner, self.pgdata, host=cfg.primary_fqdn.rstrip("."), hostaddr=address,
-                          port=cfg.port, user=cfg.superuser, password=cfg.superuser_password.reveal())  # fmt: skip
-        except CommandFailed as exc:
-            self.log.warning("rewind_failed", detail=exc.message, note="moving the data aside to clone again")
-            self.move_aside_and_clone("rewind-failed", "replica_recloning", f"pg_rewind failed ({exc.message})")
-            return True
-        self._phase("rewound", started, primary=cfg.primary_fqdn.rstrip("."), pg_rewind=said)
-        self.replica.ensure_slot(address)
-        return False
-
-    def _clear_stale_lock(self) -> None:
-        if probe.remove_stale_lock(self.pgdata):
-            self.log.info("stale_lock_removed", file=str(self.pgdata / "postmaster.pid"),
-                          note="left by a postgres that was killed")  # fmt: skip
-
-    def _save_diverged_wal(self) -> None:
-        """pg_rewind replaces this member's WAL past the fork with the primary's: the transactions
-        only it has would be gone. Copy its pg_wal aside first (never deleted), if there is room."""
-        wal = self.pgdata / "pg_wal"
-        needed, free = room_for_copy(wal, volume_dir(self.pgdata))
-        if needed > free:
-            raise NoRoomToMoveAside(
-                f"this former primary must be rewound, which discards the WAL only it has; a copy of its pg_wal "
-                f"({needed // 1048576} MB with a margin) does not fit on the volume. The data here was left untouched",
-                hint="grow the PersistentVolumeClaim, or copy PGDATA/pg_wal elsewhere and delete it from there "
-                "if its transactions are not needed",
-                needed_mb=needed // 1048576,
-            )
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        if builds_inside(self.pgdata):
-            aside = self.pgdata / f".pgsfs-diverged-wal-{stamp}"
-        else:
-            aside = self.pgdata.with_name(f"{self.pgdata.name}.diverged-wal-{stamp}")
-        shutil.copytree(wal, aside, symlinks=True)
-        size = needed - COPY_MARGIN
-        if self.owner is not None:
-            fix_tree_ownership(aside, *self.owner)
-        self.log.warning(
-            "diverged_wal_saved", copy=str(aside), size_mb=round(size / 1048576, 1),
-            note="pg_rewind drops the transactions only this member had; their WAL is kept here "
-            "(read it with pg_waldump); delete it once you no longer need it",
-        )  # fmt: skip
-
     def compare_histories(
         self, endpoint: replication.Endpoint, info: replication.SystemInfo, local: history.LocalPosition
     ) -> history.Verdict:
@@ -316,100 +257,3 @@ class FollowCheck(Part):
                     hint="the next start tries again; the data here was left untouched",
                 ) from exc
         return history.compare(local, info.timeline, history.parse_lsn(info.xlogpos), history.parse_history(text))
-
-    def diverged(self, verdict: history.Verdict, *, reclone: bool) -> None:
-        """Not on the primary's history: refuse with the data untouched, or clone again if allowed."""
-        where = {
-            history.AHEAD_OF_PRIMARY: "it has replayed WAL the primary has not written: the primary's data is "
-            "older than this replica's (a restored or copied volume started without promotion)",
-            history.FORKED: "it went on past the point where the primary's history left its timeline",
-            history.NEWER_TIMELINE: "it is on a newer timeline than the primary",
-            history.NOT_IN_HISTORY: "its timeline is not in the primary's history",
-        }[verdict.outcome]
-        fields = asdict(verdict)
-        hint = (
-            "find out which copy holds the writes you need. If it is the primary's, set PGSFS_ON_DIVERGENCE=reclone "
-            "on this pod (its data is moved aside, never deleted, and it clones again) or delete its PVC; if it is "
-            "this replica's, make it the primary instead"
-        )
-        if verdict.outcome == history.NEWER_TIMELINE:
-            hint = (
-                "this member went on after a promotion the primary never saw, so its writes are the newest: make it "
-                f"the primary (set the primary ordinal to {self.config.identity.ordinal} and apply). Only if its "
-                "writes are not needed, move its PGDATA aside or delete its PVC (PGSFS_ON_DIVERGENCE=reclone never "
-                "discards a newer timeline)"
-            )
-        if not reclone:
-            raise ReplicaDiverged(
-                f"this replica's data is not on the primary's history: {where} (replica timeline "
-                f"{verdict.local_timeline} at {verdict.local_lsn}, primary timeline {verdict.primary_timeline} "
-                f"at {verdict.primary_lsn}); streaming would silently mix the two. The data here was left untouched",
-                hint=hint,
-                **fields,
-            )
-        self.move_aside_and_clone(
-            "diverged",
-            "replica_diverged_recloning",
-            f"this replica's data is not on the primary's history ({where})",
-            outcome=verdict.outcome,
-        )
-
-    def reclone_after_lost_slot(self, missing: bool = False) -> None:
-        """The primary removed WAL this replica needs: move its data aside and clone again."""
-        slot = self.config.identity.slot_name
-        if missing:
-            self.move_aside_and_clone(
-                "wal-gone", "slot_missing_wal_gone",
-                f"the primary has no slot {slot} for this replica (it was away during a switchover, or the slot "
-                "was dropped) and no longer has the WAL this replica would resume from: a new slot would stream "
-                "nothing", slot=slot,
-            )  # fmt: skip
-            return
-        self.move_aside_and_clone(
-            "slot-invalidated",
-            "slot_invalidated",
-            f"slot {slot} was invalidated (the primary removed WAL this replica still needed, max_slot_wal_keep_size)",
-            slot=slot,
-        )
-
-    def move_aside_and_clone(self, suffix: str, event: str, why: str, **fields: Any) -> None:
-        """Rename PGDATA to `$PGDATA.<suffix>-<time>` and clone again, only if a new copy fits beside it.
-
-        The data is never deleted; a crash at any point leaves either the old data in place (this
-        runs again) or an empty PGDATA (a clone); the clone drops and recreates an invalidated slot.
-        """
-        if builds_inside(self.pgdata):
-            raise DataDirConflict(
-                f"{why}, so it must clone again, but PGDATA {self.pgdata} is its volume's mount point and "
-                "cannot be moved aside; the data here was left untouched",
-                hint="set PGDATA to a subdirectory of the volume (like /var/lib/postgresql/data/pgdata, after "
-                "moving the data there), or, if this replica's data is not needed, empty the volume",
-                **fields,
-            )
-        needed, free = room_for_copy(self.pgdata, self.pgdata.parent)
-        if needed > free:
-            raise NoRoomToMoveAside(
-                f"{why}, so it must clone again; its data stays and a new copy needs about {needed // 1048576} MB, "
-                f"but the volume has {free // 1048576} MB free. PGDATA was not touched",
-                hint="grow the PersistentVolumeClaim, or, if this replica's data is not needed (the primary "
-                "has everything it had), delete the PVC (or move PGDATA away) so the pod clones afresh",
-                needed_mb=needed // 1048576,
-                free_mb=free // 1048576,
-                **fields,
-            )
-        aside = self.pgdata.with_name(f"{self.pgdata.name}.{suffix}-{time.strftime('%Y%m%dT%H%M%S')}")
-        os.rename(self.pgdata, aside)
-        fsync_dir(self.pgdata.parent)
-        self.log.warning(
-            event,
-            moved_aside=str(aside),
-            note=f"{why}; cloning again. Delete the moved-aside copy once you no longer need it",
-            **fields,
-        )
-        self.replica.clone()
-
-
-def room_for_copy(source: Path, volume: Path, margin: int = COPY_MARGIN) -> tuple[int, int]:
-    """Bytes a copy of `source` needs on `volume` (its size plus a margin: for a new clone beside
-    moved-aside data, the WAL written meanwhile), and the bytes free there."""
-    return tree_size(source) + margin, free_bytes(volume)

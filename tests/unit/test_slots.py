@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import pytest
 
-from agent import follow, replication
+from agent import makeway, replication
 from agent.bootstrap import Bootstrap, World
 from agent.errors import NoRoomToMoveAside
 from agent.pgdata import inspect
@@ -49,10 +49,10 @@ def test_no_room_for_a_new_clone_beside_the_old_data_refuses_untouched(
 ) -> None:
     boot, pgdata = _replica(tmp_path, make_config, log)
     before = sorted(p.name for p in pgdata.parent.iterdir())
-    monkeypatch.setattr(follow, "room_for_copy", lambda _source, _volume: (700 * 1048576, 300 * 1048576))
+    monkeypatch.setattr(makeway, "room_for_copy", lambda _source, _volume: (700 * 1048576, 300 * 1048576))
     monkeypatch.setattr(Replica, "clone", lambda _self: pytest.fail("must not clone"))
     with pytest.raises(NoRoomToMoveAside) as info:
-        boot.follow.reclone_after_lost_slot()
+        boot.follow.makeway.reclone_after_lost_slot()
     assert info.value.exit_code == 11 and info.value.event == "no_room_to_move_aside"
     assert info.value.fields["needed_mb"] == 700 and info.value.fields["free_mb"] == 300
     assert "PGDATA was not touched" in info.value.message
@@ -66,7 +66,7 @@ def test_with_room_the_data_is_moved_aside_then_cloned(
     boot, pgdata = _replica(tmp_path, make_config, log)
     cloned: list[bool] = []
     monkeypatch.setattr(Replica, "clone", lambda _self: cloned.append(not pgdata.exists()))
-    boot.follow.reclone_after_lost_slot()
+    boot.follow.makeway.reclone_after_lost_slot()
     assert cloned == [True]  # PGDATA was out of the way when the clone began
     [aside] = [p for p in pgdata.parent.iterdir() if p.name.startswith("pgdata.slot-invalidated-")]
     assert (aside / "PG_VERSION").read_text() == "15\n"
@@ -78,5 +78,5 @@ def test_room_is_the_old_data_plus_a_margin(tmp_path: Path) -> None:
     pgdata = tmp_path / "pgdata"
     (pgdata / "base").mkdir(parents=True)
     (pgdata / "base" / "f").write_bytes(b"x" * 100_000)
-    needed, free = follow.room_for_copy(pgdata, pgdata.parent, margin=1000)
+    needed, free = makeway.room_for_copy(pgdata, pgdata.parent, margin=1000)
     assert needed == 101_000 and free > 0

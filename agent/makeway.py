@@ -1,0 +1,181 @@
+"""Data that must make way for the primary's history: rewound (its own WAL copied aside first), or
+moved aside whole and cloned again. Never deleted, and only when the volume has room for it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent import history, probe
+from agent.context import Part
+from agent.errors import CommandFailed, DataDirConflict, NoRoomToMoveAside, ReplicaDiverged
+from agent.files import fix_tree_ownership, free_bytes, fsync_dir, tree_size
+from agent.pgdata import builds_inside, volume_dir
+from agent.postgres import rewind
+
+if TYPE_CHECKING:
+    from agent.replica import Replica
+
+# Room kept free beyond a copy's own size (for a clone: the WAL written while it runs).
+COPY_MARGIN = 64 * 1048576
+
+
+class MakeWay(Part):
+    """What a restarting replica does when its data cannot follow the primary as it is."""
+
+    def __init__(self, ctx: Any, replica: Replica) -> None:
+        super().__init__(ctx)
+        self.replica = replica
+
+    def rewind(self, address: str) -> bool:
+        """pg_rewind onto the primary's history; if it cannot, move aside and clone (True then)."""
+        cfg = self.config
+        started = self.world.clock()
+        self.world.beat("rewind")
+        self._save_diverged_wal()
+        self.clear_stale_lock()
+        try:
+            said = rewind(self.world.runner, self.pgdata, host=cfg.primary_fqdn.rstrip("."), hostaddr=address,
+                          port=cfg.port, user=cfg.superuser, password=cfg.superuser_password.reveal())  # fmt: skip
+        except CommandFailed as exc:
+            self.log.warning("rewind_failed", detail=exc.message, note="moving the data aside to clone again")
+            self.move_aside_and_clone("rewind-failed", "replica_recloning", f"pg_rewind failed ({exc.message})")
+            return True
+        self._phase("rewound", started, primary=cfg.primary_fqdn.rstrip("."), pg_rewind=said)
+        self.replica.ensure_slot(address)
+        return False
+
+    def clear_stale_lock(self) -> None:
+        if probe.remove_stale_lock(self.pgdata):
+            self.log.info("stale_lock_removed", file=str(self.pgdata / "postmaster.pid"),
+                          note="left by a postgres that was killed")  # fmt: skip
+
+    def _save_diverged_wal(self) -> None:
+        """pg_rewind replaces this member's WAL past the fork with the primary's: the transactions
+        only it has would be gone. Copy its pg_wal aside first (never deleted), if there is room."""
+        wal = self.pgdata / "pg_wal"
+        needed, free = room_for_copy(wal, volume_dir(self.pgdata))
+        if needed > free:
+            raise NoRoomToMoveAside(
+                f"this former primary must be rewound, which discards the WAL only it has; a copy of its pg_wal "
+                f"({needed // 1048576} MB with a margin) does not fit on the volume. The data here was left untouched",
+                hint="grow the PersistentVolumeClaim, or copy PGDATA/pg_wal elsewhere and delete it from there "
+                "if its transactions are not needed",
+                needed_mb=needed // 1048576,
+            )
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        if builds_inside(self.pgdata):
+            aside = self.pgdata / f".pgsfs-diverged-wal-{stamp}"
+        else:
+            aside = self.pgdata.with_name(f"{self.pgdata.name}.diverged-wal-{stamp}")
+        shutil.copytree(wal, aside, symlinks=True)
+        size = needed - COPY_MARGIN
+        if self.owner is not None:
+            fix_tree_ownership(aside, *self.owner)
+        self.log.warning(
+            "diverged_wal_saved", copy=str(aside), size_mb=round(size / 1048576, 1),
+            note="pg_rewind drops the transactions only this member had; their WAL is kept here "
+            "(read it with pg_waldump); delete it once you no longer need it",
+        )  # fmt: skip
+
+    def diverged(self, verdict: history.Verdict, *, reclone: bool) -> None:
+        """Not on the primary's history: refuse with the data untouched, or clone again if allowed."""
+        where = {
+            history.AHEAD_OF_PRIMARY: "it has replayed WAL the primary has not written: the primary's data is "
+            "older than this replica's (a restored or copied volume started without promotion)",
+            history.FORKED: "it went on past the point where the primary's history left its timeline",
+            history.NEWER_TIMELINE: "it is on a newer timeline than the primary",
+            history.NOT_IN_HISTORY: "its timeline is not in the primary's history",
+        }[verdict.outcome]
+        fields = asdict(verdict)
+        hint = (
+            "find out which copy holds the writes you need. If it is the primary's, set PGSFS_ON_DIVERGENCE=reclone "
+            "on this pod (its data is moved aside, never deleted, and it clones again) or delete its PVC; if it is "
+            "this replica's, make it the primary instead"
+        )
+        if verdict.outcome == history.NEWER_TIMELINE:
+            hint = (
+                "this member went on after a promotion the primary never saw, so its writes are the newest: make it "
+                f"the primary (set the primary ordinal to {self.config.identity.ordinal} and apply). Only if its "
+                "writes are not needed, move its PGDATA aside or delete its PVC (PGSFS_ON_DIVERGENCE=reclone never "
+                "discards a newer timeline)"
+            )
+        if not reclone:
+            raise ReplicaDiverged(
+                f"this replica's data is not on the primary's history: {where} (replica timeline "
+                f"{verdict.local_timeline} at {verdict.local_lsn}, primary timeline {verdict.primary_timeline} "
+                f"at {verdict.primary_lsn}); streaming would silently mix the two. The data here was left untouched",
+                hint=hint,
+                **fields,
+            )
+        self.move_aside_and_clone(
+            "diverged",
+            "replica_diverged_recloning",
+            f"this replica's data is not on the primary's history ({where})",
+            outcome=verdict.outcome,
+        )
+
+    def reclone_after_lost_slot(self, missing: bool = False) -> None:
+        """The primary removed WAL this replica needs: move its data aside and clone again."""
+        slot = self.config.identity.slot_name
+        if missing:
+            self.move_aside_and_clone(
+                "wal-gone", "slot_missing_wal_gone",
+                f"the primary has no slot {slot} for this replica (it was away during a switchover, or the slot "
+                "was dropped) and no longer has the WAL this replica would resume from: a new slot would stream "
+                "nothing", slot=slot,
+            )  # fmt: skip
+            return
+        self.move_aside_and_clone(
+            "slot-invalidated",
+            "slot_invalidated",
+            f"slot {slot} was invalidated (the primary removed WAL this replica still needed, max_slot_wal_keep_size)",
+            slot=slot,
+        )
+
+    def move_aside_and_clone(self, suffix: str, event: str, why: str, **fields: Any) -> None:
+        """Rename PGDATA to `$PGDATA.<suffix>-<time>` and clone again, only if a new copy fits beside it.
+
+        The data is never deleted; a crash at any point leaves either the old data in place (this
+        runs again) or an empty PGDATA (a clone); the clone drops and recreates an invalidated slot.
+        """
+        if builds_inside(self.pgdata):
+            raise DataDirConflict(
+                f"{why}, so it must clone again, but PGDATA {self.pgdata} is its volume's mount point and "
+                "cannot be moved aside; the data here was left untouched",
+                hint="set PGDATA to a subdirectory of the volume (like /var/lib/postgresql/data/pgdata, after "
+                "moving the data there), or, if this replica's data is not needed, empty the volume",
+                **fields,
+            )
+        needed, free = room_for_copy(self.pgdata, self.pgdata.parent)
+        if needed > free:
+            raise NoRoomToMoveAside(
+                f"{why}, so it must clone again; its data stays and a new copy needs about {needed // 1048576} MB, "
+                f"but the volume has {free // 1048576} MB free. PGDATA was not touched",
+                hint="grow the PersistentVolumeClaim, or, if this replica's data is not needed (the primary "
+                "has everything it had), delete the PVC (or move PGDATA away) so the pod clones afresh",
+                needed_mb=needed // 1048576,
+                free_mb=free // 1048576,
+                **fields,
+            )
+        aside = self.pgdata.with_name(f"{self.pgdata.name}.{suffix}-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.rename(self.pgdata, aside)
+        fsync_dir(self.pgdata.parent)
+        self.log.warning(
+            event,
+            moved_aside=str(aside),
+            note=f"{why}; cloning again. Delete the moved-aside copy once you no longer need it",
+            **fields,
+        )
+        self.replica.clone()
+
+
+
+def room_for_copy(source: Path, volume: Path, margin: int = COPY_MARGIN) -> tuple[int, int]:
+    """Bytes a copy of `source` needs on `volume` (its size plus a margin: for a new clone beside
+    moved-aside data, the WAL written meanwhile), and the bytes free there."""
+    return tree_size(source) + margin, free_bytes(volume)
