@@ -28,7 +28,9 @@ POSTGRES_GID = 999
 def _env(kind: str, sts: StatefulSetSpec, pod: str, ip: str) -> dict[str, str]:
     """The manifest's variables (ours), or what the official image needs (the superuser password)."""
     env = sts.env_for(pod, ip)
-    env.update(POSTGRES_PASSWORD=SUPERUSER_PASSWORD, PGSFS_REPLICATION_PASSWORD=REPLICATION_PASSWORD)
+    # One container, as a StatefulSet of one member (kustomize's `members=1`): no other member to expect.
+    env.update(POSTGRES_PASSWORD=SUPERUSER_PASSWORD, PGSFS_REPLICATION_PASSWORD=REPLICATION_PASSWORD,
+               PGSFS_MEMBERS="1")
     if kind == "official":
         return {"POSTGRES_PASSWORD": SUPERUSER_PASSWORD, "PGDATA": env["PGDATA"]}
     return env
