@@ -388,10 +388,25 @@ class OwnWalServer(Part):
                 )
 
         try:
+            self._until_it_serves(running)
             yield running
         finally:
             # Well inside the pod's grace period; a kill here leaves the marker, so nothing is forgotten.
             self.world.runner.stop(proc, grace=min(cfg.switchover_timeout, 20.0), sig=signal.SIGINT)
+
+    def _until_it_serves(self, running: Callable[[], None]) -> None:
+        """Wait (bounded) until it accepts replication connections, so the successor, pointed here next,
+        connects at its first try rather than after wal_retrieve_retry_interval."""
+        endpoint = self._endpoint("localhost", "127.0.0.1")
+
+        def serves() -> bool:
+            self.world.beat("switchover")
+            running()
+            return self.world.identify(endpoint, 2.0).info is not None
+
+        deadline = self.world.clock() + self.config.switchover_timeout
+        poll_until(serves, done=bool, wait=wait_fixed(0.1), deadline=deadline, clock=self.world.clock,
+                   sleep=self.world.sleep)  # fmt: skip
 
     def handed_over(self) -> None:
         """The successor was promoted: PGDATA is a standby's from now on (it follows the successor)."""
