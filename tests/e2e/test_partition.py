@@ -45,3 +45,33 @@ def test_a_cut_off_replica_turns_unready_stays_alive_and_streams_again_when_heal
         assert unready_s < 15, unready_s
         report("partitioned_replica", unready_s=round(unready_s, 1), ready_again_s=round(ready_again_s, 1),
                restarts=c.restarts(pod(1)) - restarts)  # fmt: skip
+
+
+def test_a_cut_off_primary_is_not_replaced_and_everyone_streams_again_when_healed() -> None:
+    # No automatic failover, by design: with the primary cut off from every replica (and its
+    # clients), nothing promotes by itself, no member restarts, and once the network heals the
+    # replicas stream from it again, with what it took meanwhile.
+    c = make_cluster(replicas=3)
+    with c:
+        healthy(c)
+        c.psql(PRIMARY, "create table during (n int)")
+        restarts = {name: c.restarts(name) for name in (PRIMARY, pod(1), pod(2))}
+        c.network.partition(PRIMARY)
+        cut = time.monotonic()
+        try:
+            c.psql(PRIMARY, "insert into during select generate_series(1, 100)")  # over its Unix socket
+            wait_until(lambda: not c.is_ready(pod(1)) and not c.is_ready(pod(2)), 60, 0.2,
+                       "the replicas no longer Ready")  # fmt: skip
+            wait_until(lambda: time.monotonic() - cut > 30, 40, 0.5, "30 s of partition")
+            for name in (pod(1), pod(2)):
+                assert c.psql(name, "select pg_is_in_recovery()") == "t", f"{name} accepts writes"
+        finally:
+            c.network.partition(PRIMARY, cut=False)
+        c.wait_ready(timeout=60)
+        c.wait_streaming(timeout=60, replicas=3)
+        for name in (pod(1), pod(2)):
+            wait_until(lambda name=name: c.try_psql(name, "select count(*) from during").stdout.strip() == "100", 30,
+                       0.2, f"{name} has the primary's writes")  # fmt: skip
+        assert {name: c.restarts(name) for name in restarts} == restarts
+        assert c.psql(PRIMARY, "select pg_is_in_recovery()") == "f"
+        report("partitioned_primary", promoted=0, restarts=0)
