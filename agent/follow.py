@@ -126,6 +126,7 @@ class FollowCheck(Part):
         same_cluster = local is None or info.system_identifier == local
         control = controldata(self.world.runner, self.pgdata) if same_cluster else ""
         position = history.parse_controldata(control) if same_cluster else None
+        wal_end: int | None = None
         if info.in_hot_standby and former and position is not None:
             # A switchover: this member was the primary and its successor is still a standby.
             wal_end = walend.local_wal_end(self.world.runner, self.pgdata, control)
@@ -133,12 +134,12 @@ class FollowCheck(Part):
             served = Handoff(self.ctx).run(address, lambda: self.world.identify(endpoint, 3.0), position, wal_end,
                                            server)  # fmt: skip
             info = self.replica.wait_for_primary(address, timeout=cfg.switchover_timeout, accept_standby=False)
-            if served:  # it ran as a standby since: a standby now, at the end of its WAL
+            if served:  # it ran as a standby since: a standby now, at the end of its WAL (read above)
                 former = False
                 control = controldata(self.world.runner, self.pgdata)
                 position = history.parse_controldata(control)
         if position is not None and not former:
-            position = self._through_local_wal(position, control)
+            position = self._through_local_wal(position, control, wal_end)
         verdict = self.compare_histories(endpoint, info, position) if position is not None else None
         if verdict is not None and position is not None and verdict.outcome == history.AHEAD_OF_PRIMARY and \
                 info.in_hot_standby:
@@ -202,12 +203,14 @@ class FollowCheck(Part):
                    clock=self.world.clock, sleep=self.world.sleep)  # fmt: skip
         return seen[-1]
 
-    def _through_local_wal(self, position: history.LocalPosition, control: str) -> history.LocalPosition:
+    def _through_local_wal(self, position: history.LocalPosition, control: str,
+                           known_end: int | None = None) -> history.LocalPosition:  # fmt: skip
         """A standby's history goes as far as the WAL in its pg_wal, replayed or not (pg_control only
-        proves what was replayed and flushed): received WAL past a fork is a fork too (review M7)."""
+        proves what was replayed and flushed): received WAL past a fork is a fork too (review M7).
+        `known_end`: the end a handoff just read (serving added no WAL), so pg_waldump is not run again."""
         try:
             layout = walend.layout(control)
-            end = walend.local_wal_end(self.world.runner, self.pgdata, control)
+            end = known_end if known_end is not None else walend.local_wal_end(self.world.runner, self.pgdata, control)
         except (AgentError, KeyError, ValueError) as exc:
             self.log.warning("wal_end_unknown", detail=getattr(exc, "message", str(exc)),
                              note="the history check uses pg_control's position alone")  # fmt: skip

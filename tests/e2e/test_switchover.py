@@ -273,24 +273,31 @@ def test_a_former_primary_that_cannot_be_rewound_is_moved_aside_and_clones() -> 
         report("rewind_impossible", moved_aside=aside.name, clone_s=named(lines, "clone")[-1].get("duration_s"))
 
 
+def _pod_0_dies_with_50_rows_only_it_has(c: Cluster, rollout_timeout: float) -> None:
+    """Pod 0 acknowledges rows 101..150 that pod 1 never received, then its node fails as the
+    ordinal moves to 1; once the rollout is done, pod 1 is the primary with all 150."""
+
+    def pod_0_alone_has_them() -> None:
+        assert c.psql(pod(1), "select count(*) from acked") == "100"
+
+    primary_dies_ahead_of_its_replica(c, pod(1), "insert into acked select generate_series(101, 150)",
+                                      {"PGSFS_PRIMARY_ORDINAL": "1"}, check=pod_0_alone_has_them)  # fmt: skip
+    wait_rolled_out(c, "rollout to primary ordinal 1", rollout_timeout)
+    assert c.psql(pod(1), "select pg_is_in_recovery()") == "f"
+    assert c.psql(pod(1), "select count(*) from acked") == "150"
+
+
 def test_a_switchover_whose_former_primary_is_killed_loses_nothing() -> None:
     # The ordinal moves 0 -> 1 as pod 0's node fails (SIGKILL, no shutdown checkpoint), and pod 1
-    # had stopped receiving (its walreceiver frozen) while pod 0 acknowledged 50 more rows: only pod
-    # 0's WAL has them. Its agent must not promote pod 1 on the last checkpoint, nor refuse: it runs
+    # had stopped receiving (pod 0's walsender frozen) while pod 0 acknowledged 50 more rows: only
+    # pod 0's WAL has them. Its agent must not promote pod 1 on the last checkpoint, nor refuse: it runs
     # its postgres as a read-only standby until pod 1 has streamed all of that WAL, then promotes it.
     c = make_cluster(replicas=2, grace_period=5)
     with c:
         healthy(c)
         acked_rows_on_both(c)
         since = time.time()
-        def pod_0_alone_has_them() -> None:
-            assert c.psql(pod(1), "select count(*) from acked") == "100"
-
-        primary_dies_ahead_of_its_replica(c, pod(1), "insert into acked select generate_series(101, 150)",
-                                          {"PGSFS_PRIMARY_ORDINAL": "1"}, check=pod_0_alone_has_them)  # fmt: skip
-        wait_rolled_out(c, "rollout to primary ordinal 1", 240)
-        assert c.psql(pod(1), "select pg_is_in_recovery()") == "f"
-        assert c.psql(pod(1), "select count(*) from acked") == "150"
+        _pod_0_dies_with_50_rows_only_it_has(c, 240)
         wait_until(lambda: _streaming_from(c, pod(1)) == [PRIMARY], 60, 0.2, "pod 0 streaming from pod 1")
         lines = _runs_of(c, PRIMARY)
         [promoted] = named(lines, "switchover_promoted")
@@ -324,15 +331,7 @@ def test_a_killed_former_primary_hands_over_a_large_unreplayed_tail_whole() -> N
         wait_until(lambda: c.try_psql(pod(1), f"select pg_last_wal_replay_lsn() >= '{tail_end}'").stdout.strip()
                    == "t", 120, 0.2, "pod 1 has the tail")  # fmt: skip
         since = time.time()
-
-        def pod_0_alone_has_them() -> None:
-            assert c.psql(pod(1), "select count(*) from acked") == "100"
-
-        primary_dies_ahead_of_its_replica(c, pod(1), "insert into acked select generate_series(101, 150)",
-                                          {"PGSFS_PRIMARY_ORDINAL": "1"}, check=pod_0_alone_has_them)  # fmt: skip
-        wait_rolled_out(c, "rollout to primary ordinal 1", 300)
-        assert c.psql(pod(1), "select pg_is_in_recovery()") == "f"
-        assert c.psql(pod(1), "select count(*) from acked") == "150"
+        _pod_0_dies_with_50_rows_only_it_has(c, 300)
         [promoted] = named(_runs_of(c, PRIMARY), "switchover_promoted")
         assert promoted["served_own_wal"] is True, promoted
         report("killed_former_primary_large_tail", tail_mb=tail_mb, rows_handed_over=150, wal_end=promoted["wal_end"],

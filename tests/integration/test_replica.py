@@ -7,6 +7,7 @@ the end-to-end tests on the emulated StatefulSet; everything else here is real.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import stat
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -401,7 +403,9 @@ def test_received_but_unreplayed_wal_past_the_fork_is_refused_too(primary: Any, 
         _start_older_and_expect_refusal(volume_root, older, how)
 
 
-def _start_older_and_expect_refusal(volume_root: Path, older: Path, how: str) -> None:
+@contextlib.contextmanager
+def _older_copy_as_primary(older: Path, how: str) -> Iterator[int]:
+    """The older copy started as the primary (promoted first for `promoted_copy`); yields its port."""
     older_port = free_port()
     if how == "promoted_copy":
         (older / "standby.signal").write_text("")
@@ -414,15 +418,26 @@ def _start_older_and_expect_refusal(volume_root: Path, older: Path, how: str) ->
             lambda: connect(older_port).execute("SELECT NOT pg_is_in_recovery()").fetchone() == (True,),
             30, "the older copy to accept writes",
         )  # fmt: skip
-        pgdata = volume_root / "pgdata"
-        before = {p.name: p.stat().st_mtime_ns for p in pgdata.iterdir()}
-        with pytest.raises(ReplicaDiverged) as caught:
-            bootstrap_replica(volume_root, older_port)
-        expected = "ahead_of_primary" if how == "restored_without_promotion" else "forked"
-        assert caught.value.fields["outcome"] == expected
-        assert {p.name: p.stat().st_mtime_ns for p in pgdata.iterdir()} == before
+        yield older_port
     finally:
         stop_postgres(older_proc)
+
+
+def _refused_untouched(volume_root: Path, older_port: int, how: str) -> ReplicaDiverged:
+    """The replica's restart against the older copy: refused (exit 12) with PGDATA untouched."""
+    pgdata = volume_root / "pgdata"
+    before = {p.name: p.stat().st_mtime_ns for p in pgdata.iterdir()}
+    with pytest.raises(ReplicaDiverged) as caught:
+        bootstrap_replica(volume_root, older_port)
+    expected = "ahead_of_primary" if how == "restored_without_promotion" else "forked"
+    assert caught.value.fields["outcome"] == expected
+    assert {p.name: p.stat().st_mtime_ns for p in pgdata.iterdir()} == before
+    return caught.value
+
+
+def _start_older_and_expect_refusal(volume_root: Path, older: Path, how: str) -> None:
+    with _older_copy_as_primary(older, how) as older_port:
+        _refused_untouched(volume_root, older_port, how)
 
 
 def _diverge_and_check(primary: Any, volume_root: Path, older: Path, how: str) -> None:
@@ -433,29 +448,11 @@ def _diverge_and_check(primary: Any, volume_root: Path, older: Path, how: str) -
     finally:
         stop_postgres(proc)
 
-    older_port = free_port()
-    if how == "promoted_copy":
-        (older / "standby.signal").write_text("")
-        shutil.chown(older / "standby.signal", "postgres", "postgres")
-    older_proc = start_postgres(older, older_port)
-    try:
-        if how == "promoted_copy":
-            wait_for(lambda: connect(older_port).execute("SELECT pg_promote()").fetchone() == (True,), 30, "promotion")
-        wait_for(
-            lambda: connect(older_port).execute("SELECT NOT pg_is_in_recovery()").fetchone() == (True,),
-            30, "the older copy to accept writes",
-        )  # fmt: skip
-        pgdata = volume_root / "pgdata"
-        before = {p.name: p.stat().st_mtime_ns for p in pgdata.iterdir()}
-        with pytest.raises(ReplicaDiverged) as caught:
-            bootstrap_replica(volume_root, older_port)
-        refused = caught.value
+    with _older_copy_as_primary(older, how) as older_port:
+        refused = _refused_untouched(volume_root, older_port, how)
         assert refused.exit_code == 12 and refused.event == "replica_diverged"
-        expected = "ahead_of_primary" if how == "restored_without_promotion" else "forked"
-        assert refused.fields["outcome"] == expected
-        assert (refused.fields["switch_lsn"] is None) == (expected == "ahead_of_primary")
+        assert (refused.fields["switch_lsn"] is None) == (how == "restored_without_promotion")
         assert "left untouched" in refused.message
-        assert {p.name: p.stat().st_mtime_ns for p in pgdata.iterdir()} == before
 
         # Allowed: the data is moved aside (kept) and the replica clones the primary it must follow.
         log, _ = bootstrap_replica(volume_root, older_port, PGSFS_ON_DIVERGENCE="reclone")
@@ -465,8 +462,6 @@ def _diverge_and_check(primary: Any, volume_root: Path, older: Path, how: str) -
         log, _ = bootstrap_replica(volume_root, older_port)
         check = next(e for e in log.events if e["event"] == "primary_check")
         assert check["history"] == "on_history"
-    finally:
-        stop_postgres(older_proc)
 
 
 def test_a_stalled_clone_is_ended_and_discarded(primary: Any, volume_root: Path) -> None:
