@@ -13,7 +13,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from agent.heartbeat import FRESH_SECONDS, HEARTBEAT_NAME
-from agent.render import CONF_NAME, RECEIVER_TIMEOUT_S
+from agent.render import RECEIVER_TIMEOUT_S
+from agent.streamwatch import (
+    NOT_STREAMING_LIMIT_S,
+    conninfo_values,
+    not_streaming_for,
+    standby_conninfo,
+    upstream_accepts,
+)
 
 _ORDINAL = re.compile(r"-(0|[1-9][0-9]*)$")
 
@@ -145,6 +152,13 @@ def check_liveness(env: Mapping[str, str], now: float) -> str:
     problem = postmaster_answers(sockdir, _postmaster_port(_pgdata(env), env))
     if problem is not None:
         raise ProbeFailed(problem)
+    stuck = standby_stuck_for(_pgdata(env), sockdir, env, now)
+    if stuck > NOT_STREAMING_LIMIT_S:
+        # Its upstream answers, yet it has not streamed for a minute: a lost slot or removed WAL make
+        # the receiver retry forever (review M6). A restart lets the agent ask and re-clone if need be.
+        raise ProbeFailed(f"the standby has not streamed for {stuck:.0f} s although its upstream accepts "
+                          "connections; restarting lets the agent find out why (a lost slot or removed WAL "
+                          "is re-cloned)")  # fmt: skip
     waiting = connected_to_nobody_for(_pgdata(env), env, now)
     if waiting is not None and waiting > AWAIT_PROMOTION_LIMIT_S:
         # Its agent surveyed once, at start: a blip then, or a second ordinal change, would leave it
@@ -156,7 +170,6 @@ def check_liveness(env: Mapping[str, str], now: float) -> str:
 
 # How long the primary ordinal, still a standby, may wait unconnected before liveness restarts it.
 AWAIT_PROMOTION_LIMIT_S = 60.0
-_CONNINFO = re.compile(r"^\s*primary_conninfo\s*=\s*'(.*)'\s*(#.*)?$")
 
 
 def connected_to_nobody_for(pgdata: Path, env: Mapping[str, str], now: float) -> float | None:
@@ -164,24 +177,37 @@ def connected_to_nobody_for(pgdata: Path, env: Mapping[str, str], now: float) ->
     agent's file, then postgresql.auto.conf, read with a size limit), or None when it is not so."""
     if not _is_primary(env) or not (pgdata / "standby.signal").exists():
         return None
-    conninfo = None
-    for name in (CONF_NAME, "postgresql.auto.conf"):
-        try:
-            with open(pgdata / name, "rb") as handle:
-                text = handle.read(65536).decode("utf-8", "replace")
-        except OSError:
-            continue
-        for line in text.splitlines():
-            match = _CONNINFO.match(line)
-            if match:
-                conninfo = match.group(1)
+    conninfo = standby_conninfo(pgdata)
     if conninfo is None or conninfo.strip():
         return None
     try:
-        started = float((pgdata / "postmaster.pid").read_text()[:4096].splitlines()[2])
-    except (OSError, ValueError, IndexError):
+        started = float(_postmaster_start(pgdata))
+    except ValueError:
         return None
     return max(0.0, now - started)
+
+
+def _postmaster_start(pgdata: Path) -> str:
+    """postmaster.pid's third line (the postmaster's start time), or "" when unreadable."""
+    try:
+        return (pgdata / "postmaster.pid").read_text()[:4096].splitlines()[2].strip()
+    except (OSError, IndexError):
+        return ""
+
+
+def standby_stuck_for(pgdata: Path, sockdir: str, env: Mapping[str, str], now: float) -> float:
+    """Seconds a standby with an upstream has not streamed while that upstream accepted connections
+    (agent/streamwatch.py); 0 for a primary, a standby without upstream, or a failed local query."""
+    conninfo = standby_conninfo(pgdata) if (pgdata / "standby.signal").exists() else None
+    if not conninfo or not conninfo.strip():
+        return 0.0
+    receiver = _receiver(env, sockdir, _postmaster_port(pgdata, env))
+    if receiver is None:
+        return 0.0  # the local query failed (connection limit, a slow server): no evidence either way
+    values = conninfo_values(conninfo)
+    host, port = values.get("host", ""), int(values.get("port") or 5432)
+    return not_streaming_for(_state_dir(env), _postmaster_start(pgdata), receiver[0] == "streaming",
+                             lambda: bool(host) and upstream_accepts(host, port), now)  # fmt: skip
 
 
 def _tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -212,6 +238,20 @@ def check_readiness(env: Mapping[str, str], now: float) -> str:
         return "primary ready"
     if status not in ("ready", "standby"):
         raise ProbeFailed(f"postgres is {status or 'starting'}, not accepting connections yet")
+    receiver = _receiver(env, sockdir, port)
+    if receiver is None or receiver[0] != "streaming":
+        raise ProbeFailed(f"replica not streaming (wal receiver: {receiver[0] if receiver else 'no answer'})")
+    silent_s = receiver[1]
+    # "streaming" lasts until wal_receiver_timeout on a silently cut connection; the upstream answers
+    # the receiver's ping within half of it, so a longer silence means the upstream is gone.
+    if silent_s and float(silent_s) > RECEIVER_TIMEOUT_S * 0.75:
+        raise ProbeFailed(f"replica streaming but heard nothing from its upstream for {silent_s} s")
+    return "replica streaming"
+
+
+def _receiver(env: Mapping[str, str], sockdir: str, port: int) -> tuple[str, str] | None:
+    """(WAL receiver status, seconds since it last heard its upstream) over the local socket; status
+    "none" when no receiver runs; None when psql fails."""
     done = subprocess.run(
         [
             "psql",
@@ -233,14 +273,10 @@ def check_readiness(env: Mapping[str, str], now: float) -> str:
         check=False,
         env={"PATH": env.get("PATH", os.defpath), "PGCONNECT_TIMEOUT": "1"},
     )
+    if done.returncode != 0:
+        return None
     state, _, silent_s = done.stdout.strip().partition("|")
-    if done.returncode != 0 or state != "streaming":
-        raise ProbeFailed(f"replica not streaming (wal receiver: {state or done.stderr.strip() or 'none'})")
-    # "streaming" lasts until wal_receiver_timeout on a silently cut connection; the upstream answers
-    # the receiver's ping within half of it, so a longer silence means the upstream is gone.
-    if silent_s and float(silent_s) > RECEIVER_TIMEOUT_S * 0.75:
-        raise ProbeFailed(f"replica streaming but heard nothing from its upstream for {silent_s} s")
-    return "replica streaming"
+    return state or "none", silent_s
 
 
 CHECKS = {"startup": check_startup, "readiness": check_readiness, "liveness": check_liveness}

@@ -19,7 +19,8 @@ import pytest
 
 from agent import walbudget
 from emulator.controller import Cluster
-from tests.e2e.cluster_support import dir_size, require_pods, slots
+from emulator.waiting import wait_until
+from tests.e2e.cluster_support import dir_size, require_pods, slots, walsender_pids
 from tests.e2e.fault_support import (
     PRIMARY,
     current,
@@ -131,3 +132,55 @@ def test_a_member_with_no_slot_whose_wal_is_gone_clones_again() -> None:
         assert "slot_missing_wal_gone" in said and "clone" in said, said
         assert list(c.volume_dir("postgresql-sfs-1").glob("pgdata.wal-gone-*")), "the old data kept aside"
         report("slot_missing_wal_gone", events=len(said))
+
+
+def test_a_cut_off_replica_never_fills_the_primary_and_heals_itself_once_healed() -> None:
+    # Issue 19, items 6 and 9: a replica cut off silently (no RST) while the primary writes more WAL
+    # than its slot may keep. The checkpoint that invalidates the slot waits for the replica's
+    # walsender, which a dead connection holds until tcp_user_timeout (30 s): while it lingers the
+    # primary writes a segment every 2 s (about 8 MB/s; what a volume can absorb in that window is
+    # README's bound), then a burst of twice the slot's budget. The primary must never restart, and
+    # once the network heals the replica, whose receiver then retries "can no longer get changes"
+    # forever, must be restarted by its liveness (not streaming for 60 s while its upstream answers)
+    # and re-cloned by its agent, with no person involved.
+    c = make_cluster(replicas=2, volume_size="600Mi")
+    replica = "postgresql-sfs-1"
+    with c:
+        healthy(c)
+        c.psql(PRIMARY, "create table if not exists burst (id bigserial, v text)")
+        restarts = c.restarts(replica)
+        c.network.partition(replica)
+        cut = time.monotonic()
+        healed = None
+        try:
+            paced, paced_largest = 0, 0
+            wal_dir = c.volume_dir(PRIMARY) / "pgdata" / "pg_wal"
+            while replica in walsender_pids(c):  # bounded: tcp_user_timeout ends it after 30 s
+                assert time.monotonic() - cut < 90, "the dead walsender outlived tcp_user_timeout"
+                step = time.monotonic()
+                c.psql(PRIMARY, "insert into burst (v) select repeat('p', 2000) from generate_series(1, 200);"
+                                " select pg_switch_wal()")  # fmt: skip
+                paced += 1
+                paced_largest = max(paced_largest, dir_size(wal_dir))
+                wait_until(lambda step=step: time.monotonic() - step >= 2.0, 5, 0.1, "the pace of one segment")
+            lingered_s = time.monotonic() - cut
+            largest = max(paced_largest, _write_wal(c, 2 * 136))
+            lost = slots(c).get("postgresql_sfs_1", {}).get("wal_status")
+            primary_restarts = c.restarts(PRIMARY)
+        finally:
+            c.network.partition(replica, cut=False)
+            healed = time.monotonic()
+        assert primary_restarts == 0
+        assert lost == "lost", lost
+        assert largest < 600 * 1048576 // 2, largest
+        wait_until(lambda: c.restarts(replica) > restarts, 180, 0.5, "liveness restarting the stuck replica")
+        restarted_s = time.monotonic() - healed
+        c.wait_ready(timeout=120)
+        c.wait_streaming(timeout=120, replicas=2)
+        check = next(e for e in current(c, replica) if e["event"] == "primary_check")
+        assert check["decision"] == "reclone_lost_slot", check
+        assert any(p.name.startswith("pgdata.slot-invalidated-") for p in c.volume_dir(replica).iterdir())
+        killed = [what for _, _, what in c.events(replica) if what.startswith("liveness probe failed")]
+        assert killed and "has not streamed for" in killed[0], killed
+        report("partition_wal_burst", lingered_s=round(lingered_s, 1), paced_segments=paced,
+               largest_pg_wal_mb=round(largest / 1048576), restarted_after_heal_s=round(restarted_s, 1))

@@ -309,3 +309,29 @@ def test_the_primary_ordinal_waiting_unconnected_is_timed_from_its_postmasters_s
     # A replica ordinal is never in that state on purpose.
     env = {**_designated(tmp_path / "pgdata", "", started=1000.0), "PGSFS_PRIMARY_ORDINAL": "0"}
     assert probe.connected_to_nobody_for(tmp_path / "pgdata", env, 1090.0) is None
+
+
+def test_liveness_restarts_a_standby_stuck_while_its_upstream_answers(
+    env: dict[str, str], postmaster: int, socket_server, listening: int, tmp_path: Path
+) -> None:
+    # Review M6 (running): the receiver retries forever against an upstream that lost its slot or
+    # WAL. A stand-in psql (no server here) says no receiver runs; the upstream is a listening port.
+    sockdir, _ = socket_server
+    pgdata = Path(env["PGDATA"])
+    write_pid(pgdata, postmaster, "standby", sockdir=sockdir)
+    (pgdata / "standby.signal").write_text("")
+    (pgdata / "pg-sfs-agent.conf").write_text(f"primary_conninfo = 'host=''127.0.0.1'' port=''{listening}'''\n")
+    Path(env["PGSFS_STATE_DIR"]).mkdir()
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "psql").write_text("#!/bin/sh\necho 'stopping|'\n")
+    (fake / "psql").chmod(0o755)
+    env.update(POD_NAME="postgresql-sfs-2", PATH=f"{fake}:/usr/bin:/bin")
+    assert "answers" in probe.check_liveness(env, NOW)
+    assert "answers" in probe.check_liveness(env, NOW + probe.NOT_STREAMING_LIMIT_S)
+    with pytest.raises(probe.ProbeFailed, match="has not streamed for 61 s although its upstream"):
+        probe.check_liveness(env, NOW + probe.NOT_STREAMING_LIMIT_S + 1)
+    # Streaming again: the count is gone.
+    (fake / "psql").write_text("#!/bin/sh\necho 'streaming|1'\n")
+    assert "answers" in probe.check_liveness(env, NOW + 200)
+    assert "answers" in probe.check_liveness(env, NOW + 400)
