@@ -3,7 +3,8 @@
 Order: start-up (#7); in one sandbox (network, BIND with a query log): primary first start (#1),
 cold start on the emulated StatefulSet (#2), a primary and a replica kept up for probes (#6),
 restarts (#5) and DNS trials without a negative cache (#3), then the clone benchmark (#4);
-in a second sandbox with unbound as negative cache: the DNS trials again (#3).
+in a second sandbox with unbound as negative cache: the DNS trials again (#3); last, switchovers on
+the emulated StatefulSet under write loads (#9).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import clone, cold, dnswait, image, primary, probes, report, restart, startup
+from bench import clone, cold, dnswait, image, primary, probes, report, restart, startup, switchover
 from bench.common import AGENT, PG_BIN, REPO, RESULTS, TIME, Section
 from bench.context import Ctx, OutOfTime
 from bench.members import Member, new_member
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dns-trials", type=int, help="DNS trials per set-up (default 20; --quick 6)")
     parser.add_argument("--scale", type=int, help="pgbench scale of the clone benchmark (default 50; --quick 10)")
     parser.add_argument("--budget", type=float, help="seconds for the whole run (default 870; --quick 420)")
-    sections = "startup,primary,image,cold,probes,restart,dns,clone"
+    sections = "startup,primary,image,cold,probes,restart,dns,clone,switchover"
     parser.add_argument("--only", default=sections, help=f"comma-separated subset of: {sections}")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory (default bench/results)")
     args = parser.parse_args(argv)
@@ -205,12 +206,15 @@ def main(argv: list[str] | None = None) -> int:
         if "dns" in only:
             dns = next((s for s in run.sections if s.key == "dns"), dns)
             negcache_sandbox(run, ctx, dns)
+        if "switchover" in only:
+            run.section(switchover.run, ctx, key="switchover")
     except KeyboardInterrupt:
         ctx.say("interrupted: everything started was stopped; partial results follow")
     except Exception as exc:
         ctx.say(f"bench aborted: {type(exc).__name__}: {exc}")
         traceback.print_exc(file=sys.stderr)
-    order = ["startup", "primary_first_start", "image_first_start", "cold_start", "dns", "clone", "restart", "probes"]
+    order = ["startup", "primary_first_start", "image_first_start", "cold_start", "dns", "clone", "restart", "probes",
+             "switchover"]
     sections = sorted(run.sections, key=lambda s: order.index(s.key) if s.key in order else 99)
     meta = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),

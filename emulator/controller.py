@@ -25,7 +25,7 @@ from typing import Any
 
 from . import volumes
 from .dns import ClusterDNS
-from .manifests import REPO_ROOT, ClusterSpec, Probe, load_spec, parse_quantity, with_overrides
+from .manifests import REPO_ROOT, ClientService, ClusterSpec, Probe, load_spec, parse_quantity, with_overrides
 from .network import Host, Network
 from .pod import Container, Pod, PodError, PodTemplate
 from .waiting import wait_until
@@ -148,6 +148,7 @@ class Cluster:
         self._pods: dict[str, _PodRecord] = {}
         self._history: list[tuple[float, str, str]] = []
         self._endpoints: tuple[tuple[str, str], ...] | None = None
+        self._published_clients: dict[str, tuple[tuple[str, str], ...]] = {}
         self._stopping = threading.Event()
         # The pod template's revision: update_template() bumps it; pods of an older one are
         # replaced by the rolling update (see _roll).
@@ -468,13 +469,36 @@ class Cluster:
                 if self.svc.publish_not_ready_addresses or self._is_ready(rec):
                     eps.append((rec.name, rec.host.ip))
             endpoints = tuple(eps)
-            if endpoints == self._endpoints:
-                return
-            self._endpoints = endpoints
-            self._history.append((time.time(), "endpoints",
-                                  " ".join(n for n, _ in endpoints) or "(none)"))
-        self.dns.set_endpoints(self.sts.namespace, self.svc.name, self.svc.port_name,
-                               self.svc.port, list(endpoints))
+            headless = endpoints if endpoints != self._endpoints else None
+            clients = self._client_endpoints()
+            changed = [(spec, ips) for spec, ips in clients if self._published_clients.get(spec.name) != ips]
+            for spec, ips in changed:
+                self._published_clients[spec.name] = ips
+                self._history.append((time.time(), "endpoints", f"{spec.name}: "
+                                      + (" ".join(n for n, _ in ips) or "(none)")))  # fmt: skip
+            if headless is not None:
+                self._endpoints = headless
+                self._history.append((time.time(), "endpoints",
+                                      " ".join(n for n, _ in headless) or "(none)"))
+        if headless is not None:
+            self.dns.set_endpoints(self.sts.namespace, self.svc.name, self.svc.port_name,
+                                   self.svc.port, list(headless))
+        for spec, ips in changed:
+            # A ClusterIP Service as clients meet it: kube-proxy sends a new connection to a Ready
+            # endpoint; here the name holds their addresses, with TTL 0 so no resolver keeps old ones.
+            self.dns.set_endpoints(spec.namespace, spec.name, spec.port_name, spec.port, list(ips),
+                                   pod_records=False, ttl=0)
+
+    def _client_endpoints(self) -> list[tuple[ClientService, tuple[tuple[str, str], ...]]]:
+        """Each client Service's Ready, non-terminating pods that its selector matches (the rw one:
+        the pod the current template's PGSFS_PRIMARY_ORDINAL names)."""
+        primary = self.sts.pod_name(int(self.sts.env_for("", "").get("PGSFS_PRIMARY_ORDINAL") or 0))
+        out = []
+        for spec in self.spec.clients:
+            ips = tuple((rec.name, rec.host.ip) for rec in sorted(self._pods.values(), key=lambda r: r.ordinal)
+                        if not rec.gone and self._is_ready(rec) and (not spec.primary_only or rec.name == primary))
+            out.append((spec, ips))
+        return out
 
     # ------------------------------------------------------------------ events
 

@@ -58,6 +58,10 @@ class ServiceEndpoints:
     port_name: str
     port: int
     endpoints: tuple[tuple[str, str], ...]
+    # A ClusterIP Service as the emulator shows it: no per-pod names, and its own TTL (None: the
+    # negative TTL, as for the headless Service).
+    pod_records: bool = True
+    ttl: int | None = None
 
     def records(self, domain: str) -> dict[tuple[str, str], list[str]]:
         """The RRsets CoreDNS serves for it: (absolute name, type) -> rdata texts."""
@@ -70,13 +74,15 @@ class ServiceEndpoints:
         srv: list[str] = []
         for pod, ip in self.endpoints:
             pod_fqdn = f"{pod}.{svc}"
-            out.setdefault((pod_fqdn, "A"), []).append(ip)
+            if self.pod_records:
+                out.setdefault((pod_fqdn, "A"), []).append(ip)
             if ip not in ips:
                 ips.append(ip)
             srv.append(f"0 {weight} {self.port} {pod_fqdn}")
         out[(svc, "A")] = ips
-        out[(svc, "SRV")] = srv
-        out[(f"_{self.port_name}._tcp.{svc}", "SRV")] = list(srv)
+        if self.pod_records:
+            out[(svc, "SRV")] = srv
+            out[(f"_{self.port_name}._tcp.{svc}", "SRV")] = list(srv)
         return out
 
     def names(self, domain: str) -> set[str]:
@@ -205,17 +211,21 @@ class ClusterDNS:
         port_name: str,
         port: int,
         endpoints: Sequence[tuple[str, str]],
+        *,
+        pod_records: bool = True,
+        ttl: int | None = None,
     ) -> None:
         """Publish the ready endpoints (pod hostname, IP) of a headless Service, replacing all.
 
         Applied asynchronously after `propagation_delay` seconds, in call order; an empty list
-        makes every name of the service NXDOMAIN. `flush()` waits for it.
+        makes every name of the service NXDOMAIN. `flush()` waits for it. `pod_records=False` and a
+        `ttl` publish a ClusterIP Service as a name holding its endpoints' addresses.
         """
         for pod, ip in endpoints:
             ipaddress.IPv4Address(ip)  # fail here, not later in the worker
             if not _LABEL_RE.match(pod):
                 raise ValueError(f"pod hostname {pod!r} is not a DNS label")
-        spec = ServiceEndpoints(namespace, service, port_name, int(port), tuple(endpoints))
+        spec = ServiceEndpoints(namespace, service, port_name, int(port), tuple(endpoints), pod_records, ttl)
         with self._cond:
             self._raise_pending_error()
             if self._state != "started":
@@ -358,7 +368,7 @@ class ClusterDNS:
             for name in sorted(names):
                 update.delete(name)
             for (name, rdtype), rdatas in spec.records(self.domain).items():
-                update.add(name, self.negative_ttl, rdtype, *rdatas)
+                update.add(name, self.negative_ttl if spec.ttl is None else spec.ttl, rdtype, *rdatas)
             response = dns.query.tcp(update, self.bind_ip, timeout=10.0)
             if response.rcode() != dns.rcode.NOERROR:
                 raise RuntimeError(
@@ -411,8 +421,9 @@ class ClusterDNS:
             f"ns.dns IN A {self.bind_ip}",
         ]
         for spec in self._published.values():
+            record_ttl = ttl if spec.ttl is None else spec.ttl
             for (name, rdtype), rdatas in spec.records(self.domain).items():
-                lines += [f"{name} {ttl} IN {rdtype} {rdata}" for rdata in rdatas]
+                lines += [f"{name} {record_ttl} IN {rdtype} {rdata}" for rdata in rdatas]
         (d / "cluster.zone").write_text("\n".join(lines) + "\n")
         # An authoritative-only server says REFUSED outside its zones; CoreDNS would forward
         # and the world would say NXDOMAIN. An empty root zone gives that NXDOMAIN.

@@ -155,6 +155,20 @@ class ServiceSpec:
 
 
 @dataclass(frozen=True)
+class ClientService:
+    """A ClusterIP Service of the StatefulSet's pods (postgresql-rw, postgresql-ro), as a client
+    meets it: a name whose addresses are the Ready pods its selector matches."""
+
+    name: str
+    namespace: str
+    port_name: str
+    port: int
+    # The selector names the primary ordinal's pod (kustomize copies the ordinal into it), so it
+    # follows PGSFS_PRIMARY_ORDINAL when the template changes, as `kubectl apply -k` changes both.
+    primary_only: bool
+
+
+@dataclass(frozen=True)
 class StatefulSetSpec:
     """What the emulated StatefulSet controller and kubelet need from the manifests."""
 
@@ -192,6 +206,7 @@ class ClusterSpec:
 
     statefulset: StatefulSetSpec
     service: ServiceSpec
+    clients: tuple[ClientService, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -454,7 +469,34 @@ def spec_from_documents(docs: list[dict[str, Any]], image: ImageConfig,
         port=int(port["port"]),
         publish_not_ready_addresses=bool(svc["spec"].get("publishNotReadyAddresses", False)),
     )
-    return ClusterSpec(sts_spec, svc_spec)
+    return ClusterSpec(sts_spec, svc_spec, _client_services(docs, sts, svc_spec.name))
+
+
+_POD_NAME_LABEL = "statefulset.kubernetes.io/pod-name"
+
+
+def _client_services(docs: list[dict[str, Any]], sts: dict[str, Any], headless: str) -> tuple[ClientService, ...]:
+    """Every other Service whose selector matches the StatefulSet's pods (template labels, and at
+    most the pod-name label the controller adds), checked the way kustomize's replacement ties the
+    rw selector to the primary ordinal."""
+    template_labels = sts["spec"]["template"].get("metadata", {}).get("labels") or {}
+    env = {e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0].get("env") or []}
+    primary_pod = f"{sts['metadata']['name']}-{env.get('PGSFS_PRIMARY_ORDINAL') or '0'}"
+    clients = []
+    for doc in docs:
+        if doc.get("kind") != "Service" or doc["metadata"]["name"] == headless:
+            continue
+        selector = dict(doc["spec"].get("selector") or {})
+        pod_name = selector.pop(_POD_NAME_LABEL, None)
+        if not selector or any(template_labels.get(k) != v for k, v in selector.items()):
+            continue
+        if pod_name is not None and pod_name != primary_pod:
+            raise ManifestError(f"Service {doc['metadata']['name']} selects pod {pod_name}, but the pods'"
+                                f" PGSFS_PRIMARY_ORDINAL names {primary_pod}")  # fmt: skip
+        port = doc["spec"]["ports"][0]
+        clients.append(ClientService(doc["metadata"]["name"], doc["metadata"].get("namespace", "default"),
+                                     port.get("name", ""), int(port["port"]), pod_name is not None))  # fmt: skip
+    return tuple(clients)
 
 
 def load_spec(repo_root: Path = REPO_ROOT, overlay: str | None = None) -> ClusterSpec:
@@ -546,7 +588,7 @@ def with_overrides(
     if publish_not_ready_addresses is not None:
         service = dataclasses.replace(service,
                                       publish_not_ready_addresses=publish_not_ready_addresses)
-    return ClusterSpec(dataclasses.replace(sts, **changes), service)
+    return ClusterSpec(dataclasses.replace(sts, **changes), service, spec.clients)
 
 
 def describe(spec: ClusterSpec) -> str:

@@ -151,6 +151,25 @@ def test_endpoint_removal(env: Env) -> None:
         _assert_nxdomain(result)
 
 
+def test_a_client_service_is_a_name_holding_its_endpoints_addresses(env: Env) -> None:
+    # postgresql-rw/-ro as clients meet them: the name resolves to the Ready pods' addresses, with
+    # TTL 0 (kube-proxy sends each new connection to a current endpoint), no per-pod names, no SRV.
+    rw = f"postgresql-rw.{NS}.svc.cluster.local."
+    eps = env.endpoints(2)
+    env.dns.set_endpoints(NS, "postgresql-rw", PORT_NAME, PORT, eps, pod_records=False, ttl=0)
+    env.dns.flush()
+    name, srv, pod_name = env.many((rw, "A"), (rw, "SRV"), (f"postgresql-sfs-0.{rw}", "A"))
+    assert _answers(name, "A") == sorted(ip for _, ip in eps)
+    assert {r["ttl"] for r in name["answer"]} == {0}
+    assert srv["outcome"] == "noanswer", srv
+    _assert_nxdomain(pod_name)
+    short = env.q("postgresql-rw", search=True)
+    assert short["qname"] == rw and _answers(short, "A") == sorted(ip for _, ip in eps)
+    env.dns.set_endpoints(NS, "postgresql-rw", PORT_NAME, PORT, [], pod_records=False, ttl=0)
+    env.dns.flush()
+    _assert_nxdomain(env.q(rw))
+
+
 def test_out_of_zone_names_are_nxdomain(env: Env) -> None:
     for result in env.many(("example.com.", "A"), ("postgresql-sfs-0.", "A")):
         assert result["outcome"] == "nxdomain", result  # not REFUSED / NoNameservers

@@ -41,7 +41,7 @@ def test_a_cut_off_replica_turns_unready_stays_alive_and_streams_again_when_heal
         wait_until(lambda: c.try_psql(pod(1), "select count(*) from during").stdout.strip() == "1000", 60, 0.2,
                    "pod 1 has the writes made during the partition")  # fmt: skip
         assert c.restarts(pod(1)) == restarts
-        # The manifest's probes run 5x faster here (probe_scale 0.2): 7.5 s of silence, then 2 x 1 s.
+        # The manifest's probes run 5x faster here (probe_scale 0.2): 7.5 s of silence, then 2 x 0.4 s.
         assert unready_s < 15, unready_s
         report("partitioned_replica", unready_s=round(unready_s, 1), ready_again_s=round(ready_again_s, 1),
                restarts=c.restarts(pod(1)) - restarts)  # fmt: skip

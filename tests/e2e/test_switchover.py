@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,118 +31,60 @@ from tests.e2e.fault_support import (
     wait_exit,
     wait_rolled_out,
 )
+from tests.e2e.load_support import Load, outage, streaming_from, switch
 
 require_pods()
 
-LOAD = Path(__file__).with_name("switch_load.py")
 MEMBERS = 3
 
 
-class Load:
-    """The switch_load.py client in its own namespace; stopped (by PID) at exit."""
-
-    def __init__(self, c: Cluster, seconds: float) -> None:
-        self.c = c
-        self.out = c.run_dir / "switch-load.jsonl"
-        self.stop_file = c.run_dir / "switch-load.stop"
-        host = c.network.add_host("switch-client")
-        c.dns.configure_host(host, c.sts.namespace)
-        env = c.sts.env_for("", "")
-        members = ",".join(f"{pod(n)}.{c.sts.service_name}" for n in range(MEMBERS))
-        with open(self.out, "w") as fh:
-            self.proc = c.network.spawn(
-                host,
-                [sys.executable, str(LOAD), "--members", members, "--user", env.get("POSTGRES_USER", "postgres"),
-                 "--seconds", str(seconds), "--stop-file", str(self.stop_file)],
-                stdout=fh, stderr=fh, env={**os.environ, "PGPASSWORD": env["POSTGRES_PASSWORD"],
-                                           "PYTHONPATH": str(LOAD.parents[2])},
-            )  # fmt: skip
-
-    def lines(self) -> list[dict[str, Any]]:
-        """Every complete JSON line so far."""
-        out = []
-        for line in self.out.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
-
-    def acked(self) -> list[dict[str, Any]]:
-        """The acknowledged writes, in order."""
-        return [x for x in self.lines() if "ack" in x]
-
-    def stop(self) -> list[dict[str, Any]]:
-        """Ask it to end, wait for it (bounded), and return everything it said."""
-        self.stop_file.write_text("")
-        self.c.network.stop_process(self.proc, grace=20)
-        return self.lines()
-
-
-def _streaming_from(c: Cluster, primary: str) -> list[str]:
-    res = c.try_psql(primary, "select application_name from pg_stat_replication where state = 'streaming' order by 1")
-    return res.stdout.split() if res.returncode == 0 else []
-
-
-def _switch(c: Cluster, load: Load, to: int) -> dict[str, Any]:
-    """Move the primary ordinal to `to`, wait for the rollout and for every member to stream."""
-    before = len(load.acked())
-    started = time.time()
-    c.update_template({"PGSFS_PRIMARY_ORDINAL": str(to)})
-    wait_until(c.rolled_out, 300, 0.2, f"rollout to primary ordinal {to}")
-    rolled = time.time() - started
-    others = [pod(n) for n in range(MEMBERS) if n != to]
-    wait_until(lambda: _streaming_from(c, pod(to)) == others, 60, 0.2, f"{others} streaming from {pod(to)}")
-    # Writes resume on the new primary (the client finds it by itself).
-    wait_until(lambda: len(load.acked()) > before + 20, 60, 0.1, "writes after the switchover")
-    assert c.psql(pod(to), "select pg_is_in_recovery()") == "f"
-    return {"rollout_s": round(rolled, 1), "started": started}
-
-
-def _outage(acks: list[dict[str, Any]], since: float, until: float) -> float:
-    """The longest pause between two acknowledged writes between `since` and `until` (the write outage)."""
-    times = [a["t"] for a in acks if since <= a["t"] <= until]
-    return max((b - a for a, b in zip(times, times[1:])), default=0.0)
-
-
 def test_switchover_under_write_load_and_back() -> None:
+    # Three clients write through both switchovers: README's libpq multi-host URI; the postgresql-rw
+    # Service (its name holds the Ready pod its selector names) with a connection kept; and the same
+    # Service with a new connection for every write.
     c = make_cluster(replicas=MEMBERS)
     with c:
         healthy(c)
-        c.psql(PRIMARY, "create table acked (n int primary key)")
-        wait_until(lambda: _streaming_from(c, PRIMARY) == [pod(1), pod(2)], 60, 0.2, "replicas streaming")
-        load = Load(c, seconds=600)
+        tables = {"acked": {}, "acked_rw": {"write_to": "postgresql-rw"},
+                  "acked_rw_new": {"write_to": "postgresql-rw", "fresh": True}}  # fmt: skip
+        c.psql(PRIMARY, "; ".join(f"create table {t} (n int primary key)" for t in tables))
+        wait_until(lambda: streaming_from(c, PRIMARY) == [pod(1), pod(2)], 60, 0.2, "replicas streaming")
+        loads = [Load(c, seconds=600, table=t, **kw) for t, kw in tables.items()]
+        client_lines: dict[str, list[dict[str, Any]]] = {}
         try:
-            wait_until(lambda: len(load.acked()) > 50, 30, 0.1, "the load writing")
-            to_one = _switch(c, load, 1)
+            wait_until(lambda: all(len(load.acked()) > 50 for load in loads), 30, 0.1, "the loads writing")
+            to_one = switch(c, loads, 1, MEMBERS)
             # Review M1: the demoted primary keeps no member slots (frozen, they would pin WAL and go
             # stale); the new primary has one for each member that follows it.
             assert c.psql(PRIMARY, "select count(*) from pg_replication_slots") == "0"
             assert c.psql(pod(1), "select string_agg(slot_name, ',' order by slot_name) from pg_replication_slots") == \
                 "postgresql_sfs_0,postgresql_sfs_2"  # fmt: skip
-            to_zero = _switch(c, load, 0)
+            to_zero = switch(c, loads, 0, MEMBERS)
             assert c.psql(pod(1), "select count(*) from pg_replication_slots") == "0"
         finally:
-            lines = load.stop()
-        acked = [x for x in lines if "ack" in x]
-        acks = [x["ack"] for x in acked]
-        samples = [x["sample"] for x in lines if "sample" in x]
+            for load in loads:
+                client_lines[load.table] = load.stop()
+        samples = [x["sample"] for x in client_lines["acked"] if "sample" in x]
         two = [s for s in samples if len(s) > 1]
         assert not two, f"{len(two)} samples saw two writable members: {two[:3]}"
-        # Every acknowledged write is on the final primary and on both replicas.
-        for name in (pod(1), pod(2)):
-            wait_until(lambda name=name: c.try_psql(name, "select count(*) from acked").stdout.strip()
-                       == c.psql(PRIMARY, "select count(*) from acked"), 30, 0.2, f"{name} caught up")  # fmt: skip
-        present = {int(n) for n in c.psql(PRIMARY, "select n from acked").split()}
-        lost = sorted(set(acks) - present)
-        assert not lost, f"{len(lost)} acknowledged writes lost: {lost[:10]}"
+        outages = {}
+        for table, lines in client_lines.items():
+            acked = [x for x in lines if "ack" in x]
+            # Every acknowledged write is on the final primary and on both replicas.
+            count = f"select count(*) from {table}"
+            for name in (pod(1), pod(2)):
+                wait_until(lambda name=name, count=count: c.try_psql(name, count).stdout.strip()
+                           == c.psql(PRIMARY, count), 30, 0.2, f"{name} caught up")  # fmt: skip
+            present = {int(n) for n in c.psql(PRIMARY, f"select n from {table}").split()}
+            lost = sorted({x["ack"] for x in acked} - present)
+            assert not lost, f"{len(lost)} acknowledged writes to {table} lost: {lost[:10]}"
+            outages[table] = [round(outage(acked, to_one["started"], to_zero["started"]), 2),
+                              round(outage(acked, to_zero["started"], time.time()), 2)]  # fmt: skip
         # Each former primary handed over (promoted its successor), then rejoined without a copy.
         for former in (PRIMARY, pod(1)):
             said = [e.get("event") for e in _runs_of(c, former)]
             assert "switchover_promoted" in said and "rejoining" in said, (former, said)
         timeline = c.psql(PRIMARY, "select timeline_id from pg_control_checkpoint()")
-        out1 = _outage(acked, to_one["started"], to_zero["started"])
-        out0 = _outage(acked, to_zero["started"], time.time())
         # The story of a start during a switchover: pod 2, restarted first, follows pod 1 (a standby
         # then); pod 0, restarted last, hands over.
         for name in (pod(2), PRIMARY):
@@ -152,8 +93,9 @@ def test_switchover_under_write_load_and_back() -> None:
             for line in run:
                 print("   ", json.dumps({k: v for k, v in line.items() if k not in ("timestamp", "level", "pod")}))
         handoff = named(_runs_of(c, PRIMARY), "switchover_promoted")
-        report("switchover", writes=len(acks), samples=len(samples), two_writable=len(two),
-               outage_to_1_s=round(out1, 2), outage_to_0_s=round(out0, 2), rollout_to_1_s=to_one["rollout_s"],
+        report("switchover", writes=len([x for x in client_lines["acked"] if "ack" in x]), samples=len(samples),
+               two_writable=len(two), outage_multihost_s=outages["acked"], outage_rw_kept_s=outages["acked_rw"],
+               outage_rw_new_connections_s=outages["acked_rw_new"], rollout_to_1_s=to_one["rollout_s"],
                rollout_to_0_s=to_zero["rollout_s"], timeline=timeline,
                handoff_s=handoff[-1].get("duration_s") if handoff else None)  # fmt: skip
 
@@ -197,7 +139,7 @@ def _move_the_ordinal_to_1_and_rejoin(c: Cluster) -> None:
     c.update_template({"PGSFS_PRIMARY_ORDINAL": "1"})
     c.delete_pod(PRIMARY, grace=0)
     wait_rolled_out(c, "rollout to primary ordinal 1", 180)
-    wait_until(lambda: _streaming_from(c, pod(1)) == [PRIMARY], 60, 0.2, "pod 0 streaming from pod 1")
+    wait_until(lambda: streaming_from(c, pod(1)) == [PRIMARY], 60, 0.2, "pod 0 streaming from pod 1")
     wait_until(lambda: c.try_psql(PRIMARY, "select count(*) from acked").stdout.strip() == "150", 30, 0.2,
                "pod 0 has pod 1's writes")  # fmt: skip
 
@@ -298,7 +240,7 @@ def test_a_switchover_whose_former_primary_is_killed_loses_nothing() -> None:
         acked_rows_on_both(c)
         since = time.time()
         _pod_0_dies_with_50_rows_only_it_has(c, 240)
-        wait_until(lambda: _streaming_from(c, pod(1)) == [PRIMARY], 60, 0.2, "pod 0 streaming from pod 1")
+        wait_until(lambda: streaming_from(c, pod(1)) == [PRIMARY], 60, 0.2, "pod 0 streaming from pod 1")
         lines = _runs_of(c, PRIMARY)
         [promoted] = named(lines, "switchover_promoted")
         assert promoted["served_own_wal"] is True and promoted["clean"] is False, promoted
@@ -348,7 +290,7 @@ def test_a_successor_promoted_before_its_restart_is_synchronous_from_the_first_c
         healthy(c)
         c.update_template({"PGSFS_PRIMARY_ORDINAL": "1"})
         wait_rolled_out(c, "rollout to primary ordinal 1", 180)
-        wait_until(lambda: _streaming_from(c, pod(1)) == [PRIMARY], 60, 0.2, "pod 0 streaming from pod 1")
+        wait_until(lambda: streaming_from(c, pod(1)) == [PRIMARY], 60, 0.2, "pod 0 streaming from pod 1")
         runs = len(run_lines(c, PRIMARY))
         c.update_template({"PGSFS_PRIMARY_ORDINAL": "0"})
         wait_until(lambda: c.try_psql(PRIMARY, "select pg_is_in_recovery()", timeout=5).stdout.strip() == "f",
