@@ -19,7 +19,7 @@ from agent.streamwatch import (
     conninfo_values,
     not_streaming_for,
     standby_conninfo,
-    upstream_accepts,
+    upstream_serves,
 )
 
 _ORDINAL = re.compile(r"-(0|[1-9][0-9]*)$")
@@ -156,9 +156,9 @@ def check_liveness(env: Mapping[str, str], now: float) -> str:
     if stuck > NOT_STREAMING_LIMIT_S:
         # Its upstream answers, yet it has not streamed for a minute: a lost slot or removed WAL make
         # the receiver retry forever (review M6). A restart lets the agent ask and re-clone if need be.
-        raise ProbeFailed(f"the standby has not streamed for {stuck:.0f} s although its upstream accepts "
-                          "connections; restarting lets the agent find out why (a lost slot or removed WAL "
-                          "is re-cloned)")  # fmt: skip
+        raise ProbeFailed(f"the standby has not streamed for {stuck:.0f} s although its upstream runs and takes "
+                          "replication connections; restarting lets the agent find out why (a lost slot or "
+                          "removed WAL is re-cloned)")  # fmt: skip
     waiting = connected_to_nobody_for(_pgdata(env), env, now)
     if waiting is not None and waiting > AWAIT_PROMOTION_LIMIT_S:
         # Its agent surveyed once, at start: a blip then, or a second ordinal change, would leave it
@@ -196,7 +196,7 @@ def _postmaster_start(pgdata: Path) -> str:
 
 
 def standby_stuck_for(pgdata: Path, sockdir: str, env: Mapping[str, str], now: float) -> float:
-    """Seconds a standby with an upstream has not streamed while that upstream accepted connections
+    """Seconds a standby with an upstream has not streamed while that upstream ran and took connections
     (agent/streamwatch.py); 0 for a primary, a standby without upstream, or a failed local query."""
     conninfo = standby_conninfo(pgdata) if (pgdata / "standby.signal").exists() else None
     if not conninfo or not conninfo.strip():
@@ -205,9 +205,9 @@ def standby_stuck_for(pgdata: Path, sockdir: str, env: Mapping[str, str], now: f
     if receiver is None:
         return 0.0  # the local query failed (connection limit, a slow server): no evidence either way
     values = conninfo_values(conninfo)
-    host, port = values.get("host", ""), int(values.get("port") or 5432)
+    host, port, user = values.get("host", ""), int(values.get("port") or 5432), values.get("user", "")
     return not_streaming_for(_state_dir(env), _postmaster_start(pgdata), receiver[0] == "streaming",
-                             lambda: bool(host) and upstream_accepts(host, port), now)  # fmt: skip
+                             lambda: bool(host and user) and upstream_serves(host, port, user), now)  # fmt: skip
 
 
 def _tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:

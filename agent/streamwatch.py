@@ -3,7 +3,8 @@
 A running standby whose upstream no longer has its slot or the WAL it needs retries forever,
 NotReady, and nothing would ever restart it. Liveness cannot ask the upstream what is wrong (it is
 local, stdlib only, and must never fail because the primary is away), but it can see that the WAL
-receiver has not streamed for a long time *while the upstream accepts connections*: then a restart
+receiver has not streamed for a long time *while the upstream runs and takes replication
+connections* (it asks a replication client to authenticate): then a restart
 costs nothing and lets the agent ask the upstream and decide (re-create the slot, re-clone, or
 refuse with the reason). A standby cut off from its upstream is never restarted for it: the time
 only counts while the upstream answers. Stdlib only, like the probe that uses it.
@@ -15,13 +16,14 @@ import contextlib
 import os
 import re
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from agent.render import CONF_NAME
 
-# How long a standby may fail to stream while its upstream accepts TCP connections before liveness
+# How long a standby may fail to stream while its upstream runs and takes connections before liveness
 # restarts it. Longer than a primary's restart or a switchover; README ("Probes") states it.
 NOT_STREAMING_LIMIT_S = 60.0
 MARK_NAME = "not-streaming-since"
@@ -61,22 +63,35 @@ def conninfo_values(conninfo: str) -> dict[str, str]:
     return values
 
 
-def upstream_accepts(host: str, port: int, timeout: float = UPSTREAM_CONNECT_S) -> bool:
-    """Whether `host:port` completes a TCP handshake within `timeout`, name lookup included.
+def _startup_message(user: str) -> bytes:
+    """A protocol 3.0 StartupMessage for a physical replication connection as `user`."""
+    body = struct.pack("!I", 196608) + b"".join(
+        part.encode() + b"\0" for part in ("user", user, "replication", "true")) + b"\0"  # fmt: skip
+    return struct.pack("!I", len(body) + 4) + body
 
-    The lookup runs in a daemon thread: a cluster DNS that does not answer must make this False
-    within the probe's budget, not hang it for the resolver's 5 s.
+
+def upstream_serves(host: str, port: int, user: str, timeout: float = UPSTREAM_CONNECT_S) -> bool:
+    """Whether the upstream is a running server that takes replication connections: it answers a
+    StartupMessage by asking for authentication, within `timeout`, name lookup included.
+
+    A server in crash recovery or shutting down refuses ("the database system is starting up"), a
+    frozen one says nothing, an unreachable one does not connect: none of them counts, so replicas
+    are never restarted because their primary is down or busy. No password is ever sent: the
+    connection ends at the authentication request, which PostgreSQL does not log as a failure. The
+    work runs in a daemon thread, so a cluster DNS that does not answer cannot hang the probe.
     """
     answered: list[bool] = []
 
-    def connect() -> None:
+    def ask() -> None:
         try:
-            with socket.create_connection((host, port), timeout=timeout):
-                answered.append(True)
+            with socket.create_connection((host, port), timeout=timeout) as sock:
+                sock.settimeout(timeout)
+                sock.sendall(_startup_message(user))
+                answered.append(sock.recv(1) == b"R")
         except OSError:
             answered.append(False)
 
-    worker = threading.Thread(target=connect, daemon=True)
+    worker = threading.Thread(target=ask, daemon=True)
     worker.start()
     worker.join(timeout)
     return bool(answered and answered[0])

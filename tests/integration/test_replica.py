@@ -554,3 +554,17 @@ def test_synchronous_commits_wait_for_a_replica_and_go_on_once_one_streams(volum
                     assert row == ("quorum",), row
             finally:
                 stop_postgres(replica)
+
+
+def test_the_liveness_check_of_an_upstream_meets_a_real_server_and_leaves_no_trace(primary: Any) -> None:
+    # agent/streamwatch.py: a running PostgreSQL asks a replication client to authenticate; the
+    # check then hangs up before any password, which the server must not log as a failure.
+    from agent.streamwatch import upstream_serves
+
+    assert upstream_serves("127.0.0.1", primary.port, "replicator")
+    assert not upstream_serves("127.0.0.1", free_port(), "replicator")
+    with connect(primary.port) as conn:
+        conn.execute("select pg_sleep(0.2)")  # the server's log lines of the check come before this
+    log = primary.log_path.read_text()
+    assert "ready to accept connections" in log, "the server's own log is read"
+    assert "authentication failed" not in log and "FATAL" not in log, log[-2000:]

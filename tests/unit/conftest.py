@@ -6,6 +6,10 @@ configs are built by the real `load_config` from an env dict and temporary files
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +18,7 @@ from typing import Any, Callable
 import pytest
 
 from agent import secret
+from agent.announce import GSSENC_REQUEST, SSL_REQUEST, read_exact
 from agent.config import Config, load_config
 
 # The smallest environment load_config accepts (namespace comes from POD_NAMESPACE).
@@ -119,3 +124,71 @@ def make_config(no_kube_files: dict[str, Any]) -> Callable[..., Config]:
 def base_env() -> dict[str, str]:
     """A fresh copy of the smallest valid environment."""
     return dict(BASE_ENV)
+
+
+
+# An AuthenticationSASL request, the first thing a running PostgreSQL sends a client it will admit.
+AUTH_REQUEST = b"R\0\0\0\x0c\0\0\0\x0a"
+
+
+class ScriptedServer:
+    """Accepts connections on 127.0.0.1 and answers each startup packet with `reply` (None: never
+    answers, like a frozen server). Stands in for a PostgreSQL server where a test needs one
+    answer; the integration and e2e tests meet real ones."""
+
+    def __init__(self, reply: bytes | None) -> None:
+        self.reply = reply
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(5.0)
+        self.port = self.sock.getsockname()[1]
+        self.startups: list[bytes] = []
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.settimeout(5.0)
+            try:
+                while True:
+                    length, code = struct.unpack("!II", read_exact(conn, 8))
+                    if code in (SSL_REQUEST, GSSENC_REQUEST):
+                        conn.sendall(b"N")  # no encryption here: the client goes on in plain text
+                        continue
+                    self.startups.append(read_exact(conn, length - 8))
+                    if self.reply is not None:
+                        conn.sendall(self.reply)
+                    break
+            except (OSError, ConnectionError):
+                pass
+            if self.reply is None:
+                self._held.append(conn)
+            else:
+                conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() on Linux
+        self.sock.close()
+        self.thread.join(timeout=5)
+        for conn in self._held:
+            conn.close()
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def upstream() -> Iterator[ScriptedServer]:
+    """A server that asks every client to authenticate, as a running PostgreSQL does."""
+    server = ScriptedServer(AUTH_REQUEST)
+    try:
+        yield server
+    finally:
+        server.close()

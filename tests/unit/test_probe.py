@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from agent import probe
+from agent.announce import error_response
+from tests.unit.conftest import AUTH_REQUEST
 
 NOW = 1_700_000_000.0
 
@@ -312,15 +314,17 @@ def test_the_primary_ordinal_waiting_unconnected_is_timed_from_its_postmasters_s
 
 
 def test_liveness_restarts_a_standby_stuck_while_its_upstream_answers(
-    env: dict[str, str], postmaster: int, socket_server, listening: int, tmp_path: Path
+    env: dict[str, str], postmaster: int, socket_server, upstream, tmp_path: Path
 ) -> None:
     # Review M6 (running): the receiver retries forever against an upstream that lost its slot or
-    # WAL. A stand-in psql (no server here) says no receiver runs; the upstream is a listening port.
+    # WAL. A stand-in psql (no server here) says no receiver runs; the upstream is a fake server
+    # that asks for authentication, as a running PostgreSQL does.
     sockdir, _ = socket_server
     pgdata = Path(env["PGDATA"])
     write_pid(pgdata, postmaster, "standby", sockdir=sockdir)
     (pgdata / "standby.signal").write_text("")
-    (pgdata / "pg-sfs-agent.conf").write_text(f"primary_conninfo = 'host=''127.0.0.1'' port=''{listening}'''\n")
+    conninfo = f"host=''127.0.0.1'' port=''{upstream.port}'' user=''repl''"
+    (pgdata / "pg-sfs-agent.conf").write_text(f"primary_conninfo = '{conninfo}'\n")
     Path(env["PGSFS_STATE_DIR"]).mkdir()
     fake = tmp_path / "fakebin"
     fake.mkdir()
@@ -329,8 +333,13 @@ def test_liveness_restarts_a_standby_stuck_while_its_upstream_answers(
     env.update(POD_NAME="postgresql-sfs-2", PATH=f"{fake}:/usr/bin:/bin")
     assert "answers" in probe.check_liveness(env, NOW)
     assert "answers" in probe.check_liveness(env, NOW + probe.NOT_STREAMING_LIMIT_S)
-    with pytest.raises(probe.ProbeFailed, match="has not streamed for 61 s although its upstream"):
+    with pytest.raises(probe.ProbeFailed, match="has not streamed for 61 s although its upstream runs"):
         probe.check_liveness(env, NOW + probe.NOT_STREAMING_LIMIT_S + 1)
+    # The upstream in crash recovery: the count starts again, nothing restarts.
+    upstream.reply = error_response("the database system is starting up", code="57P03")
+    assert "answers" in probe.check_liveness(env, NOW + 100)
+    upstream.reply = AUTH_REQUEST
+    assert "answers" in probe.check_liveness(env, NOW + 150)
     # Streaming again: the count is gone.
     (fake / "psql").write_text("#!/bin/sh\necho 'streaming|1'\n")
     assert "answers" in probe.check_liveness(env, NOW + 200)

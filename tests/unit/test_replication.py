@@ -7,15 +7,12 @@ ErrorResponse: libpq, psycopg and the agent's try_identify are all real.
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import struct
-import threading
 from collections.abc import Iterator
 
 import pytest
 
-from agent.announce import GSSENC_REQUEST, SSL_REQUEST, error_response, read_exact
+from agent.announce import error_response
 from agent.errors import AuthenticationFailed, PrimaryUnavailable
 from agent.replication import (
     BAD_PASSWORD,
@@ -36,6 +33,7 @@ from agent.replication import (
     try_identify,
     wait_for_primary,
 )
+from tests.unit.conftest import ScriptedServer
 
 TARGET = "postgresql-sfs-0.postgresql-svc.pg.svc.cluster.local."
 WRAP = 'connection failed: connection to server at "198.18.0.3", port 5432 failed: '
@@ -106,56 +104,12 @@ def test_classify_multi_host_wrapper() -> None:
 
 # -- real libpq against a scripted server ------------------------------------------------------
 
-class ScriptedServer:
-    """Accepts connections on 127.0.0.1 and answers each startup packet with one ErrorResponse."""
-
-    def __init__(self, code: str, message: str, detail: str | None = None) -> None:
-        self.reply = error_response(message, code=code, detail=detail)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(5.0)
-        self.port = self.sock.getsockname()[1]
-        self.startups: list[bytes] = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5.0)
-                try:
-                    while True:
-                        length, code = struct.unpack("!II", read_exact(conn, 8))
-                        if code in (SSL_REQUEST, GSSENC_REQUEST):
-                            conn.sendall(b"N")  # no encryption here: the client goes on in plain text
-                            continue
-                        self.startups.append(read_exact(conn, length - 8))
-                        conn.sendall(self.reply)
-                        break
-                except (OSError, ConnectionError):
-                    continue
-
-    def close(self) -> None:
-        self._stop.set()
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() on Linux
-        self.sock.close()
-        self.thread.join(timeout=5)
-        assert not self.thread.is_alive()
-
-
 @pytest.fixture
 def server_factory() -> Iterator:
     servers: list[ScriptedServer] = []
 
     def make(code: str, message: str, detail: str | None = None) -> ScriptedServer:
-        servers.append(ScriptedServer(code, message, detail))
+        servers.append(ScriptedServer(error_response(message, code=code, detail=detail)))
         return servers[-1]
 
     yield make

@@ -9,7 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent import render, streamwatch
+from agent.announce import error_response
 
+STARTING_UP = error_response("the database system is starting up", code="57P03")
 VALUES = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30)
 
 
@@ -67,10 +69,21 @@ def test_a_planted_symlink_is_not_written_through(tmp_path: Path) -> None:
     assert target.read_text() == "keep"
 
 
-def test_upstream_accepts_a_listening_port_and_not_a_closed_one() -> None:
+def test_an_upstream_serves_when_it_asks_a_replication_client_to_authenticate(upstream) -> None:
+    assert streamwatch.upstream_serves("127.0.0.1", upstream.port, "repl")
+    # What it was sent: a protocol 3.0 StartupMessage for a physical replication connection, no password.
+    assert upstream.startups[-1] == b"user\0repl\0replication\0true\0\0"
+    # Crash recovery or a shutdown: PostgreSQL refuses ("the database system is starting up").
+    upstream.reply = STARTING_UP
+    assert not streamwatch.upstream_serves("127.0.0.1", upstream.port, "repl")
+    # A frozen server: the kernel completes the handshake, nothing answers.
+    upstream.reply = None
+    assert not streamwatch.upstream_serves("127.0.0.1", upstream.port, "repl", timeout=0.3)
+
+
+def test_an_upstream_that_does_not_listen_or_resolve_does_not_serve() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        sock.listen(1)
         port = sock.getsockname()[1]
-        assert streamwatch.upstream_accepts("127.0.0.1", port)
-    assert not streamwatch.upstream_accepts("127.0.0.1", port)
+    assert not streamwatch.upstream_serves("127.0.0.1", port, "repl")
+    assert not streamwatch.upstream_serves("no-such-host.invalid", 5432, "repl")
