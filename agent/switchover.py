@@ -66,16 +66,19 @@ def decide_primary_restart(writable: list[str], newer: list[str] | None = None) 
 
 
 def decide_handoff(timeline: int, wal_end: int, successor_timeline: int, successor_received: int,
-                   writable: list[str], serving: bool) -> str:  # fmt: skip
+                   writable: list[str], serving: bool, newer: list[str] | None = None) -> str:  # fmt: skip
     """A former primary (its postgres stopped) whose WAL ends at `wal_end`, and its successor N, still a
     standby: promote N?
 
-    Only when no member accepts writes and N, on the same timeline, has received this member's WAL to
-    its end: every commit it acknowledged lies before that end. Until then its WAL is served by a
-    read-only standby here (SERVE_OWN_WAL), whether it was killed or shut down cleanly while N lagged.
+    Only when no member accepts writes or holds a newer timeline (one promoted by hand meanwhile holds
+    writes neither has), and N, on the same timeline, has received this member's WAL to its end: every
+    commit it acknowledged lies before that end. Until then its WAL is served by a read-only standby
+    here (SERVE_OWN_WAL), whether it was killed or shut down cleanly while N lagged.
     """
     if writable:
         return REFUSE_WRITABLE
+    if newer:
+        return REFUSE_NEWER_TIMELINE
     if successor_timeline != timeline:
         return REFUSE_OTHER_TIMELINE
     if successor_received >= wal_end:
@@ -93,6 +96,26 @@ def writable_members(part: Part, timeout: float) -> tuple[list[str], list[str]]:
     writable = [m.name.split(".")[0] for m in peers.members.values() if m.writable]
     silent = [m.name.split(".")[0] for m in peers.members.values() if m.state == survey.SILENT]
     return sorted(writable), sorted(silent + [n.split(".")[0] for n in unchecked])
+
+
+def rivals(part: Part, own_timeline: int) -> tuple[list[str], list[str], list[str]]:
+    """The other members that accept writes, those on a newer timeline than `own_timeline`, and those
+    that stayed silent, each a pod name (the newer ones with their timeline).
+
+    Members that answer make this quick; one that resolves but stays silent is waited for, up to
+    PGSFS_PEER_CHECK_TIMEOUT: a restarting member's agent announces what it holds (its timeline too)
+    within a second or two of its start.
+    """
+    peers, unchecked = part._survey_members(part.config.peer_check_timeout, stop_early=False)
+    members = list(peers.members.values())
+    writable = sorted(m.name.split(".")[0] for m in members if m.writable)
+    newer = sorted(f"{m.name.split('.')[0]} (timeline {m.timeline})" for m in members
+                   if m.timeline is not None and m.timeline > own_timeline)  # fmt: skip
+    silent = sorted([m.name.split(".")[0] for m in members if m.state == survey.SILENT] +
+                    [n.split(".")[0] for n in unchecked])  # fmt: skip
+    if peers.dns_problem:  # nobody could even be looked up: that is silence too
+        silent.append(f"every member (DNS: {peers.dns_problem})")
+    return writable, newer, silent
 
 
 def _ask_writable(part: Part, event: str, timeout: float, decide: Callable[[list[str]], str]) -> tuple[str, list[str]]:
@@ -143,18 +166,7 @@ class PrimaryGuard(Part):
         """Refuse (exit 15, data untouched) while another member accepts writes or holds a newer timeline."""
         started = self.world.clock()
         own = newest_timeline(self.pgdata)
-        # Members that answer make this quick; one that resolves but stays silent is waited for, up to
-        # PGSFS_PEER_CHECK_TIMEOUT: a restarting member's agent announces what it holds (its timeline
-        # too) within a second or two of its start.
-        peers, unchecked = self._survey_members(self.config.peer_check_timeout, stop_early=False)
-        members = list(peers.members.values())
-        writable = sorted(m.name.split(".")[0] for m in members if m.writable)
-        newer = sorted(f"{m.name.split('.')[0]} (timeline {m.timeline})" for m in members
-                       if m.timeline is not None and m.timeline > own)  # fmt: skip
-        silent = sorted([m.name.split(".")[0] for m in members if m.state == survey.SILENT] +
-                        [n.split(".")[0] for n in unchecked])  # fmt: skip
-        if peers.dns_problem:  # nobody could even be looked up: that is silence too
-            silent.append(f"every member (DNS: {peers.dns_problem})")
+        writable, newer, silent = rivals(self, own)
         decision = decide_primary_restart(writable, newer)
         self._phase("writable_check", started, decision=decision, timeline=own, writable=writable or None,
                     newer_timeline=newer or None, unasked=silent or None)  # fmt: skip
@@ -209,7 +221,9 @@ class Handoff(Part):
         promote it, else refuse. Returns True when it served (PGDATA is then a standby's).
         """
         started = self.world.clock()
-        writable, unasked = writable_members(self, min(self.config.peer_check_timeout, 10.0))
+        # The same look as the primary ordinal's before it starts: a member promoted by hand meanwhile
+        # (writable, or on a newer timeline) must not get a rival (review H2, found by the role model).
+        writable, newer, unasked = rivals(self, max(local.timeline, newest_timeline(self.pgdata)))
         cfg = self.config
         successor = cfg.primary_fqdn.rstrip(".")
         seen: dict[str, Any] = {}
@@ -228,7 +242,7 @@ class Handoff(Part):
                 return PROMOTED_ALREADY
             seen.update(timeline=result.info.timeline, received=result.info.xlogpos)
             received = history.parse_lsn(result.info.xlogpos)
-            return decide_handoff(local.timeline, wal_end, result.info.timeline, received, writable, serving)
+            return decide_handoff(local.timeline, wal_end, result.info.timeline, received, writable, serving, newer)
 
         def wait(serving: bool) -> str:
             return poll_until(lambda: attempt(serving), done=lambda d: d != WAIT_FOR_SUCCESSOR, wait=wait_fixed(0.2),
@@ -256,11 +270,12 @@ class Handoff(Part):
                         self._point_successor(successor, address, here=False)
             fields = dict(successor=successor, decision=decision, wal_end=history.format_lsn(wal_end),
                           timeline=local.timeline, clean=local.clean, served_own_wal=served or None,
-                          writable=writable or None, unasked=unasked or None, successor_seen=seen or None)  # fmt: skip
+                          writable=writable or None, newer_timeline=newer or None, unasked=unasked or None,
+                          successor_seen=seen or None)  # fmt: skip
             if decision == PROMOTED_ALREADY:
                 self._phase("switchover_handoff", started, **fields)
             elif decision != PROMOTE_SUCCESSOR:
-                raise self._blocked(decision, successor, wal_end, writable, served)
+                raise self._blocked(decision, successor, wal_end, writable + newer, served)
             else:
                 promoted = self._promote(successor, address)
                 self._phase("switchover_promoted", started, promoted=promoted, **fields)
@@ -338,18 +353,25 @@ class Handoff(Part):
                 "nothing lost")  # fmt: skip
         why = {
             REFUSE_WRITABLE: f"{', '.join(writable)} accept(s) writes, so promoting {short} would make two primaries",
+            REFUSE_NEWER_TIMELINE: (
+                f"{', '.join(writable)} hold(s) a newer timeline (promoted by hand meanwhile?), so promoting {short} "
+                "would fork the cluster"
+            ),
             REFUSE_OTHER_TIMELINE: f"{short} is on another timeline than this member",
             WAIT_FOR_SUCCESSOR: (
                 f"{short} did not receive this member's WAL to its end ({history.format_lsn(wal_end)}"
                 f"{', served by a read-only standby here' if served else ''}) within PGSFS_SWITCHOVER_TIMEOUT"
             ),
         }[decision]
+        hint = (f"either {back}, or, accepting that writes only {me} has are lost (its WAL is copied aside when it "
+                f"is rewound), run `kubectl exec {short} -- pg-sfs-agent promote`")  # fmt: skip
+        if decision == REFUSE_NEWER_TIMELINE:
+            hint = ("set the primary ordinal to the member on the newest timeline and apply: this member then "
+                    "rejoins it (rewound if it diverged, its own WAL copied aside); see README, 'Lost primary volume'")
         return SwitchoverBlocked(
             f"switchover to {short} not done: {why}; {me}'s data was left untouched and {short} not promoted",
-            hint=f"either {back}, or, accepting that writes only {me} has are lost (its WAL is copied aside when it "
-            f"is rewound), run `kubectl exec {short} -- pg-sfs-agent promote`",
-            decision=decision,
-        )
+            hint=hint, decision=decision,
+        )  # fmt: skip
 
 
 class OwnWalServer(Part):

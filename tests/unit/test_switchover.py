@@ -39,6 +39,8 @@ def test_promote_once_the_successor_received_the_wal_to_its_end() -> None:
 def test_never_promote_beside_a_writable_member_or_across_timelines() -> None:
     assert sw.decide_handoff(1, END, 1, END, ["postgresql-sfs-2"], serving=False) == sw.REFUSE_WRITABLE
     assert sw.decide_handoff(1, END, 2, END, [], serving=False) == sw.REFUSE_OTHER_TIMELINE
+    # Found by tests/unit/test_role_model.py: a member promoted by hand meanwhile, on a newer timeline.
+    assert sw.decide_handoff(1, END, 1, END, [], False, ["postgresql-sfs-2 (timeline 2)"]) == sw.REFUSE_NEWER_TIMELINE
 
 
 def test_a_successor_that_lacks_wal_is_served_it_killed_or_shut_down_cleanly() -> None:
@@ -57,14 +59,17 @@ def test_a_successor_that_lacks_wal_is_served_it_killed_or_shut_down_cleanly() -
     received=st.integers(0, 2**40),
     writable=st.lists(st.sampled_from(["postgresql-sfs-1", "postgresql-sfs-2"]), max_size=2),
     serving=st.booleans(),
+    newer=st.lists(st.sampled_from(["postgresql-sfs-2 (timeline 3)"]), max_size=1),
 )
 def test_a_promotion_never_loses_a_commit_nor_makes_two_primaries(
-    timeline: int, wal_end: int, successor_timeline: int, received: int, writable: list[str], serving: bool
+    timeline: int, wal_end: int, successor_timeline: int, received: int, writable: list[str], serving: bool,
+    newer: list[str],
 ) -> None:
-    decision = sw.decide_handoff(timeline, wal_end, successor_timeline, received, writable, serving)
+    decision = sw.decide_handoff(timeline, wal_end, successor_timeline, received, writable, serving, newer)
     if decision == sw.PROMOTE_SUCCESSOR:
-        # It alone writes, on the same timeline, with the former primary's whole WAL.
-        assert not writable and successor_timeline == timeline and received >= wal_end
+        # It alone writes, on the same timeline, with the former primary's whole WAL, and no member
+        # holds a newer timeline (writes promoted by hand that neither has).
+        assert not writable and not newer and successor_timeline == timeline and received >= wal_end
     if decision == sw.WAIT_FOR_SUCCESSOR:
         assert serving, "a successor short of the end waits only while the WAL is served to it"
 
