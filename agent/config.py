@@ -84,6 +84,8 @@ class Config:
     standalone: bool = False
     # `ANY n` / `FIRST n`, or "" (asynchronous): synchronous_standby_names over the members.
     synchronous_standbys: str = ""
+    # The pod's UID (downward API metadata.uid): a new one means a new pod (agent/podbirth.py).
+    pod_uid: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -508,6 +510,7 @@ def load_config(
         log_format=log_format,
         standalone=standalone,
         synchronous_standbys=sync,
+        pod_uid=env.get("POD_UID", "").strip()[:64],
         short_secrets=tuple(
             name
             for name, secret in (

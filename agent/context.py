@@ -28,6 +28,7 @@ class World:
     slot_status: Callable[[replication.Endpoint, str], str | None] = replication.slot_status
     timeline_history: Callable[[replication.Endpoint, int], str] = replication.timeline_history
     segment_kept: Callable[[replication.Endpoint, str], bool] = replication.segment_kept
+    template_view: Callable[[replication.Endpoint], tuple[int | None, float | None]] = replication.template_view
     clock: Clock = time.monotonic
     sleep: Sleep = time.sleep
     heartbeat: Heartbeat | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from tenacity import wait_fixed
@@ -12,10 +13,12 @@ from agent.errors import (
     AgentError,
     CommandFailed,
     DataDirConflict,
+    SwitchoverBlocked,
     SystemIdentifierMismatch,
 )
 from agent.makeway import MakeWay
 from agent.pgdata import inspect
+from agent.podbirth import pod_born
 from agent.postgres import controldata
 from agent.switchover import Handoff, OwnWalServer
 from agent.waits import poll_until
@@ -88,6 +91,8 @@ class FollowCheck(Part):
         super().__init__(ctx)
         self.replica = replica
         self.makeway = MakeWay(ctx, replica)
+        # Set by the check when this former primary keeps its role (`_keeps_role`): started as a primary.
+        self.keeps_role = False
 
     def check_primary(self) -> bool:
         """A bounded look at the primary, then `decide_restart`: start, refuse, or clone again.
@@ -129,6 +134,8 @@ class FollowCheck(Part):
         wal_end: int | None = None
         if info.in_hot_standby and former and position is not None:
             # A switchover: this member was the primary and its successor is still a standby.
+            if self._keeps_role(address, started):
+                return False
             wal_end = walend.local_wal_end(self.world.runner, self.pgdata, control)
             server = OwnWalServer(self.ctx, self.replica.files, before_start=self.makeway.clear_stale_lock)
             served = Handoff(self.ctx).run(address, lambda: self.world.identify(endpoint, 3.0), position, wal_end,
@@ -221,14 +228,54 @@ class FollowCheck(Part):
                       wal_end=history.format_lsn(end), timeline=position.timeline)  # fmt: skip
         return history.LocalPosition(position.timeline, end, position.clean, position.state)
 
+    def _superuser_endpoint(self, address: str) -> replication.Endpoint:
+        cfg = self.config
+        return replication.Endpoint(host=cfg.primary_fqdn.rstrip("."), hostaddr=address, port=cfg.port,
+                                    user=cfg.superuser, password=cfg.superuser_password.reveal(),
+                                    application_name=f"{cfg.identity.pod_name}-agent")  # fmt: skip
+
+    def _keeps_role(self, address: str, started: float) -> bool:
+        """Before a handoff: does the successor's template name this member as the primary, from a
+        younger pod? Then this pod's template is the stale one, and this member keeps the role it was
+        handed (review M3): True, after the same look for rivals as any primary start."""
+        cfg = self.config
+        try:
+            names, born = self.world.template_view(self._superuser_endpoint(address))
+        except Exception as exc:  # psycopg.Error: not known, so the template is followed, as before
+            self.log.warning("template_check_failed", detail=" ".join(str(exc).split()),
+                             note="the handoff follows this pod's template")  # fmt: skip
+            return False
+        own = pod_born(cfg.state_dir, cfg.pod_uid, time.time(), owner=self.owner)
+        ident = cfg.identity
+        decision = switchover.decide_template(ident.ordinal, own, ident.primary_ordinal, names, born)
+        self._phase("template_check", started, decision=decision, primary_ordinal=ident.primary_ordinal,
+                    successor_names=names, successor_born=born, pod_born=own)  # fmt: skip
+        if decision == switchover.HAND_OFF:
+            return False
+        successor = cfg.primary_fqdn.split(".", maxsplit=1)[0]
+        if decision == switchover.REFUSE_TEMPLATES_DISAGREE:
+            raise SwitchoverBlocked(
+                f"this member's template names {successor} as the primary, but {successor}, in a younger pod, "
+                f"names ordinal {names}: the primary ordinal changed twice while this pod kept its template; "
+                "nothing was changed here",
+                hint="let the rollout finish (it replaces this pod with the current template); if it waits on "
+                "this pod, delete it (kubectl delete pod)", decision=decision,
+            )  # fmt: skip
+        self.log.warning(
+            "role_kept", successor=successor,
+            note=f"{successor}, in a younger pod, names this member as the primary: this pod's template is the "
+            "stale one (a container restart keeps it), so this member keeps the role it was handed instead of "
+            "handing it back; the rollout then replaces this pod with the current template",
+        )  # fmt: skip
+        switchover.PrimaryGuard(self.ctx).check()
+        self.keeps_role = True
+        return True
+
     def _wal_kept(self, address: str, position: history.LocalPosition | None, control: str) -> bool | None:
         """Does the primary still have the WAL segment this member resumes from? None when unknown."""
         if position is None:
             return None
-        cfg = self.config
-        su = replication.Endpoint(host=cfg.primary_fqdn.rstrip("."), hostaddr=address, port=cfg.port,
-                                  user=cfg.superuser, password=cfg.superuser_password.reveal(),
-                                  application_name=f"{cfg.identity.pod_name}-agent")  # fmt: skip
+        su = self._superuser_endpoint(address)
         try:
             size = walend.layout(control).segment_size
             return self.world.segment_kept(su, replication.segment_name_suffix(position.lsn, size))

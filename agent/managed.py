@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from agent import walbudget
@@ -10,6 +11,7 @@ from agent.context import Part
 from agent.files import fix_tree_ownership, write_atomic
 from agent.identity import PRIMARY
 from agent.plan import PASSFILE_NAME
+from agent.podbirth import TEMPLATE_BORN, TEMPLATE_ORDINAL, pod_born
 from agent.render import (
     CONF_NAME,
     passfile_line,
@@ -46,6 +48,16 @@ class ManagedFiles(Part):
         members = [ident.peer_pod(n) for n in range(cfg.max_replication_slots + 1) if n != ident.ordinal]
         return synchronous_standby_names(cfg.synchronous_standbys, members)
 
+    def template_settings(self) -> dict[str, str]:
+        """pgsfs.primary_ordinal and, with a POD_UID, pgsfs.pod_born: what a former primary asks its
+        successor before a handoff, to tell whose pod template is current (review M3)."""
+        cfg = self.config
+        out = {TEMPLATE_ORDINAL: str(cfg.identity.primary_ordinal)}
+        born = pod_born(cfg.state_dir, cfg.pod_uid, time.time(), owner=self.owner)
+        if born is not None:
+            out[TEMPLATE_BORN] = f"{born:.3f}"
+        return out
+
     def write_config(self, datadir: Path, *, standby: bool, upstream: str | None = None, connect: bool = True) -> None:
         """The managed files: settings file and its include, pg_hba block, standby settings.
 
@@ -78,6 +90,7 @@ class ManagedFiles(Part):
             standby=standby_settings,
             # The primary ordinal still a standby gets it too: it applies from the promotion on.
             synchronous_standby_names=self.synchronous_names() if designated else "",
+            template=self.template_settings(),
         )
         write_atomic(datadir / CONF_NAME, settings, mode=0o600, owner=self.owner)
         conf = datadir / "postgresql.conf"

@@ -129,11 +129,14 @@ REMOTE_DECISIONS = {
         "refuse_other_cluster (exit 7) | refuse_diverged (exit 12) | reclone_diverged | rejoin | rewind "
         "(the last two for a former primary); skipped while the primary does not answer within "
         "PGSFS_RESTART_CHECK_TIMEOUT, except for a former primary, which then refuses (exit 6)",
+        "template_check (switchover.decide_template), a former primary whose successor is still a standby: "
+        "hand_off | keep_role (the successor's younger pod names this member: this pod's template is stale, it "
+        "starts as the primary) | refuse_templates_disagree (exit 15)",
         "handoff (switchover.decide_handoff), a former primary whose successor is still a standby, against "
         "the end of its WAL (pg_waldump): promote_successor | serve_own_wal (the successor lacks some: its WAL "
         "served by a read-only standby the successor is pointed at, until it has it all, then promote) | "
-        "wait_for_successor | refuse_writable | refuse_other_timeline (exit 15 at PGSFS_SWITCHOVER_TIMEOUT); an "
-        "unfinished handoff (pgsfs.handoff) is given back first",
+        "wait_for_successor | refuse_writable | refuse_newer_timeline | refuse_other_timeline (exit 15 at "
+        "PGSFS_SWITCHOVER_TIMEOUT); an unfinished handoff (pgsfs.handoff) is given back first",
     ),
     START: (
         "primary_guard (switchover.decide_primary_restart): start_primary | refuse_other_primary | "

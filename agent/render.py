@@ -116,9 +116,11 @@ def settings_file(
     max_replication_slots: int,
     wal: dict[str, str],
     standby: dict[str, str] | None = None,
+    template: dict[str, str] | None = None,
     synchronous_standby_names: str = "",
 ) -> str:
-    """The agent's settings file; `wal` holds the WAL sizes, `standby` adds primary_conninfo and slot."""
+    """The agent's settings file; `wal` holds the WAL sizes, `standby` adds primary_conninfo and slot,
+    `template` the pgsfs.* placeholders that say which pod template this member runs (agent/podbirth.py)."""
     lines = [
         "# Managed by pg-sfs-agent and rewritten at every start: do not edit.",
         "# Override a setting with ALTER SYSTEM (postgresql.auto.conf is read after this file).",
@@ -145,6 +147,9 @@ def settings_file(
     ]
     if synchronous_standby_names:
         lines.append(f"synchronous_standby_names = {quote_conf(synchronous_standby_names)}")
+    # Placeholders only the agents read (SHOW): which template this member was started with.
+    for name, value in (template or {}).items():
+        lines.append(f"{name} = {quote_conf(value)}")
     if standby is not None:
         lines.append(f"primary_conninfo = {quote_conf(standby['primary_conninfo'])}")
         lines.append(f"primary_slot_name = {quote_conf(standby['primary_slot_name'])}")

@@ -184,6 +184,9 @@ class Replica(Part):
         # Check first: data of another cluster must be left exactly as it was.
         if self.follow.check_primary():
             return
+        if self.follow.keeps_role:  # a former primary whose pod template is the stale one: primary still
+            self.files.write_config(self.pgdata, standby=False)
+            return
         cfg = self.config
         ordinals = range(max(cfg.members, cfg.max_replication_slots + 1))
         members = {slot_name_for(cfg.identity.peer_pod(n)) for n in ordinals}

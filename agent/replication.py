@@ -228,6 +228,26 @@ def segment_kept(endpoint: Endpoint, suffix: str, timeout: float = 5.0) -> bool:
     return bool(row and row[0])
 
 
+def template_view(endpoint: Endpoint, timeout: float = 5.0) -> tuple[int | None, float | None]:
+    """The primary ordinal a member's agent was started with and when its pod was born (the
+    pgsfs.* placeholders of its settings file); None for what it does not say (an older agent)."""
+    import psycopg
+
+    with psycopg.connect(**_sql_kwargs(endpoint, timeout)) as conn:
+        row = conn.execute("SELECT current_setting('pgsfs.primary_ordinal', true), "
+                           "current_setting('pgsfs.pod_born', true)").fetchone()  # fmt: skip
+    ordinal, born = row if row else (None, None)
+    try:
+        named = int(ordinal) if ordinal else None
+    except ValueError:
+        named = None
+    try:
+        when = float(born) if born else None
+    except ValueError:
+        when = None
+    return named, when
+
+
 def drop_slot(endpoint: Endpoint, slot: str, timeout: float = 5.0) -> None:
     """Drop a physical slot, ending a lingering walsender of ours that still holds it.
 

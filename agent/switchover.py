@@ -44,6 +44,10 @@ REFUSE_WRITABLE = "refuse_writable"
 REFUSE_OTHER_TIMELINE = "refuse_other_timeline"
 PROMOTED_ALREADY = "promoted_already"  # seen, not decided: someone promoted the successor meanwhile
 
+HAND_OFF = "hand_off"
+KEEP_ROLE = "keep_role"
+REFUSE_TEMPLATES_DISAGREE = "refuse_templates_disagree"
+
 START_PRIMARY = "start_primary"
 REFUSE_OTHER_PRIMARY = "refuse_other_primary"
 REFUSE_NEWER_TIMELINE = "refuse_newer_timeline"
@@ -84,6 +88,25 @@ def decide_handoff(timeline: int, wal_end: int, successor_timeline: int, success
     if successor_received >= wal_end:
         return PROMOTE_SUCCESSOR
     return WAIT_FOR_SUCCESSOR if serving else SERVE_OWN_WAL
+
+
+def decide_template(own_ordinal: int, own_born: float | None, successor_ordinal: int,
+                    successor_names: int | None, successor_born: float | None) -> str:  # fmt: skip
+    """A former primary whose template names `successor_ordinal` as the primary, before it hands off:
+    whose pod template is current? (review M3)
+
+    A container restart keeps its pod's template. If the successor's template names this member,
+    one of the two is stale, and the younger pod has the current one (a rollout replaces old pods,
+    never the reverse): when the successor's pod is younger, this member keeps its role (it was
+    promoted by a handoff and restarted before the rollout reached it); when this pod is younger
+    (a switch to a lower ordinal: the former primary is rolled first), it hands off. Unknown
+    (older agents, no POD_UID) keeps the handoff, as before.
+    """
+    if successor_names is None or successor_names == successor_ordinal:
+        return HAND_OFF
+    if own_born is None or successor_born is None or successor_born <= own_born:
+        return HAND_OFF
+    return KEEP_ROLE if successor_names == own_ordinal else REFUSE_TEMPLATES_DISAGREE
 
 
 def writable_members(part: Part, timeout: float) -> tuple[list[str], list[str]]:

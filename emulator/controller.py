@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,8 @@ class Cluster:
         # The pod template's revision: update_template() bumps it; pods of an older one are
         # replaced by the rolling update (see _roll).
         self.revision = 0
+        # spec.updateStrategy.rollingUpdate.partition: pods with a lower ordinal are not rolled.
+        self.partition = 0
         self._thread: threading.Thread | None = None
         self._thread_error: BaseException | None = None
         self._terminators: list[threading.Thread] = []
@@ -301,6 +304,8 @@ class Cluster:
         if self.sts.pod_management_policy == "OrderedReady" and not all(self._healthy(r) for r in recs if r):
             return
         for rec in reversed([r for r in recs if r is not None]):
+            if rec.ordinal < self.partition:
+                return  # rollingUpdate.partition: ordinals below it keep their template
             if rec.revision != self.revision:
                 self._event(rec, f"rolling update to revision {self.revision}")
                 self._begin_delete(rec, None)
@@ -316,7 +321,7 @@ class Cluster:
         template = PodTemplate(
             name=name, namespace=self.sts.namespace, service_name=self.sts.service_name,
             domain=self.domain, dns_ip=self.dns.nameserver_ip, netns=host.netns, ip=host.ip,
-            command=self.sts.command, env=self.sts.env_for(name, host.ip),
+            command=self.sts.command, env=self.sts.env_for(name, host.ip, str(uuid.uuid4())),
             mount_path=self.sts.volume_mount_path,
             volume_dir=volume_dir,
             pod_dir=self.run_dir / "pods" / name, log_path=self.run_dir / "logs" / f"{name}.log",
@@ -599,6 +604,14 @@ class Cluster:
             self.revision += 1
             self._history.append((time.time(), "statefulset", f"template revision {self.revision}"))
             return self.revision
+
+    def set_partition(self, partition: int) -> None:
+        """`kubectl patch sts` of spec.updateStrategy.rollingUpdate.partition: the rollout stops above
+        this ordinal, so pods below it keep their template while their containers restart. (Unlike
+        Kubernetes, a pod below it that is deleted comes back with the newest template here.)"""
+        with self._lock:
+            self.partition = partition
+            self._history.append((time.time(), "statefulset", f"partition {partition}"))
 
     def update_template_as_pod_dies(self, env: Mapping[str, str | None], name: str) -> int:
         """`kubectl apply` of a changed template at the moment pod `name`'s node fails: its container is

@@ -33,7 +33,7 @@ _PROBE_DEFAULTS = {
     "successThreshold": 1,
 }
 _DEFAULT_GRACE = 30.0
-_FIELD_PATHS = ("metadata.name", "metadata.namespace", "status.podIP")
+_FIELD_PATHS = ("metadata.name", "metadata.namespace", "status.podIP", "metadata.uid")
 
 
 class ManifestError(RuntimeError):
@@ -93,12 +93,12 @@ class EnvVar:
     value: str | None = None
     field_path: str | None = None
 
-    def resolve(self, pod_name: str, namespace: str, pod_ip: str) -> str:
+    def resolve(self, pod_name: str, namespace: str, pod_ip: str, pod_uid: str = "") -> str:
         """The value the kubelet would give this variable in the given pod."""
         if self.field_path is None:
             return self.value or ""
         return {"metadata.name": pod_name, "metadata.namespace": namespace,
-                "status.podIP": pod_ip}[self.field_path]
+                "status.podIP": pod_ip, "metadata.uid": pod_uid}[self.field_path]
 
 
 # The capabilities containerd and CRI-O give a container unless its securityContext drops them.
@@ -195,9 +195,9 @@ class StatefulSetSpec:
         """Name of the pod with this ordinal."""
         return f"{self.name}-{ordinal}"
 
-    def env_for(self, pod_name: str, pod_ip: str) -> dict[str, str]:
+    def env_for(self, pod_name: str, pod_ip: str, pod_uid: str = "") -> dict[str, str]:
         """The container's manifest variables, resolved for one pod (later entries win)."""
-        return {e.name: e.resolve(pod_name, self.namespace, pod_ip) for e in self.env}
+        return {e.name: e.resolve(pod_name, self.namespace, pod_ip, pod_uid) for e in self.env}
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from tests.e2e.fault_support import (
     report,
     run_lines,
     wait_exit,
+    wait_line,
     wait_rolled_out,
 )
 from tests.e2e.load_support import Load, outage, streaming_from, switch
@@ -351,3 +352,34 @@ def test_a_former_primary_killed_while_serving_its_wal_hands_over_at_its_next_st
         assert "switchover_promoted" in said, said
         report("killed_while_serving", given_back="handoff_given_back" in said,
                serving_runs=len(named(lines, "serving_own_wal")))  # fmt: skip
+
+
+def test_a_member_handed_the_role_and_restarted_before_the_rollout_reached_it_keeps_it() -> None:
+    # Review M3: switching 1 -> 0, pod 1 (rolled first) promotes pod 0, whose pod still has the old
+    # template (ordinal 1). Pod 0's container restarts before the rollout reaches it (held here by the
+    # StatefulSet's rollingUpdate.partition): with the old template it would hand the role back to
+    # pod 1, leaving postgresql-rw (pod 0) on a standby for good. Pod 1's younger pod names pod 0:
+    # pod 0 keeps the role, and once the rollout goes on everything streams from it, nothing lost.
+    c = make_cluster(replicas=3, env={"PGSFS_PRIMARY_ORDINAL": "1"})
+    with c:
+        wait_until(lambda: streaming_from(c, pod(1)) == [PRIMARY, pod(2)], 120, 0.2, "both streaming from pod 1")
+        c.psql(pod(1), "create table acked (n int primary key); insert into acked select generate_series(1, 100)")
+        c.set_partition(1)
+        c.update_template({"PGSFS_PRIMARY_ORDINAL": "0"})
+        wait_line(c, pod(1), "switchover_promoted", 120, run_index=1)
+        wait_until(lambda: c.try_psql(PRIMARY, "select pg_is_in_recovery()", timeout=5).stdout.strip() == "f",
+                   60, 0.1, "pod 0 promoted")  # fmt: skip
+        c.psql(PRIMARY, "insert into acked select generate_series(101, 150)")
+        runs = len(run_lines(c, PRIMARY))
+        c.kill_pod(PRIMARY)  # a crash: the container restarts in the same pod, with its old template
+        kept = wait_line(c, PRIMARY, "template_check", 120, run_index=runs)
+        assert kept["decision"] == "keep_role", kept
+        wait_until(lambda: c.try_psql(PRIMARY, "select pg_is_in_recovery()", timeout=5).stdout.strip() == "f",
+                   60, 0.1, "pod 0 a primary again after its restart")  # fmt: skip
+        assert c.psql(pod(1), "select pg_is_in_recovery()") == "t"
+        c.psql(PRIMARY, "insert into acked select generate_series(151, 200)")
+        c.set_partition(0)
+        wait_rolled_out(c, "rollout to primary ordinal 0", 180)
+        wait_until(lambda: streaming_from(c, PRIMARY) == [pod(1), pod(2)], 60, 0.2, "both streaming from pod 0")
+        assert c.psql(PRIMARY, "select count(*) from acked") == "200"
+        report("stale_template_keeps_role", kept=kept["decision"], restarts=c.restarts(PRIMARY))

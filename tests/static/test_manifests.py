@@ -257,6 +257,7 @@ def test_identity_env_from_downward_api(container: Obj) -> None:
         ("POD_NAME", "metadata.name"),
         ("POD_NAMESPACE", "metadata.namespace"),
         ("POD_IP", "status.podIP"),
+        ("POD_UID", "metadata.uid"),
     ):
         assert env[name]["valueFrom"]["fieldRef"]["fieldPath"] == path, name
         assert "value" not in env[name]
