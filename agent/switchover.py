@@ -298,7 +298,8 @@ class Handoff(Part):
             if decision == PROMOTED_ALREADY:
                 self._phase("switchover_handoff", started, **fields)
             elif decision != PROMOTE_SUCCESSOR:
-                raise self._blocked(decision, successor, wal_end, writable + newer, served)
+                raise self._blocked(decision, successor, wal_end, writable + newer, served,
+                                    never_opened=served and not own_wal.served)  # fmt: skip
             else:
                 promoted = self._promote(successor, address)
                 self._phase("switchover_promoted", started, promoted=promoted, **fields)
@@ -367,7 +368,7 @@ class Handoff(Part):
         return promoted
 
     def _blocked(self, decision: str, successor: str, wal_end: int, writable: list[str],
-                 served: bool) -> SwitchoverBlocked:  # fmt: skip
+                 served: bool, never_opened: bool = False) -> SwitchoverBlocked:  # fmt: skip
         me = self.config.identity.pod_name
         short = successor.split(".", maxsplit=1)[0]
         back = (f"set the primary ordinal back to {self.config.identity.ordinal}, apply, and delete this pod "
@@ -388,6 +389,15 @@ class Handoff(Part):
         }[decision]
         hint = (f"either {back}, or, accepting that writes only {me} has are lost (its WAL is copied aside when it "
                 f"is rewound), run `kubectl exec {short} -- pg-sfs-agent promote`")  # fmt: skip
+        if never_opened:
+            # Review M8: hot standby waits for a snapshot that is not overflowed, which WAL that ends
+            # with a transaction of more than 64 open subtransactions never gives. As a primary, crash
+            # recovery does not need one.
+            why = (f"the read-only standby started here to serve {short} this member's WAL never accepted "
+                   f"connections within PGSFS_SWITCHOVER_TIMEOUT (hot standby could not open: one cause is a "
+                   "transaction with more than 64 subtransactions open when this member stopped)")  # fmt: skip
+            hint = (f"{back}; its crash recovery as the primary needs no hot standby, and once it runs, "
+                    "switch again: a clean shutdown leaves nothing to serve")  # fmt: skip
         if decision == REFUSE_NEWER_TIMELINE:
             hint = ("set the primary ordinal to the member on the newest timeline and apply: this member then "
                     "rejoins it (rewound if it diverged, its own WAL copied aside); see README, 'Lost primary volume'")
@@ -409,6 +419,8 @@ class OwnWalServer(Part):
         super().__init__(ctx)
         self.files = files
         self.before_start = before_start
+        # False once it has run for PGSFS_SWITCHOVER_TIMEOUT without accepting connections (review M8).
+        self.served = True
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[Callable[[], None]]:
@@ -450,8 +462,8 @@ class OwnWalServer(Part):
             return self.world.identify(endpoint, 2.0).info is not None
 
         deadline = self.world.clock() + self.config.switchover_timeout
-        poll_until(serves, done=bool, wait=wait_fixed(0.1), deadline=deadline, clock=self.world.clock,
-                   sleep=self.world.sleep)  # fmt: skip
+        self.served = bool(poll_until(serves, done=bool, wait=wait_fixed(0.1), deadline=deadline,
+                                      clock=self.world.clock, sleep=self.world.sleep))  # fmt: skip
 
     def handed_over(self) -> None:
         """The successor was promoted: PGDATA is a standby's from now on (it follows the successor)."""

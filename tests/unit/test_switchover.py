@@ -83,6 +83,8 @@ class FakeOwnWal:
     def __init__(self, world: FakeWorld) -> None:
         self.world = world
         self.calls: list[str] = []
+        self.served = world.opens  # whether it ever accepted connections
+
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[Callable[[], None]]:
@@ -112,9 +114,10 @@ class FakeWorld:
     promoted_at: list[int] = field(default_factory=list)
     pointed: list[str | None] = field(default_factory=list)
     imposter: bool = False  # the successor's address answers as another member (a stale record)
+    opens: bool = True  # the own server opens hot standby (review M8: not with an overflowed snapshot)
 
     def identify(self) -> replication.Attempt:
-        if self.serving:
+        if self.serving and self.opens:
             self.received = min(self.end, self.received + self.rate)
         info = replication.SystemInfo(1, 1, format_lsn(self.received), not self.promoted_at, 140005)
         return replication.Attempt(replication.IN_RECOVERY, info=info)
@@ -174,6 +177,18 @@ def test_a_successor_that_never_gets_the_tail_is_not_promoted_and_the_data_is_gi
         _handoff(make_config, log, clock, tmp_path, world)
     assert world.promoted_at == [] and "0/9000000" in raised.value.message
     assert world.serving is False and raised.value.fields["decision"] == sw.WAIT_FOR_SUCCESSOR
+
+
+def test_a_served_wal_that_never_opens_says_why_and_the_way_out(
+    make_config: Callable[..., Any], log: ListLogger, clock: FakeClock, tmp_path: Path
+) -> None:
+    # Review M8: WAL ending with a transaction of > 64 open subtransactions keeps hot standby closed,
+    # so the own server never serves. Not promoted, data given back, and the message says so.
+    world = FakeWorld(received=0x8000000, end=0x9000000, rate=0x100000, opens=False)
+    with pytest.raises(SwitchoverBlocked) as raised:
+        _handoff(make_config, log, clock, tmp_path, world)
+    assert world.promoted_at == [] and "never accepted connections" in raised.value.message
+    assert "subtransactions" in raised.value.message and "set the primary ordinal back" in raised.value.hint
 
 
 def test_the_primary_ordinal_starts_its_primary_only_while_no_other_member_writes() -> None:
