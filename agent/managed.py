@@ -88,8 +88,9 @@ class ManagedFiles(Part):
             max_replication_slots=cfg.max_replication_slots,
             wal=wal.written.conf_values(),
             standby=standby_settings,
-            # The primary ordinal still a standby gets it too: it applies from the promotion on.
-            synchronous_standby_names=self.synchronous_names() if designated else "",
+            # The primary ordinal still a standby gets it too: it applies from the promotion on. So does
+            # a member kept primary on a replica ordinal (a stale pod template, review M3).
+            synchronous_standby_names=self.synchronous_names() if designated or not standby else "",
             template=self.template_settings(),
         )
         write_atomic(datadir / CONF_NAME, settings, mode=0o600, owner=self.owner)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, cast
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent import podbirth, render
+from agent import discovery, podbirth, render
 from agent import switchover as sw
+from agent.context import Context, World
+from agent.managed import ManagedFiles
+from agent.runner import Runner
+from tests.unit.conftest import FakeClock, ListLogger
+from tests.unit.test_render import parse_conf
 
 
 def test_a_pods_birth_is_kept_across_its_containers_and_renewed_with_a_new_pod(tmp_path: Path) -> None:
@@ -52,3 +59,24 @@ def test_a_former_primary_keeps_its_role_only_when_a_younger_template_names_it(
         assert names == own and own_born is not None and successor_born is not None and successor_born > own_born
     if names is None or names == successor:
         assert decided == sw.HAND_OFF
+
+
+def test_a_member_kept_primary_on_a_replica_ordinal_is_synchronous_and_says_its_template(
+    make_config: Callable[..., Any], log: ListLogger, clock: FakeClock, tmp_path: Path
+) -> None:
+    # Review M3 with PGSFS_SYNCHRONOUS_STANDBYS: pod 0, kept primary while its template still names
+    # pod 1, gets synchronous_standby_names over the other members as any primary does.
+    config = make_config(POD_NAME="postgresql-sfs-0", PGSFS_PRIMARY_ORDINAL="1", PGSFS_SYNCHRONOUS_STANDBYS="ANY 1",
+                         PGDATA=str(tmp_path / "pgdata"), PGSFS_STATE_DIR=str(tmp_path / "state"), POD_UID="uid-0")
+    nothing = lambda name, rdtype: discovery.DnsAnswer(name, rdtype, discovery.NO_RECORD, negative_ttl=5)  # noqa: E731
+    ctx = Context(config, cast(Any, SimpleNamespace(wal=None)), World(Runner(), nothing, clock=clock), log)
+    (tmp_path / "pgdata").mkdir()
+    (tmp_path / "state").mkdir()
+    files = ManagedFiles(ctx)
+    files.write_config(tmp_path / "pgdata", standby=False)
+    conf = parse_conf((tmp_path / "pgdata" / render.CONF_NAME).read_text())
+    assert conf["synchronous_standby_names"].startswith('ANY 1 ("postgresql-sfs-1", "postgresql-sfs-2"')
+    assert "postgresql-sfs-0" not in conf["synchronous_standby_names"]
+    assert conf[podbirth.TEMPLATE_ORDINAL] == "1" and float(conf[podbirth.TEMPLATE_BORN]) > 0
+    files.write_config(tmp_path / "pgdata", standby=True)  # the same member as a plain standby: none
+    assert "synchronous_standby_names" not in parse_conf((tmp_path / "pgdata" / render.CONF_NAME).read_text())
