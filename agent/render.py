@@ -72,6 +72,8 @@ def passfile_line(user: str, password: str) -> str:
 HANDOFF_SUFFIX = "-handoff"
 # wal_receiver_timeout; a replica whose receiver heard nothing for 3/4 of it is not Ready (probe.py).
 RECEIVER_TIMEOUT_S = 10
+# tcp_user_timeout of the walsender serving a standby (primary_conninfo's options), milliseconds.
+WALSENDER_USER_TIMEOUT_MS = 10000
 
 
 def without_handoff_conninfo(auto_conf: str) -> tuple[str, bool]:
@@ -105,6 +107,10 @@ def primary_conninfo(*, host: str, port: int, user: str, passfile: str, applicat
             "keepalives_idle": "10",
             "keepalives_interval": "5",
             "keepalives_count": "3",
+            # The walsender serving this standby takes it from the startup packet: cut off silently,
+            # its connection ends after 10 s instead of the server-wide 30 s, and with it the wait
+            # of the checkpoint that invalidates its slot (no WAL is removed meanwhile).
+            "options": f"-c tcp_user_timeout={WALSENDER_USER_TIMEOUT_MS}",
         }
     )
 

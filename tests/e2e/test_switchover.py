@@ -370,6 +370,9 @@ def test_a_member_handed_the_role_and_restarted_before_the_rollout_reached_it_ke
         wait_until(lambda: c.try_psql(PRIMARY, "select pg_is_in_recovery()", timeout=5).stdout.strip() == "f",
                    60, 0.1, "pod 0 promoted")  # fmt: skip
         c.psql(PRIMARY, "insert into acked select generate_series(101, 150)")
+        # Once pod 1 has rejoined as pod 0's standby (a crash before that, in the second or so while
+        # pod 1's agent still waits for pod 0 as primary, leaves each waiting on the other: README).
+        wait_until(lambda: streaming_from(c, PRIMARY) == [pod(1), pod(2)], 60, 0.2, "both streaming from pod 0")
         runs = len(run_lines(c, PRIMARY))
         c.kill_pod(PRIMARY)  # a crash: the container restarts in the same pod, with its old template
         kept = wait_line(c, PRIMARY, "template_check", 120, run_index=runs)

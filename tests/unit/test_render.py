@@ -349,6 +349,7 @@ def test_primary_conninfo_in_settings_file_survives_both_quotings() -> None:
         assert params["user"] == "replicator"
         assert params["port"] == "5432"
         assert params["application_name"] == "postgresql_sfs_1"
+        assert params["options"] == "-c tcp_user_timeout=10000"  # for the walsender serving it
         assert "password" not in params
     assert "primary_conninfo" not in parse_conf(
         render.settings_file(
