@@ -237,15 +237,16 @@ def template_view(endpoint: Endpoint, timeout: float = 5.0) -> tuple[int | None,
         row = conn.execute("SELECT current_setting('pgsfs.primary_ordinal', true), "
                            "current_setting('pgsfs.pod_born', true)").fetchone()  # fmt: skip
     ordinal, born = row if row else (None, None)
+    named = _number(ordinal, int)
+    return int(named) if named is not None else None, _number(born, float)
+
+
+def _number(text: str | None, kind: Callable[[str], float]) -> float | None:
+    """`text` as a number of `kind`, or None when it is missing or not one."""
     try:
-        named = int(ordinal) if ordinal else None
+        return kind(text) if text else None
     except ValueError:
-        named = None
-    try:
-        when = float(born) if born else None
-    except ValueError:
-        when = None
-    return named, when
+        return None
 
 
 def drop_slot(endpoint: Endpoint, slot: str, timeout: float = 5.0) -> None:

@@ -109,31 +109,22 @@ def decide_template(own_ordinal: int, own_born: float | None, successor_ordinal:
     return KEEP_ROLE if successor_names == own_ordinal else REFUSE_TEMPLATES_DISAGREE
 
 
-def writable_members(part: Part, timeout: float) -> tuple[list[str], list[str]]:
-    """Ask every other member whether it accepts writes: (the writable ones, those not asked).
-
-    Fails open on silence (a member that cannot be asked is logged, not counted): the one member
-    that could accept writes is the one whose postgres is known to be stopped, or this one.
-    """
-    peers, unchecked = part._survey_members(timeout, stop_early=False)
-    writable = [m.name.split(".")[0] for m in peers.members.values() if m.writable]
-    silent = [m.name.split(".")[0] for m in peers.members.values() if m.state == survey.SILENT]
-    return sorted(writable), sorted(silent + [n.split(".")[0] for n in unchecked])
-
-
-def rivals(part: Part, own_timeline: int) -> tuple[list[str], list[str], list[str]]:
-    """The other members that accept writes, those on a newer timeline than `own_timeline`, and those
-    that stayed silent, each a pod name (the newer ones with their timeline).
+def rivals(part: Part, own_timeline: int | None = None,
+           timeout: float | None = None) -> tuple[list[str], list[str], list[str]]:  # fmt: skip
+    """The other members that accept writes, those on a newer timeline than `own_timeline` (none
+    when it is None), and those that stayed silent, each a pod name (the newer ones with their
+    timeline). Silence is reported, not counted: the caller decides what it may risk.
 
     Members that answer make this quick; one that resolves but stays silent is waited for, up to
-    PGSFS_PEER_CHECK_TIMEOUT: a restarting member's agent announces what it holds (its timeline too)
-    within a second or two of its start.
+    `timeout` (PGSFS_PEER_CHECK_TIMEOUT): a restarting member's agent announces what it holds (its
+    timeline too) within a second or two of its start.
     """
-    peers, unchecked = part._survey_members(part.config.peer_check_timeout, stop_early=False)
+    wait = part.config.peer_check_timeout if timeout is None else timeout
+    peers, unchecked = part._survey_members(wait, stop_early=False)
     members = list(peers.members.values())
     writable = sorted(m.name.split(".")[0] for m in members if m.writable)
     newer = sorted(f"{m.name.split('.')[0]} (timeline {m.timeline})" for m in members
-                   if m.timeline is not None and m.timeline > own_timeline)  # fmt: skip
+                   if own_timeline is not None and m.timeline is not None and m.timeline > own_timeline)  # fmt: skip
     silent = sorted([m.name.split(".")[0] for m in members if m.state == survey.SILENT] +
                     [n.split(".")[0] for n in unchecked])  # fmt: skip
     if peers.dns_problem:  # nobody could even be looked up: that is silence too
@@ -144,7 +135,7 @@ def rivals(part: Part, own_timeline: int) -> tuple[list[str], list[str], list[st
 def _ask_writable(part: Part, event: str, timeout: float, decide: Callable[[list[str]], str]) -> tuple[str, list[str]]:
     """Survey who accepts writes, decide, and log the phase `event` with both."""
     started = part.world.clock()
-    writable, unasked = writable_members(part, timeout)
+    writable, _, unasked = rivals(part, timeout=timeout)
     decision = decide(writable)
     part._phase(event, started, decision=decision, writable=writable or None, unasked=unasked or None)
     return decision, writable
@@ -298,8 +289,8 @@ class Handoff(Part):
             if decision == PROMOTED_ALREADY:
                 self._phase("switchover_handoff", started, **fields)
             elif decision != PROMOTE_SUCCESSOR:
-                raise self._blocked(decision, successor, wal_end, writable + newer, served,
-                                    never_opened=served and not own_wal.served)  # fmt: skip
+                raise self._blocked(decision, successor, wal_end, writable, newer, served,
+                                    never_opened=served and not own_wal.opened)  # fmt: skip
             else:
                 promoted = self._promote(successor, address)
                 self._phase("switchover_promoted", started, promoted=promoted, **fields)
@@ -367,7 +358,7 @@ class Handoff(Part):
             )
         return promoted
 
-    def _blocked(self, decision: str, successor: str, wal_end: int, writable: list[str],
+    def _blocked(self, decision: str, successor: str, wal_end: int, writable: list[str], newer: list[str],
                  served: bool, never_opened: bool = False) -> SwitchoverBlocked:  # fmt: skip
         me = self.config.identity.pod_name
         short = successor.split(".", maxsplit=1)[0]
@@ -378,7 +369,7 @@ class Handoff(Part):
         why = {
             REFUSE_WRITABLE: f"{', '.join(writable)} accept(s) writes, so promoting {short} would make two primaries",
             REFUSE_NEWER_TIMELINE: (
-                f"{', '.join(writable)} hold(s) a newer timeline (promoted by hand meanwhile?), so promoting {short} "
+                f"{', '.join(newer)} hold(s) a newer timeline (promoted by hand meanwhile?), so promoting {short} "
                 "would fork the cluster"
             ),
             REFUSE_OTHER_TIMELINE: f"{short} is on another timeline than this member",
@@ -420,7 +411,7 @@ class OwnWalServer(Part):
         self.files = files
         self.before_start = before_start
         # False once it has run for PGSFS_SWITCHOVER_TIMEOUT without accepting connections (review M8).
-        self.served = True
+        self.opened = True
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[Callable[[], None]]:
@@ -462,7 +453,7 @@ class OwnWalServer(Part):
             return self.world.identify(endpoint, 2.0).info is not None
 
         deadline = self.world.clock() + self.config.switchover_timeout
-        self.served = bool(poll_until(serves, done=bool, wait=wait_fixed(0.1), deadline=deadline,
+        self.opened = bool(poll_until(serves, done=bool, wait=wait_fixed(0.1), deadline=deadline,
                                       clock=self.world.clock, sleep=self.world.sleep))  # fmt: skip
 
     def handed_over(self) -> None:

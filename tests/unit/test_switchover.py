@@ -83,7 +83,7 @@ class FakeOwnWal:
     def __init__(self, world: FakeWorld) -> None:
         self.world = world
         self.calls: list[str] = []
-        self.served = world.opens  # whether it ever accepted connections
+        self.opened = world.opens  # whether it ever accepted connections
 
 
     @contextlib.contextmanager
