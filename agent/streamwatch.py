@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.announce import read_exact
 from agent.render import CONF_NAME
 
 # How long a standby may fail to stream while its upstream runs and takes connections before liveness
@@ -70,6 +71,20 @@ def _startup_message(user: str) -> bytes:
     return struct.pack("!I", len(body) + 4) + body
 
 
+def _read_auth_request(sock: socket.socket) -> bool:
+    """Whether the server's first message is an authentication request ('R'). The whole message is
+    read: closing a socket with unread bytes sends a reset, which the server logs as "could not
+    receive data from client", while it ends an orderly close at this point silently."""
+    header = read_exact(sock, 5)
+    (length,) = struct.unpack("!I", header[1:])
+    # An authentication request is a few dozen bytes (SASL lists its mechanisms); the bound keeps a
+    # strange peer from making the probe read without end.
+    if header[:1] != b"R" or not 8 <= length <= 1024:
+        return False
+    read_exact(sock, length - 4)
+    return True
+
+
 def upstream_serves(host: str, port: int, user: str, timeout: float = UPSTREAM_CONNECT_S) -> bool:
     """Whether the upstream is a running server that takes replication connections: it answers a
     StartupMessage by asking for authentication, within `timeout`, name lookup included.
@@ -87,7 +102,7 @@ def upstream_serves(host: str, port: int, user: str, timeout: float = UPSTREAM_C
             with socket.create_connection((host, port), timeout=timeout) as sock:
                 sock.settimeout(timeout)
                 sock.sendall(_startup_message(user))
-                answered.append(sock.recv(1) == b"R")
+                answered.append(_read_auth_request(sock))
         except OSError:
             answered.append(False)
 

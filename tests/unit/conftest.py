@@ -128,7 +128,7 @@ def base_env() -> dict[str, str]:
 
 
 # An AuthenticationSASL request, the first thing a running PostgreSQL sends a client it will admit.
-AUTH_REQUEST = b"R\0\0\0\x0c\0\0\0\x0a"
+AUTH_REQUEST = b"R" + struct.pack("!II", 23, 10) + b"SCRAM-SHA-256\0\0"
 
 
 class ScriptedServer:
