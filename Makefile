@@ -136,7 +136,7 @@ image: ## docker build if a Docker engine answers, else podman FROM the local ba
 deploy: ## kubectl apply -k k8s/ to the current cluster
 	kubectl apply -k k8s/
 
-logs: ## the agents' startup logs from a real cluster, merged and aligned
+logs: $(VENV)/.done ## the agents' startup logs from a real cluster, merged and aligned
 	kubectl -n $(NAMESPACE) logs --prefix --tail=-1 -l app.kubernetes.io/name=postgresql | $(VENV)/bin/pg-sfs-agent logs
 
 clean: ## remove virtualenvs and caches

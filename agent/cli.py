@@ -31,12 +31,17 @@ def _wants_info(args: list[str]) -> bool:
     return any(arg in INFO_ARGS or arg.startswith("-C") for arg in args)
 
 
+def _cannot_run(program: str, exc: OSError) -> int:
+    """A program that could not be exec'd: one plain line, and the shell's exit codes (127, 126)."""
+    sys.stderr.write(f"pg-sfs-agent: cannot run {program}: {exc.strerror}\n")
+    return 127 if isinstance(exc, FileNotFoundError) else 126
+
+
 def _exec_foreign(args: list[str]) -> NoReturn:
     try:
         os.execvp(args[0], args)
     except OSError as exc:
-        sys.stderr.write(f"pg-sfs-agent: cannot run {args[0]}: {exc.strerror}\n")
-        sys.exit(127 if isinstance(exc, FileNotFoundError) else 126)
+        sys.exit(_cannot_run(args[0], exc))
 
 
 def _early_logging() -> Any:
@@ -146,14 +151,16 @@ def _where(exc: BaseException) -> str:
     return f"{os.path.basename(last.filename)}:{last.lineno} in {last.name}"
 
 
-def cmd_plan() -> int:
+def cmd_plan(args: list[str]) -> int:
     """Print the plan as JSON on stdout; touch nothing."""
     import json
 
     from agent.bootstrap import observe_and_plan
+    from agent.usage import parse_plain
 
     logger = None
     try:
+        parse_plain("plan", "Print as JSON what `pg-sfs-agent postgres` would do here and why; touches nothing.", args)
         config, logger, runner = _prepare()
         plan, _ = observe_and_plan(config, runner)
     except AgentError as exc:
@@ -161,6 +168,18 @@ def cmd_plan() -> int:
     except Exception as exc:
         return _unexpected(logger, exc, "plan")
     print(json.dumps(plan.to_dict(), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_version(args: list[str]) -> int:
+    """Print the agent's version."""
+    from agent.usage import parse_plain
+
+    try:
+        parse_plain("version", "Print the agent's version.", args)
+    except AgentError as exc:
+        return _report(_early_logging(), exc)
+    print(f"pg-sfs-agent {__version__}")
     return 0
 
 
@@ -275,15 +294,23 @@ def _unexpected(logger: Any, exc: BaseException, phase: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console script entry: `pg-sfs-agent [postgres [ARGS]] | plan | probe X | logs | version | CMD...`."""
+    from agent import usage
+
     args = list(sys.argv[1:] if argv is None else argv)
+    if usage.wants_agent_help(args):
+        print(usage.USAGE, end="")
+        return 0
+    if args == ["--help"]:
+        # The official image answers `--help` with postgres' help: ours first, then that.
+        print(usage.USAGE)
+        sys.stdout.flush()
     if not args:
         args = ["postgres"]
     if args[0].startswith("-"):
         args = ["postgres", *args]
     command, rest = args[0], args[1:]
     if command == "version":
-        print(f"pg-sfs-agent {__version__}")
-        return 0
+        return cmd_version(rest)
     if command == "probe":
         from agent import probe
 
@@ -293,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return logview.run(rest, sys.stdin, sys.stdout)
     if command == "plan":
-        return cmd_plan()
+        return cmd_plan(rest)
     if command == "promote":
         return cmd_promote(rest)
     if command == "postgres":
@@ -301,7 +328,10 @@ def main(argv: list[str] | None = None) -> int:
             from agent.bootstrap import exec_postgres
             from agent.privileges import postgres_account
 
-            exec_postgres(rest, postgres_account())
+            try:
+                exec_postgres(rest, postgres_account())
+            except OSError as exc:
+                return _cannot_run("postgres", exc)
         return cmd_postgres(rest)
     _exec_foreign(args)
 

@@ -282,10 +282,23 @@ def _receiver(env: Mapping[str, str], sockdir: str, port: int) -> tuple[str, str
 CHECKS = {"startup": check_startup, "readiness": check_readiness, "liveness": check_liveness}
 
 
+PROBE_HELP = """usage: pg-sfs-agent probe startup|readiness|liveness
+
+The manifest's exec probes: exit 0 when healthy, 1 when not (the reason on stdout), 2 on misuse.
+  startup    the agent's bootstrap heartbeat is fresh, or postgres runs
+  readiness  postgres accepts connections (README "Probes" says what each role must show)
+  liveness   postgres answers on its socket; a standby stuck for over a minute fails
+See README "Probes" for every rule."""
+
+
 def run(argv: list[str], env: Mapping[str, str]) -> int:
     """`pg-sfs-agent probe startup|readiness|liveness`: 0 when healthy, 1 when not, 2 on misuse."""
+    if argv in (["--help"], ["-h"]):
+        print(PROBE_HELP)
+        return 0
     if len(argv) != 1 or argv[0] not in CHECKS:
-        print("usage: pg-sfs-agent probe startup|readiness|liveness")
+        print(f"pg-sfs-agent probe: expected one of {', '.join(CHECKS)}, got {' '.join(argv) or 'nothing'}")
+        print(PROBE_HELP)
         return 2
     try:
         print(CHECKS[argv[0]](env, time.time()))

@@ -16,12 +16,13 @@ import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable
 
 from agent import discovery, probe, survey
 from agent.config import Config
-from agent.errors import CommandFailed, ConfigError, PromoteRefused
+from agent.errors import CommandFailed, PromoteRefused
 from agent.history import parse_lsn
+from agent.usage import parser_for
 
 # pg_current_wal_flush_lsn() raises on a standby: CASE calls it only on a primary. A standby's
 # timeline is the newer of its last restartpoint's and the one its WAL receiver streams.
@@ -91,19 +92,11 @@ def decide(local: MemberView, others: list[MemberView], even_if_behind: bool,
     return None
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as a configuration error (a JSON line, exit 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError([f"pg-sfs-agent promote: {message}"],
-                          hint="see `pg-sfs-agent promote --help`; nothing was changed")  # fmt: skip
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """promote's arguments; --help prints help and exits 0, anything unknown is a ConfigError."""
-    parser = _Parser(
-        prog="pg-sfs-agent promote",
-        description="Promote this replica to primary after the primary is lost, never beside another primary. "
+    parser = parser_for(
+        "promote",
+        "Promote this replica to primary after the primary is lost, never beside another primary. "
         "Run it in the replica's pod: kubectl exec postgresql-sfs-N -- pg-sfs-agent promote. Every member is "
         "asked over SQL; the JSON report on stdout shows what each said.",
     )

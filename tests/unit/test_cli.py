@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +47,52 @@ def test_missing_foreign_command() -> None:
     done = run_agent("no-such-program-pgsfs")
     assert done.returncode == 127
     assert "cannot run no-such-program-pgsfs" in done.stderr
+
+
+@pytest.mark.parametrize("args", [["help"], ["-h"], ["plan", "--help"], ["version", "--help"], ["probe", "--help"],
+                                  ["promote", "--help"], ["logs", "--help"]])  # fmt: skip
+def test_every_help_prints_and_touches_nothing(args: list[str], tmp_path: Path) -> None:
+    # An environment where a start would bootstrap (and `plan` would print a plan): help does neither.
+    pgdata = tmp_path / "vol" / "pgdata"
+    env = _clean_env(POD_NAME="postgresql-sfs-1", POD_NAMESPACE="pg", PGDATA=str(pgdata),
+                     POSTGRES_PASSWORD="Cli-S3cret-one", PGSFS_REPLICATION_PASSWORD="Cli-S3cret-two")  # fmt: skip
+    done = run_agent(*args, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: pg-sfs-agent"), done.stdout
+    assert done.stderr == ""
+    assert not (tmp_path / "vol").exists()
+
+
+@pytest.mark.parametrize("args", [["plan", "--bogus"], ["version", "-x"], ["promote", "--force"], ["logs", "--nope"]])
+def test_an_unknown_flag_is_refused_with_exit_2_and_touches_nothing(args: list[str], tmp_path: Path) -> None:
+    env = _clean_env(POD_NAME="postgresql-sfs-1", POD_NAMESPACE="pg", PGDATA=str(tmp_path / "vol" / "pgdata"),
+                     POSTGRES_PASSWORD="Cli-S3cret-one", PGSFS_REPLICATION_PASSWORD="Cli-S3cret-two")  # fmt: skip
+    done = run_agent(*args, env=env)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert args[1] in done.stderr and done.stdout == ""
+    assert not (tmp_path / "vol").exists()
+
+
+def test_probe_misuse_is_exit_2_with_its_usage() -> None:
+    done = run_agent("probe", "sideways")
+    assert done.returncode == 2
+    assert "sideways" in done.stdout and "usage: pg-sfs-agent probe" in done.stdout
+
+
+def test_a_lone_help_flag_prints_the_agents_usage_then_postgres_help() -> None:
+    # The official image answers `docker run postgres --help` with postgres' help; users keep that.
+    # Run as root, the agent becomes postgres first: the stand-in must be where postgres can run it.
+    fake = Path(tempfile.mkdtemp(prefix="pgsfs-help-"))
+    try:
+        fake.chmod(0o755)
+        (fake / "postgres").write_text("#!/bin/sh\necho \"postgres-help $*\"\n")
+        (fake / "postgres").chmod(0o755)
+        done = run_agent("--help", env=_clean_env(PATH=f"{fake}:/usr/bin:/bin"))
+    finally:
+        shutil.rmtree(fake)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: pg-sfs-agent")
+    assert done.stdout.endswith("postgres-help --help\n")
 
 
 @pytest.mark.parametrize(

@@ -201,7 +201,9 @@ def test_replica_without_psql_fails_cleanly(
 @pytest.mark.parametrize("argv", [[], ["bogus"], ["startup", "extra"], ["Startup"]])
 def test_usage_error(argv: list[str], env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     assert probe.run(argv, env) == 2
-    assert capsys.readouterr().out.startswith("usage: pg-sfs-agent probe")
+    out = capsys.readouterr().out
+    assert out.startswith("pg-sfs-agent probe: expected one of startup, readiness, liveness")
+    assert "usage: pg-sfs-agent probe" in out
 
 
 def test_run_exit_codes(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
