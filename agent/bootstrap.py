@@ -11,6 +11,7 @@ from agent import initdbd, walbudget
 from agent.buildarea import BuildArea
 from agent.config import Config
 from agent.context import Context, World
+from agent.files import read_limited
 from agent.managed import ManagedFiles
 from agent.pgdata import DataDirState, inspect
 from agent.plan import CLONE, INIT, REFUSE, SECRETS_STATE_NAME, START, Plan, make_plan
@@ -27,7 +28,7 @@ __all__ = ["Bootstrap", "World", "exec_postgres", "observe_and_plan", "postgres_
 def secrets_applied(config: Config) -> bool | None:
     """Whether the primary already holds the current passwords (per the agent's own record)."""
     try:
-        record = json.loads((config.state_dir / SECRETS_STATE_NAME).read_text())
+        record = json.loads(read_limited(config.state_dir / SECRETS_STATE_NAME))
     except (OSError, ValueError):
         return False
     if not isinstance(record, dict):

@@ -1,8 +1,10 @@
-"""Durable file operations: atomic writes, fsync of directories, ownership."""
+"""Durable file operations: atomic writes, fsync of directories, ownership, reads root can trust."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 
@@ -51,18 +53,51 @@ def write_atomic(path: Path, content: str, *, mode: int = 0o600, owner: tuple[in
     fsync_dir(path.parent)
 
 
+def open_dir_nofollow(path: Path) -> int:
+    """A descriptor of directory `path`; OSError (ELOOP, ENOTDIR) when it is a symbolic link or no
+    directory, so whatever root does through it stays in that very directory."""
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def read_limited(path: Path, limit: int = 65536) -> bytes:
+    """At most `limit` bytes of the regular file `path`, never through a symbolic link (ELOOP) and
+    never from a FIFO or a device (EINVAL), which could block or never end: how root, and the probes,
+    read a file in a directory postgres can write."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"not a regular file: {path}")
+        data = b""
+        while len(data) < limit:
+            chunk = os.read(fd, limit - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+    finally:
+        os.close(fd)
+
+
 def fix_tree_ownership(root: Path, uid: int, gid: int | None) -> int:
     """chown every entry under root that is not uid:gid (gid None: only the owner, keeping the
     group, as the official entrypoint's `find ! -user postgres -exec chown postgres` does);
-    returns how many were changed."""
+    returns how many were changed.
+
+    No symbolic link is ever followed, the top included (a link there is refused with ELOOP): the
+    walk holds each directory open and changes its entries through that descriptor, so a link
+    planted anywhere, even while the walk runs, is changed itself and never its target.
+    """
+    top = open_dir_nofollow(root)
     changed = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [".", *dirnames, *filenames]:
-            full = os.path.join(dirpath, name) if name != "." else dirpath
-            st = os.lstat(full)
-            if st.st_uid != uid or (gid is not None and st.st_gid != gid):
-                os.lchown(full, uid, -1 if gid is None else gid)
-                changed += 1
+    try:
+        for _path, dirnames, filenames, dir_fd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
+            for name in (".", *dirnames, *filenames):
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if st.st_uid != uid or (gid is not None and st.st_gid != gid):
+                    os.chown(name, uid, -1 if gid is None else gid, dir_fd=dir_fd, follow_symlinks=False)
+                    changed += 1
+    finally:
+        os.close(top)
     return changed
 
 

@@ -9,6 +9,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.files import read_limited
+
 WORK_SUFFIX = ".pgsfs-work"
 # Names only the agent gives (see builddir.py): a work directory being made, and one being deleted.
 STAGING_SUFFIX = ".pgsfs-new"
@@ -98,7 +100,7 @@ def moving_entries(pgdata: Path) -> frozenset[str]:
     """Entries a build of ours was moving up into a mount-point PGDATA when it stopped (its marker's
     journal); they are the build's, not data, until PG_VERSION (moved last) is there."""
     try:
-        marker = json.loads((work_dir_for(pgdata) / WORK_MARKER).read_text())
+        marker = json.loads(read_limited(work_dir_for(pgdata) / WORK_MARKER))
     except (OSError, ValueError):
         return frozenset()
     if not isinstance(marker, dict) or marker.get("pgdata") != str(pgdata):
@@ -110,8 +112,7 @@ def moving_entries(pgdata: Path) -> frozenset[str]:
 def read_system_identifier(pgdata: Path) -> int | None:
     """The cluster's system identifier: the first 8 bytes of global/pg_control."""
     try:
-        with open(pgdata / "global" / "pg_control", "rb") as handle:
-            head = handle.read(8)
+        head = read_limited(pgdata / "global" / "pg_control", 8)
     except OSError:
         return None
     if len(head) != 8:
@@ -157,12 +158,26 @@ def read_leftover(pgdata: Path) -> Leftover | None:
     if not work.exists():
         return None
     try:
-        marker = json.loads((work / WORK_MARKER).read_text())
+        marker = json.loads(read_limited(work / WORK_MARKER))
         ours = isinstance(marker, dict) and marker.get("pgdata") == str(pgdata)
         kind = str(marker.get("kind", "unknown")) if isinstance(marker, dict) else "unknown"
     except (OSError, ValueError):
         ours, kind = False, "unknown"
     return Leftover(path=str(work), kind=kind, ours=ours)
+
+
+_VERSION = re.compile(r"^\d{1,3}(\.\d{1,3})?$")
+
+
+def read_pg_version(pgdata: Path) -> str:
+    """PG_VERSION's content when it is a version ("14"), else "(unreadable)". Read as root before
+    the drop, from a file postgres may have replaced: 16 bytes at most, no link followed, and never
+    anything but digits passed on (the text reaches the plan, the logs and `plan`'s output)."""
+    try:
+        text = read_limited(pgdata / "PG_VERSION", 16).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return "(unreadable)"
+    return text if _VERSION.match(text) else "(unreadable)"
 
 
 def inspect(pgdata: Path) -> DataDirState:
@@ -187,12 +202,7 @@ def inspect(pgdata: Path) -> DataDirState:
         # lost+found, our build directories, and entries our interrupted move left are not data.
         moving = moving_entries(pgdata) if "PG_VERSION" not in entries else frozenset()
         entries = [e for e in entries if not _ours_inside(pgdata, e) and e not in moving]
-    pg_version: str | None = None
-    if "PG_VERSION" in entries:
-        try:
-            pg_version = (pgdata / "PG_VERSION").read_text().strip()
-        except OSError:
-            pg_version = "(unreadable)"
+    pg_version = read_pg_version(pgdata) if "PG_VERSION" in entries else None
     return DataDirState(
         path=str(pgdata),
         exists=exists,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from agent.config import Config
 from agent.errors import DataDirConflict
-from agent.files import fix_tree_ownership
+from agent.files import fix_tree_ownership, open_dir_nofollow
 from agent.pgdata import staging_dir_for, tombstone_for, work_dir_for
 from agent.runner import RunAs
 
@@ -73,15 +73,40 @@ def writable_by(path: Path, uid: int, gids: tuple[int, ...]) -> bool:
     return bool(st.st_mode & stat.S_IWOTH and st.st_mode & stat.S_IXOTH)
 
 
+def refuse_links(config: Config) -> None:
+    """Refuse, before root touches anything, a PGDATA or state directory that is a symbolic link:
+    postgres can write where both live, so it could plant one aiming root's chown at /etc."""
+    for setting, path in (("PGDATA", config.pgdata), ("PGSFS_STATE_DIR", config.state_dir)):
+        if path.is_symlink():
+            raise DataDirConflict(
+                f"{setting} {path} is a symbolic link (to {os.readlink(path)}); the agent, as root, never "
+                "follows a link where postgres can write, since postgres could have planted it",
+                hint=f"set {setting} to the real directory, or remove the link if you did not make it "
+                "(then find out who did: only code running as postgres could)",
+                path=str(path),
+            )
+
+
+def _chown_mode(path: Path, uid: int, mode: int | None) -> None:
+    """chown (owner only) and chmod a directory through a descriptor that refuses a symbolic link."""
+    fd = open_dir_nofollow(path)
+    try:
+        os.fchown(fd, uid, -1)
+        if mode is not None:
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 def prepare_as_root(config: Config, account: RunAs) -> Prepared:
     """Give postgres the directories it needs: the volume, the state directory, PGDATA, the socket dir.
 
     Only ownership and modes change, and only where postgres could not otherwise work; nothing is
-    deleted or moved. Runs before any child is started.
+    deleted or moved, and no symbolic link is followed (refused at PGDATA and the state directory).
+    Runs before any child is started.
     """
+    refuse_links(config)
     groups = account_groups(account)
-    # The owner only: a setgid volume (fsGroup) gives new files its group, and that stays.
-    owner = (account.uid, None)
     chowned: list[str] = []
     volume = config.pgdata.parent
     if not volume.is_dir():
@@ -90,27 +115,27 @@ def prepare_as_root(config: Config, account: RunAs) -> Prepared:
     # The agent builds beside PGDATA and renames into place, so postgres must write in its parent.
     # With the shipped manifest fsGroup already allows that; a bare root-owned volume does not.
     if not writable_by(volume, account.uid, groups):
-        os.chown(volume, account.uid, -1)
-        os.chmod(volume, stat.S_IMODE(os.stat(volume).st_mode) | stat.S_IRWXU)
+        _chown_mode(volume, account.uid, stat.S_IMODE(os.stat(volume).st_mode) | stat.S_IRWXU)
         chowned.append(str(volume))
     state_dir = config.state_dir
     entries = 0
     if state_dir.is_dir():
-        entries += fix_tree_ownership(state_dir, *owner)
+        # The owner only: a setgid volume (fsGroup) gives new files its group, and that stays.
+        entries += fix_tree_ownership(state_dir, account.uid, None)
+        _chown_mode(state_dir, account.uid, 0o700)
     else:
         # New, so not a fix worth reporting.
         state_dir.mkdir(mode=0o700, parents=True)
-        os.chown(state_dir, account.uid, -1)
-    os.chmod(state_dir, 0o700)
+        _chown_mode(state_dir, account.uid, 0o700)
     builds = (work_dir_for(config.pgdata), staging_dir_for(config.pgdata), tombstone_for(config.pgdata))
     for tree in (config.pgdata, *builds):
-        # A symlink is followed by neither chown walk: PGDATA must be a real directory.
+        # A build directory that is a link is left alone: postgres uses it with its own rights only.
         if tree.is_dir() and not tree.is_symlink():
-            entries += fix_tree_ownership(tree, *owner)
+            entries += fix_tree_ownership(tree, account.uid, None)
     mode_was = None
-    if config.pgdata.is_dir() and stat.S_IMODE(os.stat(config.pgdata).st_mode) & 0o077:
-        mode_was = stat.S_IMODE(os.stat(config.pgdata).st_mode)
-        os.chmod(config.pgdata, 0o700)
+    if config.pgdata.is_dir() and stat.S_IMODE(os.lstat(config.pgdata).st_mode) & 0o077:
+        mode_was = stat.S_IMODE(os.lstat(config.pgdata).st_mode)
+        _chown_mode(config.pgdata, account.uid, 0o700)
     # Best effort, as in the official entrypoint: with a read-only root filesystem it is an emptyDir.
     try:
         if SOCKET_DIR.is_dir() and not writable_by(SOCKET_DIR, account.uid, groups):

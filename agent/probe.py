@@ -6,12 +6,14 @@ import json
 import os
 import re
 import socket
+import stat
 import struct
 import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from agent.files import read_limited
 from agent.heartbeat import FRESH_SECONDS, HEARTBEAT_NAME
 from agent.render import RECEIVER_TIMEOUT_S
 from agent.streamwatch import (
@@ -27,6 +29,9 @@ _ORDINAL = re.compile(r"-(0|[1-9][0-9]*)$")
 
 class ProbeFailed(Exception):
     """The probe's verdict is no; the message says why (the kubelet shows it in events)."""
+
+
+DEFAULT_SOCKET_DIR = "/var/run/postgresql"
 
 
 def _pgdata(env: Mapping[str, str]) -> Path:
@@ -47,12 +52,39 @@ def _is_postgres(pid: int) -> bool:
         return False
 
 
+def postmaster_lines(pgdata: Path) -> list[str]:
+    """postmaster.pid's lines ([] when unreadable). postgres writes that file, so it is read as any
+    file root reads where postgres writes: 4 KiB at most, no link followed, no FIFO or device."""
+    try:
+        return read_limited(pgdata / "postmaster.pid", 4096).decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+
+
+def own_socket(pgdata: Path, sockdir: str, port: int) -> str:
+    """The path of postgres' socket in `sockdir` (postmaster.pid's), when it is a socket owned by
+    PGDATA's owner; else ProbeFailed. The probes run as root: they never connect to another user's
+    socket because a file postgres can write names it."""
+    path = os.path.join(sockdir or DEFAULT_SOCKET_DIR, f".s.PGSQL.{port}")
+    try:
+        owner = os.lstat(pgdata).st_uid
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path  # nothing there to connect to: the check itself reports that postgres did not answer
+    except OSError as exc:
+        raise ProbeFailed(f"postgres did not answer on {path}: {exc.strerror or exc}") from exc
+    if not os.path.isabs(path) or not stat.S_ISSOCK(st.st_mode) or st.st_uid != owner:
+        raise ProbeFailed(f"{path}, named by postmaster.pid, is not a socket of PGDATA's owner (uid {owner}): "
+                          "not connecting to it")  # fmt: skip
+    return path
+
+
 def postmaster_status(pgdata: Path) -> tuple[int, str, str] | None:
     """(pid, socket dir, status) from postmaster.pid when that postmaster is alive, else None."""
+    lines = postmaster_lines(pgdata)
     try:
-        lines = (pgdata / "postmaster.pid").read_text().splitlines()
         pid = int(lines[0])
-    except (OSError, ValueError, IndexError):
+    except (ValueError, IndexError):
         return None
     if not _is_postgres(pid):
         return None
@@ -77,7 +109,7 @@ def remove_stale_lock(pgdata: Path) -> bool:
 def heartbeat_age(state_dir: Path, now: float) -> float | None:
     """Seconds since the agent's last heartbeat, or None when there is none."""
     try:
-        data = json.loads((state_dir / HEARTBEAT_NAME).read_text())
+        data = json.loads(read_limited(state_dir / HEARTBEAT_NAME, 4096))
         return now - float(data["ts"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -115,7 +147,7 @@ def postmaster_answers(sockdir: str, port: int, timeout: float = LIVENESS_ANSWER
     An SSLRequest needs no password and logs nothing, yet proves the postmaster accepts, forks and
     the backend runs; a server in crash recovery or at its connection limit still answers it.
     """
-    path = os.path.join(sockdir or "/var/run/postgresql", f".s.PGSQL.{port}")
+    path = os.path.join(sockdir or DEFAULT_SOCKET_DIR, f".s.PGSQL.{port}")
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
@@ -134,8 +166,8 @@ def postmaster_answers(sockdir: str, port: int, timeout: float = LIVENESS_ANSWER
 def _postmaster_port(pgdata: Path, env: Mapping[str, str]) -> int:
     """The port postgres really listens on (postmaster.pid's fourth line), else PGPORT."""
     try:
-        return int((pgdata / "postmaster.pid").read_text().splitlines()[3])
-    except (OSError, ValueError, IndexError):
+        return int(postmaster_lines(pgdata)[3])
+    except (ValueError, IndexError):
         return int(env.get("PGPORT", "5432") or 5432)
 
 
@@ -149,7 +181,9 @@ def check_liveness(env: Mapping[str, str], now: float) -> str:
     if status in ("starting", "stopping", ""):
         # Crash recovery or a shutdown in progress: the process lives, and it may take long.
         return f"postgres {status or 'starting'} (pid {pid})"
-    problem = postmaster_answers(sockdir, _postmaster_port(_pgdata(env), env))
+    port = _postmaster_port(_pgdata(env), env)
+    own_socket(_pgdata(env), sockdir, port)
+    problem = postmaster_answers(sockdir, port)
     if problem is not None:
         raise ProbeFailed(problem)
     stuck = standby_stuck_for(_pgdata(env), sockdir, env, now)
@@ -190,8 +224,8 @@ def connected_to_nobody_for(pgdata: Path, env: Mapping[str, str], now: float) ->
 def _postmaster_start(pgdata: Path) -> str:
     """postmaster.pid's third line (the postmaster's start time), or "" when unreadable."""
     try:
-        return (pgdata / "postmaster.pid").read_text()[:4096].splitlines()[2].strip()
-    except (OSError, IndexError):
+        return postmaster_lines(pgdata)[2].strip()
+    except IndexError:
         return ""
 
 
@@ -238,6 +272,7 @@ def check_readiness(env: Mapping[str, str], now: float) -> str:
         return "primary ready"
     if status not in ("ready", "standby"):
         raise ProbeFailed(f"postgres is {status or 'starting'}, not accepting connections yet")
+    own_socket(_pgdata(env), sockdir, port)
     receiver = _receiver(env, sockdir, port)
     if receiver is None or receiver[0] != "streaming":
         raise ProbeFailed(f"replica not streaming (wal receiver: {receiver[0] if receiver else 'no answer'})")
@@ -257,7 +292,7 @@ def _receiver(env: Mapping[str, str], sockdir: str, port: int) -> tuple[str, str
             "psql",
             "-XAtq",
             "-h",
-            sockdir or "/var/run/postgresql",
+            sockdir or DEFAULT_SOCKET_DIR,
             "-p",
             str(port),
             "-U",

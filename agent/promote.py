@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -134,7 +135,13 @@ def observe(config: Config, lookup: discovery.Lookup) -> tuple[MemberView, list[
     if running is None:
         local = MemberView(own, False, detail="postgres is not running in this pod")
     else:
-        local = _ask(connect, own, host=running[1] or "/var/run/postgresql", port=config.port)
+        try:
+            # The superuser's password goes only to postgres' own socket, not where a file points.
+            socket_path = probe.own_socket(config.pgdata, running[1], config.port)
+        except probe.ProbeFailed as exc:
+            local = MemberView(own, False, detail=str(exc))
+        else:
+            local = _ask(connect, own, host=os.path.dirname(socket_path), port=config.port)
     # The members the re-init guard would ask: SRV targets, then ordinals past the highest found.
     srv, _, _ = discovery.service_srv(lookup, config.srv_fqdn, config.service_fqdn)
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.files import read_limited
 from agent.pgdata import volume_dir
 
 MB = 1024 * 1024
@@ -247,7 +248,7 @@ def observe(pgdata: Path, initdb_args: Iterable[str], postgres_args: Iterable[st
         # Unreadable PGDATA (another owner) is the plan's to refuse; here it only means "unknown".
         if wal.exists():
             where = wal.resolve()
-        auto_conf = (pgdata / "postgresql.auto.conf").read_text(errors="replace")
+        auto_conf = read_limited(pgdata / "postgresql.auto.conf").decode("utf-8", "replace")
     except OSError:
         auto_conf = ""
     return WalObservation(
