@@ -12,6 +12,7 @@ import unicodedata
 CONF_NAME = "pg-sfs-agent.conf"
 INCLUDE_LINE = f"include_if_exists = '{CONF_NAME}'\t# pg-sfs-agent: its settings, rewritten at every start"
 HBA_BEGIN = "# BEGIN pg-sfs-agent: managed block, rewritten at every start; add your rules below it"
+HBA_TAIL_BEGIN = "# BEGIN pg-sfs-agent: managed catch-all, rewritten at every start; add your rules above it"
 HBA_END = "# END pg-sfs-agent"
 SCRAM_ITERATIONS = 4096
 
@@ -188,28 +189,38 @@ def quote_hba(name: str) -> str:
     return f'"{name}"'
 
 
+def _hba_rows(rows: list[tuple[str, str, str, str, str]]) -> str:
+    return "\n".join(f"{t:<7} {d:<12} {u:<16} {a:<12} {m}" for t, d, u, a, m in rows)
+
+
 def hba_block(replication_user: str) -> str:
-    """The managed pg_hba rules: replication only for the replication role, SCRAM, no trust over TCP."""
+    """The managed pg_hba rules that come first: replication only for the replication role, with
+    SCRAM, from anywhere; every other role refused replication."""
     user = quote_hba(replication_user)
     rows = [
         ("host", "replication", user, "0.0.0.0/0", "scram-sha-256"),
         ("host", "replication", user, "::/0", "scram-sha-256"),
         ("host", "replication", "all", "0.0.0.0/0", "reject"),
         ("host", "replication", "all", "::/0", "reject"),
-        ("host", "all", "all", "0.0.0.0/0", "scram-sha-256"),
-        ("host", "all", "all", "::/0", "scram-sha-256"),
     ]
-    body = "\n".join(f"{t:<7} {d:<12} {u:<16} {a:<12} {m}" for t, d, u, a, m in rows)
-    return f"{HBA_BEGIN}\n{body}\n{HBA_END}\n"
+    return f"{HBA_BEGIN}\n{_hba_rows(rows)}\n{HBA_END}\n"
+
+
+def hba_tail() -> str:
+    """The managed pg_hba rules that come last: every other TCP connection with SCRAM (the official
+    image appends its `host all all all` line the same way), so the user's rules above it win."""
+    rows = [("host", "all", "all", "0.0.0.0/0", "scram-sha-256"), ("host", "all", "all", "::/0", "scram-sha-256")]
+    return f"{HBA_TAIL_BEGIN}\n{_hba_rows(rows)}\n{HBA_END}\n"
 
 
 def with_hba_block(pg_hba: str, replication_user: str) -> str:
-    """pg_hba.conf with the managed block first (first match wins) and the rest kept as it was."""
-    lines = pg_hba.splitlines()
+    """pg_hba.conf with the replication block first, the catch-all block last (first match wins, so
+    the user's own rules between them take effect: reject, hostssl, cert, network limits), and the
+    user's lines kept as they were. A block left by an earlier version, catch-all included, is replaced."""
     out: list[str] = []
     inside = False
-    for line in lines:
-        if line.strip() == HBA_BEGIN:
+    for line in pg_hba.splitlines():
+        if line.strip() in (HBA_BEGIN, HBA_TAIL_BEGIN):
             inside = True
             continue
         if inside:
@@ -218,7 +229,7 @@ def with_hba_block(pg_hba: str, replication_user: str) -> str:
             continue
         out.append(line)
     rest = "\n".join(out).strip("\n")
-    return hba_block(replication_user) + ("\n" + rest + "\n" if rest else "")
+    return hba_block(replication_user) + ("\n" + rest + "\n\n" if rest else "\n") + hba_tail()
 
 
 def _saslprep(password: str) -> str | None:

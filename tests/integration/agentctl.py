@@ -128,8 +128,16 @@ def connect(
 
 
 @contextmanager
-def agent_postgres(env: Mapping[str, str], log_path: Path, *args: str, ready_timeout: float = 60) -> Iterator[Server]:
-    """Start `pg-sfs-agent postgres ARGS`, wait until it accepts connections, stop it afterwards."""
+def agent_postgres(
+    env: Mapping[str, str],
+    log_path: Path,
+    *args: str,
+    ready_timeout: float = 60,
+    ready_user: str | None = None,
+    ready_password: str | None = None,
+) -> Iterator[Server]:
+    """Start `pg-sfs-agent postgres ARGS`, wait until it accepts connections (as POSTGRES_USER unless
+    `ready_user` is given), stop it afterwards."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             agent_argv("postgres", *args),
@@ -144,9 +152,10 @@ def agent_postgres(env: Mapping[str, str], log_path: Path, *args: str, ready_tim
         def up() -> bool:
             if proc.poll() is not None:
                 raise AssertionError(f"agent exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            user = env.get("POSTGRES_USER", "postgres")
-            with connect(server.port, user=user, password=env["POSTGRES_PASSWORD"],
-                         dbname=env.get("POSTGRES_DB", user)):  # fmt: skip
+            user = ready_user or env.get("POSTGRES_USER", "postgres")
+            password = ready_password or env["POSTGRES_PASSWORD"]
+            with connect(server.port, user=user, password=password,
+                         dbname=env.get("POSTGRES_DB", env.get("POSTGRES_USER", "postgres"))):  # fmt: skip
                 return True
 
         wait_for(up, ready_timeout, "postgres started by the agent to accept connections")

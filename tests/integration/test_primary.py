@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from agent import render
 from agent.replication import Endpoint, identify_system
 from tests.integration.agentctl import (
     REPLICATION_PASSWORD,
@@ -233,6 +234,26 @@ def test_rotation_works_when_the_user_hardened_local_auth(volume_root: Path) -> 
             assert conn.execute("SELECT 1").fetchone() == (1,)
     # The cluster's own pg_hba.conf is as the user left it (below the managed block).
     assert [line for line in hba.read_text().splitlines() if line.startswith("local")] == local_lines
+
+
+def test_a_users_reject_rule_in_pg_hba_takes_effect(volume_root: Path) -> None:
+    # Review F-M1: the managed catch-all came first, so no TCP rule of the user's could ever match.
+    # The rule goes right below the replication block, above initdb's own loopback lines (first match
+    # wins, and the test's clients come from 127.0.0.1).
+    port = free_port()
+    env = pod_env(volume_root, 0, port)
+    with agent_postgres(env, volume_root / "first.log"), connect(port) as conn:
+        conn.execute("CREATE ROLE app LOGIN PASSWORD 'app-password-1'")
+    hba = volume_root / "pgdata" / "pg_hba.conf"
+    head, end, rest = hba.read_text().partition(render.HBA_END + "\n")
+    hba.write_text(head + end + 'host all "postgres" 127.0.0.1/32 reject\n' + rest)
+    with agent_postgres(env, volume_root / "second.log", ready_user="app", ready_password="app-password-1"):
+        with pytest.raises(psycopg.OperationalError, match=r"pg_hba\.conf rejects connection"):
+            connect(port)
+        with connect(port, user="app", password="app-password-1") as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("app",)
+    text = hba.read_text()
+    assert text.index('host all "postgres" 127.0.0.1/32 reject') < text.index(render.HBA_TAIL_BEGIN)
 
 
 def test_the_heartbeat_follows_a_long_initdb_script(volume_root: Path) -> None:

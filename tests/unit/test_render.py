@@ -383,30 +383,49 @@ def test_hba_block_content() -> None:
     assert rows[0] == ["host", "replication", '"replicator"', "0.0.0.0/0", "scram-sha-256"]
     assert rows[1] == ["host", "replication", '"replicator"', "::/0", "scram-sha-256"]
     assert ["host", "replication", "all", "0.0.0.0/0", "reject"] in rows
-    assert all("trust" not in row and "md5" not in row for row in rows)
+    assert all(row[1] == "replication" for row in rows), "the head holds replication rules only"
+    tail = [line.split() for line in render.hba_tail().splitlines()[1:-1]]
+    assert tail == [
+        ["host", "all", "all", "0.0.0.0/0", "scram-sha-256"],
+        ["host", "all", "all", "::/0", "scram-sha-256"],
+    ]
+    assert all("trust" not in row and "md5" not in row for row in rows + tail)
     assert block.startswith(render.HBA_BEGIN + "\n") and block.endswith(render.HBA_END + "\n")
 
 
 @given(hba_lines, st.sampled_from(["replicator", "streamer"]))
-def test_with_hba_block_idempotent_and_keeps_user_lines(lines: list[str], user: str) -> None:
-    assume(all(line.strip() not in (render.HBA_BEGIN, render.HBA_END) for line in lines))
+def test_with_hba_block_idempotent_and_keeps_user_lines_between_the_blocks(lines: list[str], user: str) -> None:
+    markers = (render.HBA_BEGIN, render.HBA_TAIL_BEGIN, render.HBA_END)
+    assume(all(line.strip() not in markers for line in lines))
     original = "\n".join(lines)
     once = render.with_hba_block(original, user)
     assert render.with_hba_block(once, user) == once
-    assert once.startswith(render.hba_block(user))
-    assert once.count(render.HBA_BEGIN) == 1
-    assert _user_lines(once[len(render.hba_block(user)) :]) == _user_lines(original)
+    assert once.startswith(render.hba_block(user)) and once.endswith(render.hba_tail())
+    assert once.count(render.HBA_BEGIN) == once.count(render.HBA_TAIL_BEGIN) == 1
+    between = once[len(render.hba_block(user)) : -len(render.hba_tail())]
+    assert _user_lines(between) == _user_lines(original)
     # A later run with another role replaces the block instead of adding one.
     other = render.with_hba_block(once, "other_role")
     assert other.count(render.HBA_BEGIN) == 1
     assert "other_role" in other and f" {user} " not in other.split(render.HBA_END)[0]
 
 
-def test_with_hba_block_moves_an_old_block_to_the_top() -> None:
-    old = render.hba_block("replicator")
-    text = f"local all all peer\n{old}host all all 198.18.0.0/15 scram-sha-256\n"
+def test_an_old_block_with_the_catch_all_first_is_replaced_so_user_rules_take_effect() -> None:
+    # Before, the catch-all `host all all 0.0.0.0/0 scram-sha-256` sat in the first block, so no TCP
+    # rule of the user's (reject, hostssl, cert, a network limit) could ever match (review F-M1).
+    old_block = (
+        f"{render.HBA_BEGIN}\n"
+        'host replication "replicator" 0.0.0.0/0 scram-sha-256\n'
+        "host all all 0.0.0.0/0 scram-sha-256\n"
+        f"{render.HBA_END}\n"
+    )
+    text = f"{old_block}local all all peer\nhost all mallory 0.0.0.0/0 reject\n"
     result = render.with_hba_block(text, "replicator")
-    assert result == render.hba_block("replicator") + "\nlocal all all peer\nhost all all 198.18.0.0/15 scram-sha-256\n"
+    users = "local all all peer\nhost all mallory 0.0.0.0/0 reject\n"
+    assert result == render.hba_block("replicator") + "\n" + users + "\n" + render.hba_tail()
+    rules = [line.split() for line in result.splitlines() if line and not line.startswith("#")]
+    first_for_mallory = next(r for r in rules if r[0] == "host" and r[1] == "all" and r[2] in ("all", "mallory"))
+    assert first_for_mallory[-1] == "reject"
 
 
 @given(st.lists(st.text(st.characters(blacklist_characters="\x00\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"))))
