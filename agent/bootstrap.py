@@ -2,39 +2,33 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from agent import initdbd, walbudget
+from agent import initdbd, secretsrecord, walbudget
 from agent.buildarea import BuildArea
 from agent.config import Config
 from agent.context import Context, World
-from agent.files import read_limited
 from agent.managed import ManagedFiles
 from agent.pgdata import DataDirState, inspect
-from agent.plan import CLONE, INIT, REFUSE, SECRETS_STATE_NAME, START, Plan, make_plan
+from agent.plan import CLONE, INIT, REFUSE, START, Plan, make_plan
 from agent.postgres import child_env, server_major
 from agent.primary import Primary
 from agent.privileges import NSS_VARIABLES, account_groups, drop_to, postgres_account
-from agent.render import verifier_matches
 from agent.replica import Replica
 from agent.runner import RunAs, Runner
+from agent.secretsrecord import PasswordChange
 
 __all__ = ["Bootstrap", "World", "exec_postgres", "observe_and_plan", "postgres_account"]
 
 
-def secrets_applied(config: Config) -> bool | None:
-    """Whether the primary already holds the current passwords (per the agent's own record)."""
-    try:
-        record = json.loads(read_limited(config.state_dir / SECRETS_STATE_NAME))
-    except (OSError, ValueError):
-        return False
-    if not isinstance(record, dict):
-        return False
-    return verifier_matches(str(record.get("superuser", "")), config.superuser_password.reveal()) and (
-        verifier_matches(str(record.get("replication", "")), config.replication_password.reveal())
+def password_change(config: Config) -> PasswordChange:
+    """Which passwords this start sets, from the agent's record of what it last applied."""
+    return secretsrecord.password_change(
+        secretsrecord.read_record(config.state_dir),
+        config.superuser_password.reveal(),
+        config.replication_password.reveal(),
     )
 
 
@@ -54,12 +48,12 @@ def observe_and_plan(
     `args`: postgres' own arguments, whose settings win over the agent's.
     """
     state = inspect(config.pgdata)
-    applied = secrets_applied(config) if state.initialised and config.identity.role == "primary" else None
+    passwords = password_change(config) if state.initialised and config.identity.role == "primary" else None
     major = major if major is not None else server_major(runner)
     wal = walbudget.observe(config.pgdata, config.initdb_args, args)
     scripts = _has_initdb_scripts(config.initdb_dir) if not state.initialised else False
     plan = make_plan(
-        config, state, server_major=major, secrets_applied=applied, euid=os.geteuid(), wal_observed=wal,
+        config, state, server_major=major, passwords=passwords, euid=os.geteuid(), wal_observed=wal,
         initdb_scripts=scripts,
     )  # fmt: skip
     return plan, state

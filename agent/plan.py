@@ -10,6 +10,7 @@ from agent.errors import AgentError, DataDirConflict
 from agent.identity import PRIMARY
 from agent.pgdata import DataDirState
 from agent.render import CONF_NAME
+from agent.secretsrecord import RECORD_NAME, PasswordChange
 from agent.walbudget import WalDecision, WalObservation, decide
 
 INIT = "init"
@@ -18,7 +19,6 @@ START = "start"
 REFUSE = "refuse"
 
 PASSFILE_NAME = "replication.pgpass"
-SECRETS_STATE_NAME = "applied-secrets.json"
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def make_plan(
     state: DataDirState,
     *,
     server_major: int | None,
-    secrets_applied: bool | None = None,
+    passwords: PasswordChange | None = None,
     euid: int = 0,
     wal_observed: WalObservation | None = None,
     initdb_scripts: bool = False,
@@ -181,7 +181,7 @@ def make_plan(
     )
     passfile = str(config.state_dir / PASSFILE_NAME)
     standby_files = (*conf_files, f"{state.path}/standby.signal", passfile)
-    secrets_state = str(config.state_dir / SECRETS_STATE_NAME)
+    secrets_state = str(config.state_dir / RECORD_NAME)
     leftover = state.leftover.path if state.leftover is not None and state.leftover.ours else None
     refusal = _refusal(state, config, server_major, euid)
     primary = None if is_primary else config.primary_fqdn
@@ -203,7 +203,9 @@ def make_plan(
             files = standby_files
         elif is_primary:
             reason = "PGDATA holds a primary's cluster: refresh the managed files and start"
-            rotate = () if secrets_applied else ("apply_passwords",)
+            # None: not looked at (a test, or no record could be read): set and record them.
+            change = passwords or PasswordChange(roles=(), adopt=True)
+            rotate = ("adopt_passwords",) if change.adopt else ("apply_passwords",) if change.roles else ()
             guard = () if config.standalone else ("check_no_other_primary",)
             steps = (*guard, "write_config", *rotate, "fix_ownership", "exec_postgres")
             files = (*conf_files, secrets_state) if rotate else conf_files

@@ -16,7 +16,7 @@ from typing import IO, Any, Callable
 from tenacity import Retrying, retry_if_exception, stop_after_delay, stop_never, wait_fixed
 
 from agent.config import SECRET_VARIABLES
-from agent.errors import CommandFailed
+from agent.errors import CommandFailed, ConfigError
 from agent.render import conninfo
 from agent.runner import Runner
 
@@ -205,8 +205,18 @@ class TempServer:
             if now - reported >= TEMP_SERVER_PROGRESS:
                 reported = now
                 on_progress(round(now - started, 1), _tail(self.logfile.read_bytes(), 300))
-            with psycopg.connect(**self.conninfo("postgres"), connect_timeout=2):
-                pass
+            try:
+                with psycopg.connect(**self.conninfo("postgres"), connect_timeout=2):
+                    pass
+            except psycopg.OperationalError as exc:
+                if f'role "{self.superuser}" does not exist' in str(exc):
+                    raise ConfigError(
+                        [f"POSTGRES_USER={self.superuser!r}: no such role in the cluster in PGDATA; expected the "
+                         "name of the cluster's superuser"],
+                        hint="the official image uses POSTGRES_USER only at init: set it to the superuser the "
+                        "cluster was made with (the role of OID 10); its data and roles are as they were",
+                    ) from None
+                raise
 
         def not_up_yet(exc: BaseException) -> bool:
             # Only "not there yet" is worth waiting for; a real error (bad role) is raised at once.

@@ -22,7 +22,6 @@ from agent.errors import (
 )
 from agent.files import fix_tree_ownership, write_atomic
 from agent.managed import ManagedFiles
-from agent.plan import SECRETS_STATE_NAME
 from agent.postgres import (
     TempServer,
     child_env,
@@ -33,6 +32,7 @@ from agent.render import (
     scram_verifier,
     setup_sql,
 )
+from agent.secretsrecord import RECORD_NAME, REPLICATION, SUPERUSER, password_change, read_record
 from agent.switchover import Designated, PrimaryGuard, give_back
 
 # A long initdb.d script (a restore) says it still runs this often.
@@ -158,12 +158,13 @@ class Primary(Part):
         finally:
             pwfile.unlink(missing_ok=True)
 
-    def _setup_statements(self, *, create: bool = True, replication_exists: bool = False) -> list[str]:
+    def _setup_statements(self, *, create: bool = True, replication_exists: bool = False,
+                          roles: tuple[str, ...] = (SUPERUSER, REPLICATION)) -> list[str]:  # fmt: skip
         cfg = self.config
-        repl = cfg.replication_password.reveal()  # always set, except standalone without one
+        repl = cfg.replication_password.reveal() if REPLICATION in roles else ""  # set, except standalone
         return setup_sql(
             superuser=cfg.superuser,
-            superuser_verifier=scram_verifier(cfg.superuser_password.reveal()),
+            superuser_verifier=scram_verifier(cfg.superuser_password.reveal()) if SUPERUSER in roles else None,
             replication_user=cfg.replication_user if repl else None,
             replication_verifier=scram_verifier(repl) if repl else None,
             database=cfg.database if create else None,
@@ -194,16 +195,20 @@ class Primary(Part):
                 self.world.runner.stop(server.proc, grace=1.0)
             shutil.rmtree(sockdir, ignore_errors=True)
 
-    def _setup_roles(self, server: TempServer, *, create: bool) -> None:
+    def _setup_roles(
+        self, server: TempServer, *, create: bool, roles: tuple[str, ...] = (SUPERUSER, REPLICATION)
+    ) -> None:
         """Replication role and passwords as SCRAM verifiers, so no plain password is ever sent; the
-        database too when `create` (a new cluster). Rotation finds the replication role may exist."""
+        database too when `create` (a new cluster); only the passwords of `roles`. Rotation finds the
+        replication role may exist."""
         import psycopg
 
         with psycopg.connect(**server.conninfo("postgres", self.config.superuser), autocommit=True) as conn:
             exists = not create and conn.execute(
                 "SELECT 1 FROM pg_roles WHERE rolname = %s", (self.config.replication_user,)
             ).fetchone() is not None
-            for statement in self._setup_statements(create=create, replication_exists=exists):
+            statements = self._setup_statements(create=create, replication_exists=exists, roles=roles)
+            for statement in statements:
                 conn.execute(statement)
 
     def _run_initdb_scripts(self, server: TempServer) -> None:
@@ -256,17 +261,29 @@ class Primary(Part):
             "superuser": scram_verifier(self.config.superuser_password.reveal()),
             "replication": scram_verifier(self.config.replication_password.reveal()),
         }
-        write_atomic(self.config.state_dir / SECRETS_STATE_NAME, json.dumps(record), mode=0o600, owner=self.owner)
+        write_atomic(self.config.state_dir / RECORD_NAME, json.dumps(record), mode=0o600, owner=self.owner)
 
     def apply_passwords(self) -> None:
-        """The Secret changed since the last start: set the new passwords before serving."""
+        """The Secret changed since it was last applied: set what changed before serving. With no
+        record (data from another image, a lost state dir): only the replication role's, then record."""
         started = self.world.clock()
+        cfg = self.config
+        change = password_change(read_record(cfg.state_dir), cfg.superuser_password.reveal(),
+                                 cfg.replication_password.reveal())  # fmt: skip
         if self.owner is not None:
             fix_tree_ownership(self.pgdata, *self.owner)
         with self._temporary_server(self.pgdata, self.config.state_dir / "temporary-server.log") as server:
-            self._setup_roles(server, create=False)
+            self._setup_roles(server, create=False, roles=change.roles)
         self._record_applied_secrets()
-        self._phase("passwords_applied", started, users=[self.config.superuser, self.config.replication_user])
+        names = {SUPERUSER: self.config.superuser, REPLICATION: self.config.replication_user}
+        users = [names[role] for role in change.roles]
+        if change.adopt:
+            self._phase("passwords_adopted", started, users=users, record=str(self.config.state_dir / RECORD_NAME),
+                        note="no record of what was applied (data from another image, or a lost state directory): "
+                        "the superuser's password is left as the cluster has it; a change of the Secret from now "
+                        "on is applied at the next start")  # fmt: skip
+        else:
+            self._phase("passwords_applied", started, users=users)
 
     def restart(self) -> None:
         """Existing PGDATA: refresh the managed files; apply rotated passwords if the plan says so."""
@@ -277,7 +294,7 @@ class Primary(Part):
         if "check_no_other_primary" in self.plan.steps:
             PrimaryGuard(self.ctx).check()
         self.files.write_config(self.pgdata, standby=False)
-        if "apply_passwords" in self.plan.steps:
+        if "apply_passwords" in self.plan.steps or "adopt_passwords" in self.plan.steps:
             self.apply_passwords()
 
     def follow_until_promoted(self) -> None:

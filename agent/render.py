@@ -39,12 +39,15 @@ def quote_literal(value: str) -> str:
 
 
 def setup_sql(
-    *, superuser: str, superuser_verifier: str, replication_user: str | None, replication_verifier: str | None,
-    database: str | None, replication_exists: bool = False,
+    *, superuser: str, superuser_verifier: str | None, replication_user: str | None,
+    replication_verifier: str | None, database: str | None, replication_exists: bool = False,
 ) -> list[str]:
     """The roles (and a new cluster's database) as SQL statements, one per line, passwords as SCRAM
-    verifiers: for single-user mode, and for the temporary server (initdb.d scripts, rotated passwords)."""
-    statements = [f"ALTER ROLE {quote_ident(superuser)} PASSWORD {quote_literal(superuser_verifier)}"]
+    verifiers: for single-user mode, and for the temporary server (initdb.d scripts, rotated passwords).
+    A verifier given as None leaves that role's password as it is."""
+    statements = []
+    if superuser_verifier is not None:
+        statements.append(f"ALTER ROLE {quote_ident(superuser)} PASSWORD {quote_literal(superuser_verifier)}")
     if replication_user is not None and replication_verifier is not None:
         verb = "ALTER" if replication_exists else "CREATE"
         statements.insert(0, f"{verb} ROLE {quote_ident(replication_user)} WITH REPLICATION LOGIN "

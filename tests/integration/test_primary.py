@@ -138,6 +138,47 @@ def test_a_failing_single_user_setup_names_it_and_leaves_pgdata_empty(volume_roo
     assert not (volume_root / "pgdata").exists()
 
 
+def test_a_start_without_a_record_keeps_an_altered_superuser_password(volume_root: Path) -> None:
+    # Review F-M2: data made by the official image, or a state directory that was lost (a container
+    # re-created with PGDATA at the mount point), has no record of what was applied. The same Secret
+    # must not undo an ALTER ROLE then; the official image uses POSTGRES_PASSWORD only at init.
+    port = free_port()
+    env = pod_env(volume_root, 0, port)
+    with agent_postgres(env, volume_root / "first.log"), connect(port) as conn:
+        conn.execute("ALTER ROLE postgres PASSWORD 'changed-by-sql-1'")
+    (volume_root / ".pg-sfs-agent" / "applied-secrets.json").unlink()
+    assert "adopt_passwords" in json.loads(run_agent(env, "plan").stdout)["steps"]
+    with agent_postgres(env, volume_root / "second.log", ready_password="changed-by-sql-1") as server:
+        adopted = [line for line in server.agent_log() if line["event"] == "passwords_adopted"]
+        assert adopted and adopted[0]["users"] == ["replicator"], adopted
+        with pytest.raises(psycopg.OperationalError):
+            connect(port)  # the Secret's password, which the SQL replaced
+        identify_system(Endpoint(host="127.0.0.1", port=port, user="replicator", password=REPLICATION_PASSWORD))
+    # Recorded now: the next start sets nothing, and a changed Secret sets only what changed.
+    assert json.loads(run_agent(env, "plan").stdout)["steps"] == [
+        "check_no_other_primary", "write_config", "fix_ownership", "exec_postgres"]  # fmt: skip
+    rotated = dict(env, POSTGRES_PASSWORD="rotated-su-pw-1")
+    with agent_postgres(rotated, volume_root / "third.log") as server:
+        applied = [line for line in server.agent_log() if line["event"] == "passwords_applied"]
+        assert applied and applied[0]["users"] == ["postgres"], applied
+
+
+def test_a_superuser_of_another_name_is_a_clear_configuration_error(volume_root: Path) -> None:
+    # Review F-M2: a cluster made with POSTGRES_USER=admin, started with the default name and no
+    # record, used to end in unexpected_error ('role "postgres" does not exist') at every start.
+    port = free_port()
+    env = pod_env(volume_root, 0, port, POSTGRES_USER="admin")
+    with agent_postgres(env, volume_root / "first.log"):
+        pass
+    (volume_root / ".pg-sfs-agent" / "applied-secrets.json").unlink()
+    env.pop("POSTGRES_USER")
+    done = run_agent(env, "postgres")
+    assert done.returncode == 2, done.stdout + done.stderr
+    [error] = [line for line in json_lines(done.stdout + done.stderr) if line["level"] == "error"]
+    assert error["event"] == "config_invalid" and "POSTGRES_USER='postgres'" in error["problems"][0], error
+    assert "superuser" in error["hint"]
+
+
 def test_restart_is_boring_and_rotation_applies_new_passwords(volume_root: Path) -> None:
     port = free_port()
     env = pod_env(volume_root, 0, port)

@@ -15,9 +15,14 @@ from hypothesis import strategies as st
 from agent.errors import DataDirConflict
 from agent.pgdata import WORK_MARKER, DataDirState, Leftover, inspect, work_dir_for
 from agent.plan import CLONE, INIT, REFUSE, START, make_plan
+from agent.render import scram_verifier
+from agent.secretsrecord import PasswordChange, password_change, read_record
 
 PGDATA = "/var/lib/postgresql/data"
 STATE = "/var/lib/postgresql/.pg-sfs-agent"
+NO_CHANGE = PasswordChange(roles=(), adopt=False)
+ROTATED = PasswordChange(roles=("superuser",), adopt=False)
+ADOPT = PasswordChange(roles=("replication",), adopt=True)
 CONF_FILES = [f"{PGDATA}/pg-sfs-agent.conf", f"{PGDATA}/postgresql.conf", f"{PGDATA}/pg_hba.conf"]
 INIT_STEPS = [
     "check_peers_for_data",
@@ -135,16 +140,15 @@ def test_empty_replica_clones(replica) -> None:
     assert list(plan.files) == [*CONF_FILES, f"{PGDATA}/standby.signal", f"{STATE}/replication.pgpass"]
 
 
-@pytest.mark.parametrize(("applied", "rotate"), [(True, False), (False, True), (None, True)])
-def test_existing_primary_starts(primary, applied: bool | None, rotate: bool) -> None:
-    plan = make_plan(primary, cluster(), server_major=15, secrets_applied=applied)
+@pytest.mark.parametrize(("applied", "step"), [(NO_CHANGE, None), (ROTATED, "apply_passwords"),
+                                             (ADOPT, "adopt_passwords"), (None, "adopt_passwords")])  # fmt: skip
+def test_existing_primary_starts(primary, applied: PasswordChange | None, step: str | None) -> None:
+    plan = make_plan(primary, cluster(), server_major=15, passwords=applied)
     assert plan.action == START
     assert plan.refusal is None
-    expected = ["check_no_other_primary", "write_config", "apply_passwords", "fix_ownership", "exec_postgres"]
-    if not rotate:
-        expected.remove("apply_passwords")
-    assert list(plan.steps) == expected
-    assert (f"{STATE}/applied-secrets.json" in plan.files) is rotate
+    expected = ["check_no_other_primary", "write_config", step, "fix_ownership", "exec_postgres"]
+    assert list(plan.steps) == [s for s in expected if s]
+    assert (f"{STATE}/applied-secrets.json" in plan.files) is (step is not None)
     assert plan.data_major == 15
 
 
@@ -175,7 +179,7 @@ def test_moved_primary_ordinal(make_config) -> None:
 
 def test_primary_ordinal_holding_a_standby_follows_until_promoted(primary) -> None:
     # A switchover's successor: it never promotes itself (that was a refusal before switchovers).
-    plan = make_plan(primary, cluster(standby_signal=True), server_major=15, secrets_applied=False)
+    plan = make_plan(primary, cluster(standby_signal=True), server_major=15, passwords=ROTATED)
     assert plan.action == START
     assert plan.steps[:2] == ("survey_writable", "follow_writable")
     assert "apply_passwords" not in plan.steps
@@ -199,7 +203,7 @@ REFUSALS = [
 @pytest.mark.parametrize(("who", "data", "says"), REFUSALS)
 def test_refusals(who: str, data: DataDirState, says: str, request: pytest.FixtureRequest) -> None:
     cfg = request.getfixturevalue(who)
-    plan = make_plan(cfg, data, server_major=15, secrets_applied=False)
+    plan = make_plan(cfg, data, server_major=15, passwords=ROTATED)
     assert plan.action == REFUSE
     assert plan.steps == () and plan.files == () and plan.remove_leftover is None
     assert plan.refusal is not None
@@ -230,7 +234,7 @@ def test_our_leftover_is_removed_first(who: str, first_step: str, request: pytes
 
 
 def test_our_leftover_beside_a_cluster_is_removed_too(primary) -> None:
-    plan = make_plan(primary, cluster(leftover=OUR_LEFTOVER), server_major=15, secrets_applied=True)
+    plan = make_plan(primary, cluster(leftover=OUR_LEFTOVER), server_major=15, passwords=NO_CHANGE)
     assert plan.steps[0] == "remove_leftover"
     assert plan.action == START
 
@@ -263,11 +267,13 @@ states = st.builds(
 
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # make_config is stateless
 @given(data=states, who=st.sampled_from(["primary", "replica"]), major=st.sampled_from([None, 15]),
-       applied=st.sampled_from([None, True, False]))  # fmt: skip
-def test_plan_invariants(make_config, data: DataDirState, who: str, major: int | None, applied: bool | None) -> None:
+       applied=st.sampled_from([None, NO_CHANGE, ROTATED, ADOPT]))  # fmt: skip
+def test_plan_invariants(
+    make_config, data: DataDirState, who: str, major: int | None, applied: PasswordChange | None
+) -> None:
     cfg = make_config(POD_NAME="postgresql-sfs-0" if who == "primary" else "postgresql-sfs-2")
-    plan = make_plan(cfg, data, server_major=major, secrets_applied=applied)
-    assert plan == make_plan(cfg, data, server_major=major, secrets_applied=applied)  # pure
+    plan = make_plan(cfg, data, server_major=major, passwords=applied)
+    assert plan == make_plan(cfg, data, server_major=major, passwords=applied)  # pure
     assert plan.action in (INIT, CLONE, START, REFUSE)
     assert (plan.action == REFUSE) == (plan.refusal is not None)
     if plan.action != REFUSE:
@@ -439,10 +445,10 @@ def test_a_foreign_owner_is_refused_when_not_root(tmp_path: Path) -> None:
     config = load_config(env, hostname=lambda: "x", resolv_conf=tmp_path / "none", sa_namespace_file=tmp_path / "none")
     state = inspect_pgdata(pgdata)
     foreign = (state.owner_uid or 0) + 4242
-    plan = make_plan(config, state, server_major=15, secrets_applied=True, euid=foreign)
+    plan = make_plan(config, state, server_major=15, passwords=NO_CHANGE, euid=foreign)
     assert plan.action == REFUSE and plan.refusal is not None
     assert f"owned by uid {state.owner_uid}" in plan.refusal.message and str(foreign) in plan.refusal.message
-    assert make_plan(config, state, server_major=15, secrets_applied=True, euid=0).action == "start"
+    assert make_plan(config, state, server_major=15, passwords=NO_CHANGE, euid=0).action == "start"
 
 
 def test_the_plan_names_the_decisions_it_leaves_to_what_the_members_answer(make_config, tmp_path) -> None:
@@ -479,3 +485,37 @@ def test_a_former_primary_on_a_replica_ordinal_is_checked_then_rejoined_or_rewou
     plan = make_plan(make_config(POD_NAME="postgresql-sfs-1"), cluster(), server_major=15)
     assert plan.action == START and plan.steps[:2] == ("check_primary", "rejoin_or_rewind")
     assert "rewind" in plan.remote_decisions[0]
+
+
+# -- which passwords a start sets (agent/secretsrecord.py) ---------------------------------------
+
+
+def _record(superuser: str, replication: str) -> dict[str, str]:
+    return {"superuser": scram_verifier(superuser), "replication": scram_verifier(replication)}
+
+
+def test_no_record_adopts_and_never_touches_the_superuser() -> None:
+    # Data from the official image, or a state dir that was lost: an ALTER ROLE since init stays.
+    change = password_change(None, "su-password", "repl-password")
+    assert change == PasswordChange(roles=("replication",), adopt=True)
+    assert password_change(None, "su-password", "") == PasswordChange(roles=(), adopt=True)
+
+
+@pytest.mark.parametrize(("superuser", "replication", "roles"), [
+    ("su-password", "repl-password", ()),
+    ("su-rotated", "repl-password", ("superuser",)),
+    ("su-password", "repl-rotated", ("replication",)),
+    ("su-rotated", "repl-rotated", ("superuser", "replication")),
+])  # fmt: skip
+def test_a_record_sets_only_what_changed(superuser: str, replication: str, roles: tuple[str, ...]) -> None:
+    change = password_change(_record("su-password", "repl-password"), superuser, replication)
+    assert change == PasswordChange(roles=roles, adopt=False)
+    assert change.needed is bool(roles)
+
+
+def test_the_record_is_read_with_limits_and_a_broken_one_counts_as_none(tmp_path: Path) -> None:
+    (tmp_path / "applied-secrets.json").write_text("[1, 2]")
+    assert read_record(tmp_path) is None
+    (tmp_path / "applied-secrets.json").write_text(json.dumps(_record("a", "b")))
+    record = read_record(tmp_path)
+    assert record is not None and password_change(record, "a", "b").roles == ()

@@ -39,7 +39,7 @@ def _replica(tmp_path: Path, make_config: Callable[..., Any], log: Any) -> tuple
     (pgdata / "base").mkdir()
     (pgdata / "base" / "1").write_bytes(b"\0" * 4096)
     config = make_config(POD_NAME="postgresql-sfs-1", PGDATA=str(pgdata))
-    plan = make_plan(config, inspect(pgdata), server_major=15, secrets_applied=None, euid=0)
+    plan = make_plan(config, inspect(pgdata), server_major=15, passwords=None, euid=0)
     world = World(runner=Runner(), lookup=lambda *_: pytest.fail("no DNS in this test"))
     return Bootstrap(config, plan, world, log).replica, pgdata
 
