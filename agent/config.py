@@ -241,11 +241,13 @@ def _secret(env: Mapping[str, str], name: str, problems: _Problems, *, required:
 
 def _plain_or_file(env: Mapping[str, str], name: str, problems: _Problems, *, holding: str = "") -> str | None:
     """NAME, or the content of the file NAME_FILE names (trailing newlines dropped, as the official
-    image's file_env does); None when neither is set, or when that is a problem (reported)."""
+    image's file_env does); None when neither is set, or when that is a problem (reported). An empty
+    variable counts as unset, as there (`${VAR:-}`): POSTGRES_PASSWORD= with POSTGRES_PASSWORD_FILE
+    uses the file."""
     path = env.get(f"{name}_FILE")
-    if path is None:
+    if not path:
         return env.get(name)
-    if name in env:
+    if env.get(name):
         problems.add(f"{name} and {name}_FILE", "(both set)", "only one of them")
         return None
     try:
@@ -415,10 +417,10 @@ def load_config(
             problems.add("POSTGRES_INITDB_WALDIR", waldir, "an absolute path outside PGDATA")
         initdb_args = (f"--waldir={waldir}", *initdb_args)
     for arg in initdb_args:
-        if arg.startswith(("--pwfile", "-D", "--pgdata", "-U", "--username", "--auth")):
-            problems.add(
-                "POSTGRES_INITDB_ARGS", env.get("POSTGRES_INITDB_ARGS"), f"no {arg.split('=')[0]} (the agent sets it)"
-            )
+        # -A is --auth's short form; -W/--pwprompt would make initdb wait for a password on a terminal.
+        if arg.startswith(("--pwfile", "-D", "--pgdata", "-U", "--username", "--auth", "-A", "-W", "--pwprompt")):
+            name = arg.split("=")[0] if arg.startswith("--") else arg[:2]
+            problems.add("POSTGRES_INITDB_ARGS", env.get("POSTGRES_INITDB_ARGS"), f"no {name} (the agent sets it)")
     host_auth = env.get("POSTGRES_HOST_AUTH_METHOD", "")
     if host_auth not in ("", "scram-sha-256"):
         problems.add(

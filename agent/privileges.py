@@ -76,7 +76,10 @@ def writable_by(path: Path, uid: int, gids: tuple[int, ...]) -> bool:
 def refuse_links(config: Config) -> None:
     """Refuse, before root touches anything, a PGDATA or state directory that is a symbolic link:
     postgres can write where both live, so it could plant one aiming root's chown at /etc."""
-    for setting, path in (("PGDATA", config.pgdata), ("PGSFS_STATE_DIR", config.state_dir)):
+    named = [("PGDATA", config.pgdata), ("PGSFS_STATE_DIR", config.state_dir)]
+    if config.waldir is not None:
+        named.append(("POSTGRES_INITDB_WALDIR", config.waldir))
+    for setting, path in named:
         if path.is_symlink():
             raise DataDirConflict(
                 f"{setting} {path} is a symbolic link (to {os.readlink(path)}); the agent, as root, never "
@@ -127,6 +130,13 @@ def prepare_as_root(config: Config, account: RunAs) -> Prepared:
         # New, so not a fix worth reporting.
         state_dir.mkdir(mode=0o700, parents=True)
         _chown_mode(state_dir, account.uid, 0o700)
+    if config.waldir is not None:
+        # As the official entrypoint does at every start: create it, hand it to postgres, mode 0700
+        # (a WAL volume's root is root's, where initdb as postgres could not create the directory).
+        if not config.waldir.is_dir():
+            config.waldir.mkdir(mode=0o700, parents=True)
+        entries += fix_tree_ownership(config.waldir, account.uid, None)
+        _chown_mode(config.waldir, account.uid, 0o700)
     builds = (work_dir_for(config.pgdata), staging_dir_for(config.pgdata), tombstone_for(config.pgdata))
     for tree in (config.pgdata, *builds):
         # A build directory that is a link is left alone: postgres uses it with its own rights only.

@@ -52,7 +52,8 @@ def setup_sql(
         verb = "ALTER" if replication_exists else "CREATE"
         statements.insert(0, f"{verb} ROLE {quote_ident(replication_user)} WITH REPLICATION LOGIN "
                              f"PASSWORD {quote_literal(replication_verifier)}")  # fmt: skip
-    if database is not None and database != "postgres":
+    # The three databases initdb makes already exist (the official checks pg_database first).
+    if database is not None and database not in ("postgres", "template0", "template1"):
         statements.append(f"CREATE DATABASE {quote_ident(database)}")
     if any("\n" in s or "\r" in s for s in statements):
         raise ValueError("single-user mode reads one statement per line: a name holds a line break")

@@ -7,6 +7,7 @@ import gzip
 import json
 import lzma
 import os
+import pwd
 import shutil
 import stat
 import subprocess
@@ -414,6 +415,26 @@ def test_postgres_initdb_waldir_and_a_discarded_init_that_used_it(volume_root: P
         pg_wal = volume_root / "pgdata" / "pg_wal"
         assert pg_wal.is_symlink() and Path(os.readlink(pg_wal)) == waldir
         assert (waldir / segment).exists()
+
+
+def test_a_waldir_on_a_root_owned_volume_is_made_and_handed_to_postgres(volume_root: Path) -> None:
+    # Review F-M4: a WAL volume's root is root:root 0755, where initdb as postgres cannot create the
+    # directory. The official entrypoint makes it as root, chowns it to postgres and sets 0700.
+    with sized_volume("pgsfs-walvol-") as wal_volume:
+        waldir = wal_volume / "pg_wal"
+        env = pod_env(volume_root, 0, free_port(), POSTGRES_INITDB_WALDIR=str(waldir))
+        with agent_postgres(env, volume_root / "agent.log"):
+            pass
+        st = os.stat(waldir)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (pwd.getpwnam("postgres").pw_uid, 0o700)
+        assert (volume_root / "pgdata" / "pg_wal").resolve() == waldir
+
+
+def test_postgres_db_may_name_a_database_initdb_made(volume_root: Path) -> None:
+    # Review F-L6: POSTGRES_DB=template1 failed init with "already exists".
+    env = pod_env(volume_root, 0, free_port(), POSTGRES_DB="template1")
+    with agent_postgres(env, volume_root / "agent.log") as server, connect(server.port, dbname="template1") as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == ("template1",)
 
 
 def test_pgdata_as_the_volumes_mount_point(volume_root: Path) -> None:

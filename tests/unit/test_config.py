@@ -190,6 +190,25 @@ def test_secret_file_loses_trailing_newlines_only(make_config, tmp_path: Path) -
         assert cfg.superuser_password.reveal() == expected[key], key
 
 
+@pytest.mark.parametrize("name", ["POSTGRES_PASSWORD", "POSTGRES_USER", "POSTGRES_DB", "POSTGRES_INITDB_ARGS"])
+def test_an_empty_variable_beside_its_file_counts_as_unset(make_config, tmp_path: Path, name: str) -> None:
+    # The official file_env tests ${VAR:-}: `POSTGRES_PASSWORD= POSTGRES_PASSWORD_FILE=...` uses the file
+    # (review F-L5); an empty _FILE beside a value uses the value.
+    value = {"POSTGRES_INITDB_ARGS": "--locale=C"}.get(name, "from-the-file-1")
+    (tmp_path / "v").write_text(value + "\n")
+    cfg = make_config(**{name: "", f"{name}_FILE": str(tmp_path / "v")})
+    read = {
+        "POSTGRES_PASSWORD": cfg.superuser_password.reveal(),
+        "POSTGRES_USER": cfg.superuser,
+        "POSTGRES_DB": cfg.database,
+        "POSTGRES_INITDB_ARGS": " ".join(cfg.initdb_args),
+    }
+    assert read[name] == value
+    if name == "POSTGRES_PASSWORD":
+        direct = make_config(POSTGRES_PASSWORD="direct-value-1", POSTGRES_PASSWORD_FILE="")
+        assert direct.superuser_password.reveal() == "direct-value-1"
+
+
 @pytest.mark.parametrize("content", ["\nzqzqzqzq", "zqzq\nzqzq", "zqzq\rzqzq", "zqzqzqzq\r\n"])
 def test_a_replication_password_with_a_line_break_inside_is_refused(content: str, make_config, tmp_path: Path) -> None:
     # The replication passfile holds one entry per line.
@@ -322,6 +341,10 @@ BAD_VALUES = [
     ("POSTGRES_INITDB_ARGS", "-D /elsewhere"),
     ("POSTGRES_INITDB_ARGS", "--pwfile=/tmp/pw"),
     ("POSTGRES_INITDB_ARGS", "--auth-host=trust"),
+    ("POSTGRES_INITDB_ARGS", "-A md5"),
+    ("POSTGRES_INITDB_ARGS", "-Atrust"),
+    ("POSTGRES_INITDB_ARGS", "-W"),
+    ("POSTGRES_INITDB_ARGS", "--pwprompt"),
     ("POSTGRES_HOST_AUTH_METHOD", "trust"),
     ("POSTGRES_HOST_AUTH_METHOD", "md5"),
     ("PGSFS_REPLICATION_USER", "postgres"),

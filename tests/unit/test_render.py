@@ -596,6 +596,12 @@ def test_setup_sql_creates_the_roles_and_database_with_verifiers_only() -> None:
     alone = render.setup_sql(superuser="postgres", superuser_verifier="v", replication_user=None,
                              replication_verifier=None, database="postgres")  # fmt: skip
     assert alone == ["ALTER ROLE \"postgres\" PASSWORD 'v'"]
+    for existing in ("template0", "template1"):  # initdb made them (review F-L6)
+        assert render.setup_sql(superuser="postgres", superuser_verifier="v", replication_user=None,
+                                replication_verifier=None, database=existing) == alone  # fmt: skip
+    kept = render.setup_sql(superuser="postgres", superuser_verifier=None, replication_user="r",
+                            replication_verifier="w", database=None, replication_exists=True)  # fmt: skip
+    assert kept == ["ALTER ROLE \"r\" WITH REPLICATION LOGIN PASSWORD 'w'"], "no verifier: the superuser untouched"
     with pytest.raises(ValueError, match="line break"):
         render.setup_sql(superuser="a\nb", superuser_verifier="v", replication_user=None, replication_verifier=None,
                          database=None)  # fmt: skip
