@@ -63,8 +63,8 @@ def _report(logger: Any, exc: AgentError) -> int:
     return exc.exit_code
 
 
-def _prepare() -> tuple[Any, Any, Any]:
-    """Config, logger and runner, shared by `plan` and `postgres`.
+def _prepare(server_args: tuple[str, ...] = ()) -> tuple[Any, Any, Any]:
+    """Config, logger and runner, shared by `plan` and `postgres` (whose arguments are checked too).
 
     The runner starts programs as the agent's own user: `postgres` becomes the postgres user before
     it starts any, and `plan` only runs `postgres -V`, which root may run.
@@ -74,7 +74,7 @@ def _prepare() -> tuple[Any, Any, Any]:
     from agent.runner import Runner
 
     logger = _early_logging()
-    config = load_config(os.environ)
+    config = load_config(os.environ, server_args=server_args)
     log.configure(config.log_format, config.log_level)
     ident = config.identity
     log.bind_identity(ident.pod_name, ident.ordinal, ident.role)
@@ -209,7 +209,7 @@ def cmd_postgres(args: list[str]) -> int:
     runner: Any = None
     phase = "config"
     try:
-        config, logger, runner = _prepare()
+        config, logger, runner = _prepare(tuple(args))
         from agent import privileges
         from agent.bootstrap import Bootstrap, World, exec_postgres, observe_and_plan
         from agent.discovery import make_lookup

@@ -7,12 +7,12 @@ import os
 import re
 import shlex
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from agent import walbudget
+from agent import serverargs, walbudget
 from agent.errors import ConfigError
 from agent.identity import Identity, parse_pod_name
 from agent.secret import Secret
@@ -86,6 +86,8 @@ class Config:
     synchronous_standbys: str = ""
     # The pod's UID (downward API metadata.uid): a new one means a new pod (agent/podbirth.py).
     pod_uid: str = ""
+    # postgres' own arguments (`pg-sfs-agent postgres ARGS`): the init-time servers get them too.
+    server_args: tuple[str, ...] = ()
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -343,9 +345,13 @@ def load_config(
     hostname: Callable[[], str] = socket.gethostname,
     resolv_conf: Path = RESOLV_CONF,
     sa_namespace_file: Path = SA_NAMESPACE_FILE,
+    server_args: Sequence[str] = (),
 ) -> Config:
-    """Validate the environment into a Config, or raise ConfigError listing every problem."""
+    """Validate the environment (and postgres' own arguments) into a Config, or raise ConfigError
+    listing every problem."""
     problems = _Problems()
+    for setting, value, expected in serverargs.problems(server_args):
+        problems.add(f"postgres argument {setting}", value, expected)
 
     pod_name = env.get("POD_NAME") or env.get("HOSTNAME") or hostname()
     parsed = parse_pod_name(pod_name)
@@ -479,6 +485,7 @@ def load_config(
 
     sts, ordinal = parsed
     return Config(
+        server_args=tuple(server_args),
         identity=Identity(pod_name, sts, ordinal, primary_ordinal),
         namespace=namespace,
         service_name=service,

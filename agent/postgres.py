@@ -9,7 +9,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Callable
 
@@ -125,14 +125,17 @@ def initdb(runner: Runner, datadir: Path, *, superuser: str, pwfile: Path, args:
     )
 
 
-def single_user(runner: Runner, datadir: Path, statements: list[str], database: str = "postgres") -> None:
+def single_user(
+    runner: Runner, datadir: Path, statements: list[str], database: str = "postgres", server_args: Sequence[str] = ()
+) -> None:
     """Run SQL statements (one per line) in a single-user postgres: no socket, no port, nothing to reach.
 
     exit_on_error makes any ERROR end the backend with a failure; statements are never logged (they
-    carry password verifiers). -F: the caller syncs the filesystem once at the end.
+    carry password verifiers). -F: the caller syncs the filesystem once at the end. `server_args`
+    (the user's) come before the agent's own settings, so those win.
     """
     argv = [
-        "postgres", "--single", "-F", "-D", str(datadir),
+        "postgres", "--single", "-F", "-D", str(datadir), *server_args,
         "-c", "exit_on_error=on", "-c", "log_statement=none", "-c", "log_min_error_statement=panic",
         "-c", "log_min_messages=warning",
         # Its commits must never wait for a standby (there is none yet).
@@ -145,8 +148,12 @@ def single_user(runner: Runner, datadir: Path, statements: list[str], database: 
 class TempServer:
     """A postgres on the build directory, reachable only through a private Unix socket."""
 
-    def __init__(self, runner: Runner, datadir: Path, sockdir: Path, port: int, superuser: str) -> None:
+    def __init__(
+        self, runner: Runner, datadir: Path, sockdir: Path, port: int, superuser: str, server_args: Sequence[str] = ()
+    ) -> None:
         self.runner = runner
+        # The user's postgres arguments, before the agent's settings (later ones win in postgres).
+        self.server_args = tuple(server_args)
         self.superuser = superuser
         self.datadir = datadir
         self.sockdir = sockdir
@@ -174,6 +181,7 @@ class TempServer:
             "postgres",
             "-D",
             str(self.datadir),
+            *self.server_args,
             "-c",
             "listen_addresses=",
             "-c",

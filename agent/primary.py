@@ -137,7 +137,7 @@ class Primary(Part):
         else:
             # Nothing needs a server: roles and database in single-user mode, never reachable.
             self.world.beat("initdb_setup")
-            single_user(self.world.runner, datadir, self._setup_statements())
+            single_user(self.world.runner, datadir, self._setup_statements(), server_args=self.config.server_args)
             how = "single_user"
         # initdb and single-user mode wrote without fsync: make the whole build durable before it
         # becomes PGDATA (one syncfs of the volume, and of the WAL directory's if it is elsewhere).
@@ -178,7 +178,8 @@ class Primary(Part):
         sockdir = Path(tempfile.mkdtemp(prefix="sock-", dir=self.config.state_dir))
         if self.owner is not None:
             os.chown(sockdir, *self.owner)
-        server = TempServer(self.world.runner, datadir, sockdir, self.config.port, self.config.superuser)
+        server = TempServer(self.world.runner, datadir, sockdir, self.config.port, self.config.superuser,
+                            self.config.server_args)  # fmt: skip
         server.logfile = logfile
         try:
             server.start(

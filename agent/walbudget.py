@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import serverargs
 from agent.files import read_limited
 from agent.pgdata import volume_dir
 
@@ -117,20 +118,7 @@ def overrides_from_conf(text: str) -> dict[str, str]:
 
 def overrides_from_args(args: Iterable[str]) -> dict[str, str]:
     """The WAL settings on postgres' command line (`-c name=value`, `--name=value`); they win over files."""
-    found: dict[str, str] = {}
-    items = list(args)
-    for index, arg in enumerate(items):
-        if arg == "-c" and index + 1 < len(items):
-            assignment = items[index + 1]
-        elif (arg.startswith("-c") and len(arg) > 2) or (arg.startswith("--") and "=" in arg):
-            assignment = arg[2:]
-        else:
-            continue
-        name, _, value = assignment.partition("=")
-        name = name.replace("-", "_").lower()
-        if name in SETTINGS:
-            found[name] = value
-    return found
+    return {name: value for name, value in serverargs.settings(args).items() if name in SETTINGS}
 
 
 def effective(written: WalSettings, *overrides: dict[str, str]) -> WalSettings:

@@ -437,6 +437,36 @@ def test_postgres_db_may_name_a_database_initdb_made(volume_root: Path) -> None:
         assert conn.execute("SELECT current_database()").fetchone() == ("template1",)
 
 
+def test_postgres_arguments_reach_the_init_time_server(volume_root: Path) -> None:
+    # Review F-M3: the official entrypoint starts its temporary server with the container's postgres
+    # arguments, so an initdb.d script can use what `-c shared_preload_libraries=` loads.
+    scripts = volume_root / "initdb.d"
+    scripts.mkdir()
+    (scripts / "stats.sql").write_text(
+        "CREATE EXTENSION pg_stat_statements;\n"
+        "CREATE TABLE seen AS SELECT count(*) >= 0 AS loaded FROM pg_stat_statements;\n"
+    )
+    os.chmod(scripts, 0o755)
+    env = pod_env(volume_root, 0, free_port(), PGSFS_INITDB_DIR=str(scripts))
+    args = ("-c", "shared_preload_libraries=pg_stat_statements")
+    with agent_postgres(env, volume_root / "agent.log", *args) as server, connect(server.port) as conn:
+        assert conn.execute("SELECT loaded FROM seen").fetchone() == (True,)
+        assert conn.execute("SHOW shared_preload_libraries").fetchone() == ("pg_stat_statements",)
+
+
+@pytest.mark.parametrize("args", [("-c", "config_file=/etc/postgresql/postgresql.conf"), ("-p", "5433"),
+                                  ("--hba_file=/etc/pg_hba.conf",)])  # fmt: skip
+def test_postgres_arguments_that_bypass_the_managed_files_are_refused_untouched(
+    volume_root: Path, args: tuple[str, ...]
+) -> None:
+    # Review F-L10: with config_file elsewhere a replica never got primary_conninfo; -p broke the probes.
+    done = run_agent(pod_env(volume_root, 0, free_port()), "postgres", *args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    [error] = [line for line in json_lines(done.stdout + done.stderr) if line["level"] == "error"]
+    assert error["event"] == "config_invalid" and error["problems"][0].startswith("postgres argument"), error
+    assert list(volume_root.iterdir()) == []
+
+
 def test_pgdata_as_the_volumes_mount_point(volume_root: Path) -> None:
     # The official image's VOLUME /var/lib/postgresql/data makes PGDATA a mount point, and a real PV
     # has lost+found at its root. Here an earlier start also stopped halfway through moving its

@@ -194,7 +194,7 @@ def test_a_failure_with_a_child_that_cannot_be_stopped_ends_in_one_json_error_li
 
     real_prepare = cli._prepare
 
-    def prepare() -> tuple[object, object, Runner]:
+    def prepare(_server_args: tuple[str, ...] = ()) -> tuple[object, object, Runner]:
         config, logger, _ = real_prepare()
         return config, logger, Runner(killpg=refuse)
 
