@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import builddir, initdbd, survey
+from agent import builddir, initdbd, officiallog, survey
 from agent.buildarea import BuildArea
 from agent.context import Part
 from agent.errors import (
@@ -129,15 +129,20 @@ class Primary(Part):
         self.files.write_config(datadir, standby=False)
         started = self.world.clock()
         if "run_initdb_scripts" in self.plan.steps:
-            with self._temporary_server(datadir, datadir.parent / "temporary-server.log") as server:
-                self.world.beat("initdb_setup")
-                self._setup_roles(server, create=True)
-                self._run_initdb_scripts(server)
+            server_log = datadir.parent / "temporary-server.log"
+            try:
+                with self._temporary_server(datadir, server_log) as server:
+                    self.world.beat("initdb_setup")
+                    self._setup_roles(server, create=True)
+                    self._run_initdb_scripts(server)
+            finally:
+                officiallog.echo_server_log(server_log)
             how = "temporary_server"
         else:
             # Nothing needs a server: roles and database in single-user mode, never reachable.
             self.world.beat("initdb_setup")
             single_user(self.world.runner, datadir, self._setup_statements(), server_args=self.config.server_args)
+            officiallog.say(officiallog.SINGLE_USER_READY)
             how = "single_user"
         # initdb and single-user mode wrote without fsync: make the whole build durable before it
         # becomes PGDATA (one syncfs of the volume, and of the WAL directory's if it is elsewhere).
@@ -146,6 +151,7 @@ class Primary(Part):
         self._phase("initdb_setup", started, database=cfg.database, replication_user=cfg.replication_user, via=how,
                     synced_s=synced)  # fmt: skip
         self.build.move_into_place(datadir)
+        officiallog.say("", officiallog.INIT_COMPLETE, "")
 
     def _initdb(self, datadir: Path) -> None:
         pwfile = self.work / "superuser.pw"
@@ -291,6 +297,7 @@ class Primary(Part):
         if "follow_writable" in self.plan.steps:
             self.follow_until_promoted()
             return
+        officiallog.say("", officiallog.SKIPPING, "")
         give_back(self.pgdata, self.log)  # a handoff killed half-way, the ordinal moved back since
         if "check_no_other_primary" in self.plan.steps:
             PrimaryGuard(self.ctx).check()

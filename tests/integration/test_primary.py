@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from agent import render
+from agent import officiallog, render
 from agent.replication import Endpoint, identify_system
 from tests.integration.agentctl import (
     REPLICATION_PASSWORD,
@@ -28,6 +28,7 @@ from tests.integration.agentctl import (
     json_lines,
     pod_env,
     run_agent,
+    wait_for,
 )
 from tests.integration.conftest import free_port, sized_volume
 from tests.official import README_EXAMPLE_SCRIPT
@@ -465,6 +466,30 @@ def test_postgres_arguments_that_bypass_the_managed_files_are_refused_untouched(
     [error] = [line for line in json_lines(done.stdout + done.stderr) if line["level"] == "error"]
     assert error["event"] == "config_invalid" and error["problems"][0].startswith("postgres argument"), error
     assert list(volume_root.iterdir()) == []
+
+
+@pytest.mark.parametrize("scripts", [False, True])
+def test_the_first_start_says_ready_twice_as_the_official_image_does(volume_root: Path, scripts: bool) -> None:
+    # Review F-M6: Testcontainers waits for "database system is ready to accept connections" twice
+    # (the official temporary server's, then the real server's); CI scripts grep the init line.
+    extra = {}
+    if scripts:
+        folder = volume_root / "initdb.d"
+        folder.mkdir(mode=0o755)
+        (folder / "t.sql").write_text("CREATE TABLE t (n int);\n")
+        extra["PGSFS_INITDB_DIR"] = str(folder)
+    env = pod_env(volume_root, 0, free_port(), **extra)
+    log = volume_root / "agent.log"
+    with agent_postgres(env, log):
+        wait_for(lambda: log.read_text().count(officiallog.READY) >= 2, 10, "the second ready line")
+        text = log.read_text()
+    first, last = text.index(officiallog.READY), text.rindex(officiallog.READY)
+    assert first < text.index(officiallog.INIT_COMPLETE) < last
+    if scripts:  # the init-time server's own line, as the official image shows it
+        assert "LOG:  " + officiallog.READY in text[:first + len(officiallog.READY)]
+    with agent_postgres(env, volume_root / "again.log"):
+        again = (volume_root / "again.log").read_text()
+    assert officiallog.SKIPPING in again and officiallog.INIT_COMPLETE not in again
 
 
 def test_pgdata_as_the_volumes_mount_point(volume_root: Path) -> None:
