@@ -234,6 +234,12 @@ def cmd_postgres(args: list[str]) -> int:
                 note="no StatefulSet pod name, POD_NAME or namespace: one server on its own, as the official "
                 "image runs (no members to survey, no replication role unless PGSFS_REPLICATION_PASSWORD is set)",
             )
+        if config.host_auth_method == "trust":
+            from agent import officiallog
+
+            officiallog.say(officiallog.TRUST_WARNING)
+            logger.warning("trust_authentication", note="POSTGRES_HOST_AUTH_METHOD=trust: every TCP connection is "
+                           "let in without a password; accepted only because this server runs on its own")  # fmt: skip
         if config.short_secrets:
             logger.warning(
                 "short_password",

@@ -82,6 +82,8 @@ class Config:
     # Started outside a StatefulSet (`docker run`): one primary, no members, no replication role
     # unless PGSFS_REPLICATION_PASSWORD is set.
     standalone: bool = False
+    # The catch-all pg_hba rule's method: scram-sha-256, or trust for a standalone server that asked for it.
+    host_auth_method: str = "scram-sha-256"
     # `ANY n` / `FIRST n`, or "" (asynchronous): synchronous_standby_names over the members.
     synchronous_standbys: str = ""
     # The pod's UID (downward API metadata.uid): a new one means a new pod (agent/podbirth.py).
@@ -427,17 +429,20 @@ def load_config(
         if arg.startswith(("--pwfile", "-D", "--pgdata", "-U", "--username", "--auth", "-A", "-W", "--pwprompt")):
             name = arg.split("=")[0] if arg.startswith("--") else arg[:2]
             problems.add("POSTGRES_INITDB_ARGS", env.get("POSTGRES_INITDB_ARGS"), f"no {name} (the agent sets it)")
-    host_auth = env.get("POSTGRES_HOST_AUTH_METHOD", "")
-    if host_auth not in ("", "scram-sha-256"):
+    host_auth = env.get("POSTGRES_HOST_AUTH_METHOD", "") or "scram-sha-256"
+    # trust only for one server on its own (`docker run`, a CI service), as the official image allows it.
+    if host_auth != "scram-sha-256" and not (host_auth == "trust" and standalone):
         problems.add(
             "POSTGRES_HOST_AUTH_METHOD",
             host_auth,
-            "unset or scram-sha-256: trust would let anyone who reaches a pod's address in as any role, "
+            "unset or scram-sha-256 (trust only when the container runs on its own, outside a StatefulSet): "
+            "trust would let anyone who reaches a pod's address in as any role, "
             "the replication role included, and every pod's address is reachable across the cluster network; "
             "md5 keeps a hash that logs in by itself where SCRAM's does not (PostgreSQL 14's default is SCRAM)",
         )
 
-    superuser_password = _secret(env, "POSTGRES_PASSWORD", problems, required=True)
+    # With trust the official image needs no password either; one that is set is still applied.
+    superuser_password = _secret(env, "POSTGRES_PASSWORD", problems, required=host_auth != "trust")
     replication_user = _name(env, "PGSFS_REPLICATION_USER", "replicator", "a role name", problems, in_hba=True)
     if replication_user == superuser:
         problems.add("PGSFS_REPLICATION_USER", replication_user, "a role other than POSTGRES_USER")
@@ -518,6 +523,7 @@ def load_config(
         max_wal_size=max_wal,
         log_format=log_format,
         standalone=standalone,
+        host_auth_method=host_auth,
         synchronous_standbys=sync,
         pod_uid=env.get("POD_UID", "").strip()[:64],
         short_secrets=tuple(

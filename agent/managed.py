@@ -99,7 +99,7 @@ class ManagedFiles(Part):
         hba = datadir / "pg_hba.conf"
         write_atomic(
             hba,
-            with_hba_block(hba.read_text() if hba.exists() else "", cfg.replication_user),
+            with_hba_block(hba.read_text() if hba.exists() else "", cfg.replication_user, cfg.host_auth_method),
             mode=0o600,
             owner=self.owner,
         )

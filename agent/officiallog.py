@@ -23,6 +23,23 @@ SINGLE_USER_READY = (
 )
 
 
+# The official entrypoint's warning, word for word but for its last sentence's docker-run advice.
+TRUST_WARNING = """\
+********************************************************************************
+WARNING: POSTGRES_HOST_AUTH_METHOD has been set to "trust". This will allow
+         anyone with access to the Postgres port to access your database without
+         a password, even if POSTGRES_PASSWORD is set. See PostgreSQL
+         documentation about "trust":
+         https://www.postgresql.org/docs/current/auth-trust.html
+         In Docker's default configuration, this is effectively any other
+         container on the same system.
+
+         It is not recommended to use POSTGRES_HOST_AUTH_METHOD=trust. Replace
+         it with "-e POSTGRES_PASSWORD=password" instead to set a password in
+         "docker run". (pg-sfs-agent accepts trust only outside a StatefulSet.)
+********************************************************************************"""
+
+
 def say(*lines: str, stream: TextIO | None = None) -> None:
     """Print plain lines on the container log (stderr, beside the JSON lines)."""
     out = stream or sys.stderr

@@ -98,8 +98,17 @@ def check(done: subprocess.CompletedProcess[bytes], what: str, hint: str) -> Non
         )
 
 
-def initdb(runner: Runner, datadir: Path, *, superuser: str, pwfile: Path, args: tuple[str, ...]) -> None:
-    """initdb with data checksums (so pg_rewind works later), the password from a file.
+def initdb(
+    runner: Runner,
+    datadir: Path,
+    *,
+    superuser: str,
+    pwfile: Path,
+    args: tuple[str, ...],
+    host_auth: str = "scram-sha-256",
+) -> None:
+    """initdb with data checksums (so pg_rewind works later), the password from a file; `host_auth`
+    for its loopback lines (trust only for a standalone server asked to trust everyone).
 
     --no-sync: the caller makes the whole build durable with one syncfs before it becomes PGDATA,
     which costs a fraction of initdb's fsync of every file.
@@ -112,7 +121,7 @@ def initdb(runner: Runner, datadir: Path, *, superuser: str, pwfile: Path, args:
         f"--username={superuser}",
         f"--pwfile={pwfile}",
         "--auth-local=trust",
-        "--auth-host=scram-sha-256",
+        f"--auth-host={host_auth}",
         "--data-checksums",
         "--no-sync",
         *args,

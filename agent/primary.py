@@ -160,7 +160,7 @@ class Primary(Part):
         write_atomic(pwfile, secrets.token_urlsafe(32), mode=0o600, owner=self.owner)
         try:
             initdb(self.world.runner, datadir, superuser=self.config.superuser, pwfile=pwfile,
-                   args=self.config.initdb_args)  # fmt: skip
+                   args=self.config.initdb_args, host_auth=self.config.host_auth_method)  # fmt: skip
         finally:
             pwfile.unlink(missing_ok=True)
 
@@ -168,9 +168,10 @@ class Primary(Part):
                           roles: tuple[str, ...] = (SUPERUSER, REPLICATION)) -> list[str]:  # fmt: skip
         cfg = self.config
         repl = cfg.replication_password.reveal() if REPLICATION in roles else ""  # set, except standalone
+        su = cfg.superuser_password.reveal() if SUPERUSER in roles else ""  # empty only with trust
         return setup_sql(
             superuser=cfg.superuser,
-            superuser_verifier=scram_verifier(cfg.superuser_password.reveal()) if SUPERUSER in roles else None,
+            superuser_verifier=scram_verifier(su) if su else None,
             replication_user=cfg.replication_user if repl else None,
             replication_verifier=scram_verifier(repl) if repl else None,
             database=cfg.database if create else None,

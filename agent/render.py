@@ -210,14 +210,15 @@ def hba_block(replication_user: str) -> str:
     return f"{HBA_BEGIN}\n{_hba_rows(rows)}\n{HBA_END}\n"
 
 
-def hba_tail() -> str:
-    """The managed pg_hba rules that come last: every other TCP connection with SCRAM (the official
-    image appends its `host all all all` line the same way), so the user's rules above it win."""
-    rows = [("host", "all", "all", "0.0.0.0/0", "scram-sha-256"), ("host", "all", "all", "::/0", "scram-sha-256")]
+def hba_tail(method: str = "scram-sha-256") -> str:
+    """The managed pg_hba rules that come last: every other TCP connection with SCRAM, or `trust` for
+    a standalone server that asked for it (the official image appends its `host all all all` line the
+    same way), so the user's rules above it win."""
+    rows = [("host", "all", "all", "0.0.0.0/0", method), ("host", "all", "all", "::/0", method)]
     return f"{HBA_TAIL_BEGIN}\n{_hba_rows(rows)}\n{HBA_END}\n"
 
 
-def with_hba_block(pg_hba: str, replication_user: str) -> str:
+def with_hba_block(pg_hba: str, replication_user: str, method: str = "scram-sha-256") -> str:
     """pg_hba.conf with the replication block first, the catch-all block last (first match wins, so
     the user's own rules between them take effect: reject, hostssl, cert, network limits), and the
     user's lines kept as they were. A block left by an earlier version, catch-all included, is replaced."""
@@ -233,7 +234,7 @@ def with_hba_block(pg_hba: str, replication_user: str) -> str:
             continue
         out.append(line)
     rest = "\n".join(out).strip("\n")
-    return hba_block(replication_user) + ("\n" + rest + "\n\n" if rest else "\n") + hba_tail()
+    return hba_block(replication_user) + ("\n" + rest + "\n\n" if rest else "\n") + hba_tail(method)
 
 
 def _saslprep(password: str) -> str | None:

@@ -53,7 +53,8 @@ def password_change(
     if record is None:
         return PasswordChange(roles=(REPLICATION,) if replication_password else (), adopt=True)
     changed = []
-    if not verifier_matches(record[SUPERUSER], superuser_password):
+    # An empty superuser password is trust's (standalone): nothing to set, as for the replication role.
+    if superuser_password and not verifier_matches(record[SUPERUSER], superuser_password):
         changed.append(SUPERUSER)
     if replication_password and not verifier_matches(record[REPLICATION], replication_password):
         changed.append(REPLICATION)

@@ -41,15 +41,23 @@ def pod_env(volume: Path, ordinal: int, port: int, **extra: str) -> dict[str, st
     return env
 
 
-def agent_argv(*args: str) -> list[str]:
+# A mount namespace of its own whose resolv.conf has no Kubernetes search list: `docker run` outside
+# a cluster (this test process's resolv.conf names pg.svc.cluster.local, which means a namespace).
+OUTSIDE_KUBERNETES = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                      'mount --bind /dev/null /etc/resolv.conf && exec "$@"', "outside-kubernetes"]  # fmt: skip
+
+
+def agent_argv(*args: str, standalone: bool = False) -> list[str]:
     """`pg-sfs-agent ARGS` as the shipped manifest runs it: root with only the container's
-    capabilities and no_new_privs, the interpreter readable by postgres as in the image."""
+    capabilities and no_new_privs, the interpreter readable by postgres as in the image; with
+    `standalone`, as `docker run` outside any cluster."""
     from emulator import hostroot
     from emulator.manifests import REPO_ROOT, shipped_security
     from emulator.pod import security_prefix
 
     argv = [*security_prefix(shipped_security()), sys.executable, "-m", "agent", *args]
-    return hostroot.wrap(argv, [os.path.realpath(sys.executable), sys.prefix, str(REPO_ROOT)])
+    wrapped = hostroot.wrap(argv, [os.path.realpath(sys.executable), sys.prefix, str(REPO_ROOT)])
+    return [*OUTSIDE_KUBERNETES, *wrapped] if standalone else wrapped
 
 
 def run_agent(env: Mapping[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -135,12 +143,13 @@ def agent_postgres(
     ready_timeout: float = 60,
     ready_user: str | None = None,
     ready_password: str | None = None,
+    standalone: bool = False,
 ) -> Iterator[Server]:
     """Start `pg-sfs-agent postgres ARGS`, wait until it accepts connections (as POSTGRES_USER unless
     `ready_user` is given), stop it afterwards."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            agent_argv("postgres", *args),
+            agent_argv("postgres", *args, standalone=standalone),
             env=dict(env),
             stdout=log,
             stderr=subprocess.STDOUT,

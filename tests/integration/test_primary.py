@@ -127,15 +127,15 @@ def test_without_initdb_scripts_roles_and_database_are_made_in_single_user_mode(
 
 
 def test_a_failing_single_user_setup_names_it_and_leaves_pgdata_empty(volume_root: Path) -> None:
-    # A database name PostgreSQL refuses at CREATE DATABASE ("template0" exists): exit_on_error ends
-    # the single-user backend, the agent reports it (no verifier in the message), PGDATA stays absent.
+    # A role name PostgreSQL refuses at CREATE ROLE (pg_ names are reserved): exit_on_error ends the
+    # single-user backend, the agent reports it (no verifier in the message), PGDATA stays absent.
     port = free_port()
-    env = pod_env(volume_root, 0, port, POSTGRES_DB="template0")
+    env = pod_env(volume_root, 0, port, PGSFS_REPLICATION_USER="pg_streamer")
     done = run_agent(env, "postgres")
     assert done.returncode != 0
     failed = [line for line in json_lines(done.stderr) if line.get("level") == "error"]
     assert failed and "postgres --single" in failed[-1]["error"], failed
-    assert "already exists" in failed[-1]["error"]
+    assert "is reserved" in failed[-1]["error"]
     assert "SCRAM-SHA-256$" not in done.stderr and "Traceback" not in done.stderr
     assert not (volume_root / "pgdata").exists()
 
@@ -490,6 +490,21 @@ def test_the_first_start_says_ready_twice_as_the_official_image_does(volume_root
     with agent_postgres(env, volume_root / "again.log"):
         again = (volume_root / "again.log").read_text()
     assert officiallog.SKIPPING in again and officiallog.INIT_COMPLETE not in again
+
+
+def test_trust_without_a_password_works_for_a_container_on_its_own(volume_root: Path) -> None:
+    # CI services start the image with POSTGRES_HOST_AUTH_METHOD=trust and no password (issue 20).
+    env = pod_env(volume_root, 0, free_port(), HOSTNAME="ci-service", POSTGRES_HOST_AUTH_METHOD="trust")
+    for name in ("POD_NAME", "POD_NAMESPACE", "POSTGRES_PASSWORD", "PGSFS_REPLICATION_PASSWORD"):
+        env.pop(name)
+    log = volume_root / "agent.log"
+    with agent_postgres(env, log, ready_password="anything-at-all", standalone=True), connect(
+        int(env["PGPORT"]), password=""
+    ) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+    text = log.read_text()
+    assert 'WARNING: POSTGRES_HOST_AUTH_METHOD has been set to "trust"' in text
+    assert "trust_authentication" in text
 
 
 def test_pgdata_as_the_volumes_mount_point(volume_root: Path) -> None:

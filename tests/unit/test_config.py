@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from agent import render
 from agent.config import load_config, namespace_and_domain_from_search
 from agent.errors import ConfigError
 from agent.identity import PRIMARY, REPLICA
@@ -600,6 +601,22 @@ def test_docker_run_outside_a_statefulset_is_standalone(no_kube_files) -> None:
     assert cfg.standalone and cfg.identity.role == "primary"
     assert cfg.replication_password.reveal() == ""  # not required: there is nobody to replicate to
     assert (cfg.superuser, cfg.database) == ("postgres", "postgres")
+
+
+def test_trust_is_accepted_standalone_with_no_password(no_kube_files) -> None:
+    # CI services run the image with POSTGRES_HOST_AUTH_METHOD=trust and no password, as the official allows.
+    cfg = load_config({"HOSTNAME": "3f2a9c1d0b7e", "POSTGRES_HOST_AUTH_METHOD": "trust"}, **no_kube_files)
+    assert cfg.standalone and cfg.host_auth_method == "trust"
+    assert cfg.superuser_password.reveal() == ""
+    assert "trust" in render.hba_tail(cfg.host_auth_method)
+
+
+def test_trust_stays_refused_for_a_member(no_kube_files) -> None:
+    env = {"POD_NAME": "postgresql-sfs-0", "POD_NAMESPACE": "pg", "POSTGRES_HOST_AUTH_METHOD": "trust",
+           "POSTGRES_PASSWORD": "pw-123456", "PGSFS_REPLICATION_PASSWORD": "pw-654321"}  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        load_config(env, **no_kube_files)
+    assert [p for p in caught.value.problems if p.startswith("POSTGRES_HOST_AUTH_METHOD='trust'")]
 
 
 @pytest.mark.parametrize(
