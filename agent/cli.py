@@ -73,7 +73,10 @@ def _prepare(server_args: tuple[str, ...] = ()) -> tuple[Any, Any, Any]:
     from agent.config import load_config
     from agent.runner import Runner
 
+    from agent.postgres import require_scram
+
     logger = _early_logging()
+    require_scram()
     config = load_config(os.environ, server_args=server_args)
     log.configure(config.log_format, config.log_level)
     ident = config.identity

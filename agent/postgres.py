@@ -31,13 +31,31 @@ TEMP_SERVER_HBA = (
 TEMP_SERVER_PROGRESS = 60.0
 
 
+# libpq (16 and later; psycopg bundles one) then sends a password only to a server that asks for
+# SCRAM, or sends none to one that asks for nothing (trust on the private socket): never in clear
+# text or as an md5 hash, which a compromised member or a pod holding a member's name could harvest.
+REQUIRE_AUTH = "scram-sha-256,none"
+_REQUIRE_AUTH_SET: list[bool] = []
+
+
+def require_scram() -> None:
+    """Make every connection the agent itself opens refuse to send a password except over SCRAM
+    (PGREQUIREAUTH, unless the pod sets one); its children do not inherit it (child_env)."""
+    if "PGREQUIREAUTH" not in os.environ:
+        os.environ["PGREQUIREAUTH"] = REQUIRE_AUTH
+        _REQUIRE_AUTH_SET.append(True)
+
+
 def child_env(extra: Mapping[str, str] | None = None, *, keep_secrets: bool = False) -> dict[str, str]:
-    """The environment for a child: ours without secrets (unless asked), plus `extra`."""
+    """The environment for a child: ours without secrets (unless asked), plus `extra`; without the
+    agent's own PGREQUIREAUTH (postgres' dblink or a script's psql keep the pod's libpq defaults)."""
     env = {
         key: value
         for key, value in os.environ.items()
         if keep_secrets or (key not in SECRET_VARIABLES and not key.endswith("_PASSWORD_FILE"))
     }
+    if _REQUIRE_AUTH_SET:
+        env.pop("PGREQUIREAUTH", None)
     env.update(extra or {})
     return env
 
