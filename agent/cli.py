@@ -71,9 +71,8 @@ def _prepare(server_args: tuple[str, ...] = ()) -> tuple[Any, Any, Any]:
     """
     from agent import log
     from agent.config import load_config
-    from agent.runner import Runner
-
     from agent.postgres import require_scram
+    from agent.runner import Runner
 
     logger = _early_logging()
     require_scram()

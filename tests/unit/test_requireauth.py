@@ -72,7 +72,7 @@ def agent_auth(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_a_password_is_never_sent_to_a_server_that_asks_for_it_in_clear_or_as_md5(request_bytes: bytes) -> None:
     server = Harvester(request_bytes)
     try:
-        with pytest.raises(psycopg.OperationalError, match="require_auth|authentication method requirement"):
+        with pytest.raises(psycopg.OperationalError, match=r"require_auth|authentication method requirement"):
             psycopg.connect(host="127.0.0.1", port=server.port, user="postgres", password="Harvest-Me-1",
                             dbname="postgres", connect_timeout=3)  # fmt: skip
     finally:
