@@ -90,6 +90,11 @@ class _Handler(socketserver.BaseRequestHandler):
             return
 
 
+# Connections answered at once: a flood costs at most this many threads (each lives up to ~6 s);
+# any more are closed as they come. A member needs one now and then.
+MAX_ANSWERING = 64
+
+
 class _Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
@@ -97,7 +102,20 @@ class _Server(socketserver.ThreadingTCPServer):
     def __init__(self, address: tuple[str, int], family: int, message: str) -> None:
         self.address_family = family
         self.message = message
+        self.slots = threading.BoundedSemaphore(MAX_ANSWERING)
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:

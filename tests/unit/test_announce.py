@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from agent import announce, replication
 from agent.announce import Announcer
+from emulator.waiting import wait_until
 
 
 def _free_port() -> int:
@@ -65,3 +66,29 @@ def test_a_taken_port_is_reported_not_raised() -> None:
         s.listen()
         port = s.getsockname()[1]
         assert Announcer(port, "x", host="127.0.0.1").start() is not None
+
+
+def test_a_connection_flood_is_answered_by_a_bounded_number_of_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Review F-L12: one thread per connection, each up to ~6 s, without a bound.
+    monkeypatch.setattr(announce, "MAX_ANSWERING", 4)
+    port = _free_port()
+    held: list[socket.socket] = []
+    with Announcer(port, announce.holds_message(42, "clone finished"), host="127.0.0.1") as a:
+        assert a.start() is None
+        try:
+            for _ in range(4):  # silent clients take every slot
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=3))
+            with socket.create_connection(("127.0.0.1", port), timeout=3) as extra:
+                assert extra.recv(16) == b"", "one more is closed at once"
+        finally:
+            for sock in held:
+                sock.close()
+
+        def answered() -> bool:
+            try:
+                psycopg.connect(host="127.0.0.1", port=port, connect_timeout=3, gssencmode="disable")
+            except psycopg.OperationalError as exc:
+                return announce.read_announcement(str(exc)) == (True, 42, None)
+            return False
+
+        wait_until(answered, 10, what="a slot to come back once a client leaves")
