@@ -341,6 +341,12 @@ def _max_rate(env: Mapping[str, str], problems: _Problems) -> str | None:
     return None
 
 
+# The values k8s/secret.example.yaml publishes: anyone can read them, so no cluster may use them.
+PUBLISHED_EXAMPLE_PASSWORDS = frozenset(
+    {"example-postgres-password-REPLACE-ME", "example-replication-password-REPLACE-ME"}
+)
+
+
 def load_config(
     env: Mapping[str, str],
     *,
@@ -448,6 +454,11 @@ def load_config(
         problems.add("PGSFS_REPLICATION_USER", replication_user, "a role other than POSTGRES_USER")
     # Standalone there is nobody to replicate to: the replication role is made only if asked for.
     replication_password = _secret(env, "PGSFS_REPLICATION_PASSWORD", problems, required=not standalone)
+    given = (("POSTGRES_PASSWORD", superuser_password), ("PGSFS_REPLICATION_PASSWORD", replication_password))
+    for name, secret in given:
+        if secret.reveal() in PUBLISHED_EXAMPLE_PASSWORDS:
+            problems.add(name, None, "a password of your own, not the published example of k8s/secret.example.yaml "
+                         "(README's quick start creates the Secret with random ones)", secret=True)  # fmt: skip
 
     wait_timeout = _seconds(env, "PGSFS_WAIT_TIMEOUT", 600.0, problems)
     restart_check_timeout = _seconds(env, "PGSFS_RESTART_CHECK_TIMEOUT", 10.0, problems)

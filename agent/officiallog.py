@@ -40,6 +40,10 @@ WARNING: POSTGRES_HOST_AUTH_METHOD has been set to "trust". This will allow
 ********************************************************************************"""
 
 
+# Every plain line the agent itself prints (the container log's other plain lines are postgres').
+AGENT_LINES = frozenset({INIT_COMPLETE, SKIPPING, SINGLE_USER_READY, *TRUST_WARNING.splitlines()})
+
+
 def say(*lines: str, stream: TextIO | None = None) -> None:
     """Print plain lines on the container log (stderr, beside the JSON lines)."""
     out = stream or sys.stderr

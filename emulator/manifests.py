@@ -499,8 +499,41 @@ def _client_services(docs: list[dict[str, Any]], sts: dict[str, Any], headless: 
     return tuple(clients)
 
 
+# What README's quick start creates with `kubectl create secret generic postgresql-secrets ...` before
+# `kubectl apply -k k8s/`: the base ships no Secret, so a re-apply never restores published example
+# passwords. The emulator's own values, for a cluster that lives on this machine only.
+QUICK_START_SECRETS = {
+    "postgresql-secrets": {
+        "postgres-password": "emulator-superuser-password",
+        "replication-password": "emulator-replication-password",
+    }
+}
+
+
+def with_created_secrets(docs: list[dict[str, Any]], created: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:
+    """The documents plus the Secrets created by hand in the StatefulSet's namespace (`kubectl create
+    secret`), each only where the manifests do not already hold one of that name."""
+    sts = next((d for d in docs if d.get("kind") == "StatefulSet"), None)
+    namespace = (sts or {}).get("metadata", {}).get("namespace", "default")
+    present = {(d.get("metadata", {}).get("namespace", "default"), d["metadata"]["name"])
+               for d in docs if d.get("kind") == "Secret"}  # fmt: skip
+    extra = [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": name, "namespace": namespace},
+            "stringData": dict(values),
+        }
+        for name, values in created.items()
+        if (namespace, name) not in present
+    ]
+    return [*docs, *extra]
+
+
 def load_spec(repo_root: Path = REPO_ROOT, overlay: str | None = None) -> ClusterSpec:
-    """The spec from `kubectl kustomize k8s/` (or `k8s-overlays/OVERLAY`) and docker/Dockerfile."""
+    """The spec from `kubectl kustomize k8s/` (or `k8s-overlays/OVERLAY`) and docker/Dockerfile, with
+    the Secret README's quick start creates by hand."""
     dockerfile = repo_root / "docker" / "Dockerfile"
     if dockerfile.exists():
         image = read_dockerfile(dockerfile)
@@ -508,7 +541,7 @@ def load_spec(repo_root: Path = REPO_ROOT, overlay: str | None = None) -> Cluste
         # The image's documented contract, for checkouts without a Dockerfile yet.
         image = ImageConfig(("pg-sfs-agent",), ("postgres",), DEFAULT_STOP_SIGNAL)
     k8s = repo_root / "k8s" if overlay is None else repo_root / "k8s-overlays" / overlay
-    return spec_from_documents(render_kustomize(k8s), image)
+    return spec_from_documents(with_created_secrets(render_kustomize(k8s), QUICK_START_SECRETS), image)
 
 
 def shipped_security(repo_root: Path = REPO_ROOT) -> SecurityContext:

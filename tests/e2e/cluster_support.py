@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from agent.officiallog import AGENT_LINES
 from emulator.controller import Cluster
 from emulator.manifests import REPO_ROOT
 from emulator.waiting import wait_until
@@ -74,14 +75,15 @@ def event_time(event: dict[str, Any]) -> float:
 
 
 def lines_before_exec(text: str) -> list[str]:
-    """Output lines that are not the agent's, seen before its exec_postgres line (or in all)."""
+    """Output lines that are not the agent's, seen before its exec_postgres line (or in all). The
+    plain lines the agent prints as the official entrypoint does (agent/officiallog.py) are its own."""
     before = []
     for line in text.splitlines():
         if line.startswith("{"):
             if '"event": "exec_postgres"' in line or '"event":"exec_postgres"' in line:
                 break
             continue
-        if line.strip():
+        if line.strip() and line not in AGENT_LINES:
             before.append(line)
     return before
 

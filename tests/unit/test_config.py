@@ -352,6 +352,8 @@ BAD_VALUES = [
     ("PGSFS_REPLICATION_USER", "a\"b"),
     ("POSTGRES_PASSWORD", ""),
     ("PGSFS_REPLICATION_PASSWORD", ""),
+    ("POSTGRES_PASSWORD", "example-postgres-password-REPLACE-ME"),
+    ("PGSFS_REPLICATION_PASSWORD", "example-replication-password-REPLACE-ME"),
 ]
 
 
