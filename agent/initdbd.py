@@ -4,9 +4,11 @@ All files run in one bash process, in name order, as the official entrypoint doe
 `*.sh` is run, any other `*.sh` is sourced (so it sees the helpers below and the variables earlier
 sourced scripts set), `*.sql`, `*.sql.gz`, `*.sql.xz` and `*.sql.zst` go through psql into
 POSTGRES_DB as POSTGRES_USER; other files are ignored. The helpers a sourced script may call are
-the documented ones: `docker_process_sql` (psql with ON_ERROR_STOP, no psqlrc, into POSTGRES_DB)
-and the `psql` array (`"${psql[@]}"` runs docker_process_sql). PGHOST and PGPORT point at the
-temporary server's private socket, so a plain `psql` in a script reaches it too.
+the official ones: `docker_process_sql` (psql with ON_ERROR_STOP, no psqlrc, into POSTGRES_DB, over
+the socket whatever PGHOSTADDR says), the `psql` array (`"${psql[@]}"` runs docker_process_sql),
+`file_env`, `docker_setup_db` (nothing left to do), `docker_temp_server_stop`/`_start` and
+`DATABASE_ALREADY_EXISTS` (empty); the files run inside a function, so a sourced one may use `local`.
+PGHOST and PGPORT point at the temporary server's private socket, so a plain `psql` reaches it too.
 """
 
 from __future__ import annotations
@@ -25,23 +27,46 @@ set -Eeo pipefail
 docker_process_sql() {
 	local into=()
 	if [ -n "$POSTGRES_DB" ]; then into=( --dbname "$POSTGRES_DB" ); fi
-	psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --no-password --no-psqlrc "${into[@]}" "$@"
+	PGHOSTADDR= psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --no-password --no-psqlrc "${into[@]}" "$@"
 }
+# The official helpers a sourced script may call: X or X_FILE into X (X wins when both are empty)...
+file_env() {
+	local var="$1" fileVar="${1}_FILE" def="${2:-}" val="$def"
+	if [ "${!var:-}" ] && [ "${!fileVar:-}" ]; then
+		printf >&2 'error: both %s and %s are set (but are exclusive)
+' "$var" "$fileVar"; exit 1
+	fi
+	if [ "${!var:-}" ]; then val="${!var}"; elif [ "${!fileVar:-}" ]; then val="$(< "${!fileVar}")"; fi
+	export "$var"="$val"
+	unset "$fileVar"
+}
+# ...the database and roles, which the agent made before the scripts...
+docker_setup_db() { :; }
+# ...and the temporary server: stopped and started again on its private socket with its options; one
+# a script leaves running in place of the agent's is stopped by the agent before the build is used.
+docker_temp_server_stop() { pg_ctl -D "$PGDATA" -m fast -w stop; }
+docker_temp_server_start() { pg_ctl -D "$PGDATA" -w start -o "$PGSFS_TEMP_SERVER_OPTIONS"; }
 psql=( docker_process_sql )
-# The glob of the official entrypoint, in the same shell: the same order (the locale's), dotfiles skipped.
-for f in "$1"/*; do
-	# Which file runs now, for the agent's log and for naming the one that fails.
-	printf '%s %s\n' "$EPOCHREALTIME" "$f" >> "$2"
-	case "$f" in
-		*.sh)
-			if [ -x "$f" ]; then echo "$0: running $f"; "$f"; else echo "$0: sourcing $f"; . "$f"; fi ;;
-		*.sql)     echo "$0: running $f"; docker_process_sql -f "$f"; echo ;;
-		*.sql.gz)  echo "$0: running $f"; gunzip -c "$f" | docker_process_sql; echo ;;
-		*.sql.xz)  echo "$0: running $f"; xzcat "$f" | docker_process_sql; echo ;;
-		*.sql.zst) echo "$0: running $f"; zstd -dc "$f" | docker_process_sql; echo ;;
-		*)         echo "$0: ignoring $f" ;;
-	esac
-done
+DATABASE_ALREADY_EXISTS=
+# Inside a function, as the official runs them, so a sourced script may use `local`. The glob of the
+# official entrypoint, in the same shell: the same order (the locale's), dotfiles skipped.
+docker_process_init_files() {
+	local f
+	for f in "$1"/*; do
+		# Which file runs now, for the agent's log and for naming the one that fails.
+		printf '%s %s\n' "$EPOCHREALTIME" "$f" >> "$2"
+		case "$f" in
+			*.sh)
+				if [ -x "$f" ]; then echo "$0: running $f"; "$f"; else echo "$0: sourcing $f"; . "$f"; fi ;;
+			*.sql)     echo "$0: running $f"; docker_process_sql -f "$f"; echo ;;
+			*.sql.gz)  echo "$0: running $f"; gunzip -c "$f" | docker_process_sql; echo ;;
+			*.sql.xz)  echo "$0: running $f"; xzcat "$f" | docker_process_sql; echo ;;
+			*.sql.zst) echo "$0: running $f"; zstd -dc "$f" | docker_process_sql; echo ;;
+			*)         echo "$0: ignoring $f" ;;
+		esac
+	done
+}
+docker_process_init_files "$1" "$2"
 """
 
 

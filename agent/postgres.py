@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -13,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Callable
 
-from tenacity import Retrying, retry_if_exception, stop_after_delay, stop_never, wait_fixed
+from tenacity import Retrying, retry_if_exception, retry_if_result, stop_after_delay, stop_never, wait_fixed
 
 from agent.config import SECRET_VARIABLES
 from agent.errors import CommandFailed, ConfigError
@@ -188,6 +189,23 @@ class TempServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.logfile = datadir.parent / "temporary-server.log"
 
+    def options(self) -> list[str]:
+        """The server's options after `-D`: the user's arguments, then the agent's (later ones win)."""
+        return [
+            *self.server_args,
+            "-c",
+            "listen_addresses=",
+            "-c",
+            f"unix_socket_directories={self.sockdir}",
+            "-c",
+            f"port={self.port}",
+            "-c",
+            f"hba_file={self.sockdir / 'pg_hba.conf'}",
+            # Commits here (roles, initdb.d, rotated passwords) must never wait for a standby.
+            "-c",
+            "synchronous_standby_names=",
+        ]
+
     def start(
         self,
         timeout: float | None = None,
@@ -204,23 +222,7 @@ class TempServer:
         if os.geteuid() == 0:  # in-process use as root (tests): the server's user must read it
             owner = os.stat(self.sockdir)
             os.chown(hba, owner.st_uid, owner.st_gid)
-        argv = [
-            "postgres",
-            "-D",
-            str(self.datadir),
-            *self.server_args,
-            "-c",
-            "listen_addresses=",
-            "-c",
-            f"unix_socket_directories={self.sockdir}",
-            "-c",
-            f"port={self.port}",
-            "-c",
-            f"hba_file={hba}",
-            # Commits here (roles, initdb.d, rotated passwords) must never wait for a standby.
-            "-c",
-            "synchronous_standby_names=",
-        ]
+        argv = ["postgres", "-D", str(self.datadir), *self.options()]
         with open(self.logfile, "ab") as log:
             self.proc = self.runner.spawn(argv, env=child_env(), stdout=log, stderr=log)
         import psycopg
@@ -269,8 +271,10 @@ class TempServer:
         retrying(connect)
 
     def conninfo(self, dbname: str, user: str | None = None) -> dict[str, Any]:
-        """Connection keywords for psycopg over the private socket."""
-        return {"host": str(self.sockdir), "port": self.port, "dbname": dbname, "user": user or self.superuser}
+        """Connection keywords for psycopg over the private socket (an empty hostaddr: a PGHOSTADDR in
+        the pod's environment would otherwise send libpq over TCP)."""
+        return {"host": str(self.sockdir), "hostaddr": "", "port": self.port, "dbname": dbname,
+                "user": user or self.superuser}  # fmt: skip
 
     def stop(self, timeout: float = 60.0) -> None:
         """Fast shutdown (SIGINT): checkpoint, then exit."""
@@ -282,7 +286,38 @@ class TempServer:
                 f"the temporary server did not stop cleanly (exit {self.proc.returncode})",
                 hint="read its log: " + _tail(self.logfile.read_bytes()),
             )
+        ours = self.proc.pid
         self.proc = None
+        self._stop_successor(ours, timeout)
+
+    def _stop_successor(self, ours: int, timeout: float) -> None:
+        """Stop a postmaster an initdb.d script started in place of ours (`pg_ctl restart`, the
+        pg_cron recipe): it runs on the build's data, detached from the agent, and would still hold
+        it when the build becomes PGDATA. The official entrypoint stops whichever postmaster the pid
+        file names, too."""
+        from agent.probe import postmaster_status
+
+        running = postmaster_status(self.datadir)
+        if running is None or running[0] == ours:
+            return
+        successor = running[0]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(successor, signal.SIGINT)
+
+        def gone() -> bool:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(successor, os.WNOHANG)  # in a container the agent is PID 1: it reaps orphans
+            return not (self.datadir / "postmaster.pid").exists() or postmaster_status(self.datadir) is None
+
+        stopped = Retrying(
+            retry=retry_if_result(lambda done: not done), wait=wait_fixed(0.05), stop=stop_after_delay(timeout),
+            retry_error_callback=lambda _state: False,
+        )(gone)  # fmt: skip
+        if not stopped:
+            raise CommandFailed(
+                f"an initdb.d script restarted the temporary server (pid {successor}), which did not stop",
+                hint="read its log: " + _tail(self.logfile.read_bytes()),
+            )
 
 
 def basebackup(

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -233,7 +234,8 @@ class Primary(Part):
                 "PGHOST": str(server.sockdir),
                 "PGPORT": str(cfg.port),
                 "PGUSER": cfg.superuser,
-                "PGDATABASE": cfg.database,
+                # The official image leaves PGDATABASE unset: a plain psql goes to the user's database.
+                "PGSFS_TEMP_SERVER_OPTIONS": shlex.join(server.options()),
                 "PGDATA": str(server.datadir),
                 "POSTGRES_USER": cfg.superuser,
                 "POSTGRES_DB": cfg.database,
@@ -242,7 +244,8 @@ class Primary(Part):
             },
             keep_secrets=True,
         )
-        for name in ("PGSFS_REPLICATION_PASSWORD", "PGSFS_REPLICATION_PASSWORD_FILE"):
+        # PGHOSTADDR from the pod would send psql over TCP, past the private socket (the official clears it).
+        for name in ("PGSFS_REPLICATION_PASSWORD", "PGSFS_REPLICATION_PASSWORD_FILE", "PGHOSTADDR", "PGDATABASE"):
             env.pop(name, None)
         started = self.world.clock()
         self.world.beat("initdb_scripts")

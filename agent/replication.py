@@ -105,8 +105,8 @@ class Endpoint:
             connect_timeout=max(1, int(timeout)),
             autocommit=True,
         )
-        if self.hostaddr:
-            kwargs["hostaddr"] = self.hostaddr
+        # Always given (empty: none), so a PGHOSTADDR in the pod's environment never redirects it.
+        kwargs["hostaddr"] = self.hostaddr or ""
         return kwargs
 
 

@@ -41,7 +41,8 @@ def _initdb_scripts(volume: Path) -> Path:
     scripts.mkdir()
     (scripts / "01-table.sql").write_text("CREATE TABLE seeded (id int); INSERT INTO seeded VALUES (1);\n")
     (scripts / "02-more.sql.gz").write_bytes(gzip.compress(b"INSERT INTO seeded VALUES (2);\n"))
-    (scripts / "03-shell.sh").write_text('psql -v ON_ERROR_STOP=1 -c "INSERT INTO seeded VALUES (3)"\n')
+    # As in the official README: a plain psql goes to the user's database, so name POSTGRES_DB.
+    (scripts / "03-shell.sh").write_text('psql -v ON_ERROR_STOP=1 --dbname "$POSTGRES_DB" -c "INSERT INTO seeded VALUES (3)"\n')
     os.chmod(scripts, 0o755)
     for script in scripts.iterdir():
         os.chmod(script, 0o644)
@@ -355,7 +356,7 @@ def test_initdb_d_with_the_official_semantics_and_names(volume_root: Path) -> No
         "05-xz.sql.xz": (lzma.compress(b"INSERT INTO seeded VALUES (5, 'xz');\n"), 0o644),
         "06-zst.sql.zst": (subprocess.run(["zstd", "-q", "-c"], input=b"INSERT INTO seeded VALUES (6, 'zst');\n",
                                           capture_output=True, check=True).stdout, 0o644),
-        "07-env.sh": ('#!/bin/sh\npsql -v ON_ERROR_STOP=1 -c "INSERT INTO seeded VALUES (7, \'$PGDATA\')"\n', 0o755),
+        "07-env.sh": ('#!/bin/sh\npsql -v ON_ERROR_STOP=1 --dbname "$POSTGRES_DB" -c "INSERT INTO seeded VALUES (7, \'$PGDATA\')"\n', 0o755),
         "README.txt": ("not a script: ignored\n", 0o644),
     }  # fmt: skip
     for name, (content, mode) in files.items():
@@ -505,6 +506,36 @@ def test_trust_without_a_password_works_for_a_container_on_its_own(volume_root: 
     text = log.read_text()
     assert 'WARNING: POSTGRES_HOST_AUTH_METHOD has been set to "trust"' in text
     assert "trust_authentication" in text
+
+
+def test_initdb_scripts_see_the_official_shell_and_may_restart_the_server(volume_root: Path) -> None:
+    # Review F-L3: sourced scripts run inside a function (`local`), see the official helpers, and a
+    # plain psql lands in the user's database (no PGDATABASE), over the socket despite PGHOSTADDR.
+    # Review F-L1: `pg_ctl restart` in a script (the pg_cron recipe) left an orphan postmaster on
+    # the build, and the real server then met its lock file.
+    scripts = volume_root / "initdb.d"
+    scripts.mkdir(mode=0o755)
+    (scripts / "01-shell.sh").write_text(
+        'local answer=42\n'
+        'file_env POSTGRES_EXTRA "default-extra"\n'
+        '[ "$POSTGRES_EXTRA" = default-extra ] && [ -z "$DATABASE_ALREADY_EXISTS" ]\n'
+        'docker_setup_db\n'
+        'psql -c "CREATE TABLE plain_psql AS SELECT current_database() AS db, $answer AS answer"\n'
+    )
+    (scripts / "02-restart.sh").write_text(
+        'pg_ctl -D "$PGDATA" -m fast -w restart\n'
+        'docker_process_sql -c "CREATE TABLE after_restart ()"\n'
+        "docker_temp_server_stop\n"
+        "docker_temp_server_start\n"
+        'docker_process_sql -c "CREATE TABLE after_start ()"\n'
+    )
+    env = pod_env(volume_root, 0, free_port(), PGSFS_INITDB_DIR=str(scripts), POSTGRES_DB="app",
+                  PGHOSTADDR="198.18.255.254")  # fmt: skip
+    with agent_postgres(env, volume_root / "agent.log", ready_timeout=90) as server:
+        with connect(server.port) as conn:  # the plain psql went to the user's database
+            assert conn.execute("SELECT db, answer FROM plain_psql").fetchone() == ("postgres", 42)
+        with connect(server.port, dbname="app") as conn:
+            assert conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'after_%'").fetchone() == (2,)
 
 
 def test_pgdata_as_the_volumes_mount_point(volume_root: Path) -> None:

@@ -166,7 +166,7 @@ def test_endpoint_connect_kwargs() -> None:
         "198.18.0.3",
         5433,
     )
-    assert "hostaddr" not in Endpoint("h", 5432, "u", "p").connect_kwargs(7.9)
+    assert Endpoint("h", 5432, "u", "p").connect_kwargs(7.9)["hostaddr"] == ""  # never the environment's PGHOSTADDR
     assert Endpoint("h", 5432, "u", "p").connect_kwargs(7.9)["connect_timeout"] == 7
 
 
