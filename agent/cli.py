@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -29,6 +30,14 @@ def install_signal_handlers() -> None:
 
 def _wants_info(args: list[str]) -> bool:
     return any(arg in INFO_ARGS or arg.startswith("-C") for arg in args)
+
+
+def _prints_a_setting_of_a_new_cluster(args: list[str]) -> bool:
+    """`postgres -C name` on a PGDATA with no cluster yet: the official entrypoint initialises first
+    (it does not count -C as a help argument), then postgres prints the value. Otherwise -C only reads."""
+    only_c = not any(arg in INFO_ARGS and arg != "-C" for arg in args)
+    pgdata = Path(os.environ.get("PGDATA") or "/var/lib/postgresql/data")
+    return only_c and not os.path.lexists(pgdata / "PG_VERSION")
 
 
 def _cannot_run(program: str, exc: OSError) -> int:
@@ -332,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "promote":
         return cmd_promote(rest)
     if command == "postgres":
-        if _wants_info(rest):
+        if _wants_info(rest) and not _prints_a_setting_of_a_new_cluster(rest):
             from agent.bootstrap import exec_postgres
             from agent.privileges import postgres_account
 

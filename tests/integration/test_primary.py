@@ -538,6 +538,19 @@ def test_initdb_scripts_see_the_official_shell_and_may_restart_the_server(volume
             assert conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'after_%'").fetchone() == (2,)
 
 
+def test_dash_c_initialises_an_empty_pgdata_first_as_the_official_does(volume_root: Path) -> None:
+    # Review F-L9: `postgres -C name` bootstraps in the official entrypoint; on an empty PGDATA the
+    # agent exec'd postgres at once, which failed on the missing configuration file.
+    env = pod_env(volume_root, 0, free_port())
+    first = run_agent(env, "postgres", "-C", "wal_level")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip().splitlines()[-1] == "replica"
+    assert (volume_root / "pgdata" / "PG_VERSION").exists()
+    again = run_agent(env, "postgres", "-C", "wal_level")  # a cluster exists: it only reads
+    assert (again.returncode, again.stdout.strip()) == (0, "replica"), again.stderr
+    assert "agent_start" not in again.stderr
+
+
 def test_pgdata_as_the_volumes_mount_point(volume_root: Path) -> None:
     # The official image's VOLUME /var/lib/postgresql/data makes PGDATA a mount point, and a real PV
     # has lost+found at its root. Here an earlier start also stopped halfway through moving its
