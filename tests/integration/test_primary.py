@@ -42,7 +42,9 @@ def _initdb_scripts(volume: Path) -> Path:
     (scripts / "01-table.sql").write_text("CREATE TABLE seeded (id int); INSERT INTO seeded VALUES (1);\n")
     (scripts / "02-more.sql.gz").write_bytes(gzip.compress(b"INSERT INTO seeded VALUES (2);\n"))
     # As in the official README: a plain psql goes to the user's database, so name POSTGRES_DB.
-    (scripts / "03-shell.sh").write_text('psql -v ON_ERROR_STOP=1 --dbname "$POSTGRES_DB" -c "INSERT INTO seeded VALUES (3)"\n')
+    (scripts / "03-shell.sh").write_text(
+        'psql -v ON_ERROR_STOP=1 --dbname "$POSTGRES_DB" -c "INSERT INTO seeded VALUES (3)"\n'
+    )
     os.chmod(scripts, 0o755)
     for script in scripts.iterdir():
         os.chmod(script, 0o644)
@@ -356,7 +358,8 @@ def test_initdb_d_with_the_official_semantics_and_names(volume_root: Path) -> No
         "05-xz.sql.xz": (lzma.compress(b"INSERT INTO seeded VALUES (5, 'xz');\n"), 0o644),
         "06-zst.sql.zst": (subprocess.run(["zstd", "-q", "-c"], input=b"INSERT INTO seeded VALUES (6, 'zst');\n",
                                           capture_output=True, check=True).stdout, 0o644),
-        "07-env.sh": ('#!/bin/sh\npsql -v ON_ERROR_STOP=1 --dbname "$POSTGRES_DB" -c "INSERT INTO seeded VALUES (7, \'$PGDATA\')"\n', 0o755),
+        "07-env.sh": ('#!/bin/sh\npsql -v ON_ERROR_STOP=1 --dbname "$POSTGRES_DB" '
+                      '-c "INSERT INTO seeded VALUES (7, \'$PGDATA\')"\n', 0o755),
         "README.txt": ("not a script: ignored\n", 0o644),
     }  # fmt: skip
     for name, (content, mode) in files.items():
