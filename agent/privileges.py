@@ -162,6 +162,13 @@ def drop_to(account: RunAs, groups: tuple[int, ...]) -> None:
     os.setgroups(list(groups))
     os.setgid(account.gid)
     os.setuid(account.uid)
+    # Defence in depth (review F-I2): the drop must be for good, whatever capabilities the runtime left.
+    try:
+        os.setuid(0)
+    except PermissionError:
+        pass
+    else:
+        raise RuntimeError("root could be regained after dropping to postgres: refusing to go on")
     os.environ["HOME"] = account.home
     os.environ["USER"] = os.environ["LOGNAME"] = POSTGRES_USER_NAME
 
