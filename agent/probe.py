@@ -306,12 +306,26 @@ def _receiver(env: Mapping[str, str], sockdir: str, port: int) -> tuple[str, str
         text=True,
         timeout=2,
         check=False,
-        env={"PATH": env.get("PATH", os.defpath), "PGCONNECT_TIMEOUT": "1"},
+        env={"PATH": env.get("PATH", os.defpath), "PGCONNECT_TIMEOUT": "1", **_password_env(env)},
     )
     if done.returncode != 0:
         return None
     state, _, silent_s = done.stdout.strip().partition("|")
     return state or "none", silent_s
+
+
+def _password_env(env: Mapping[str, str]) -> dict[str, str]:
+    """PGPASSWORD for psql from the container's POSTGRES_PASSWORD (or its _FILE, read with a limit), so
+    a user who hardened local auth in pg_hba.conf does not make every standby un-Ready (review L7);
+    only ever sent to postgres' own socket (own_socket), never in argv."""
+    password = env.get("POSTGRES_PASSWORD") or ""
+    path = env.get("POSTGRES_PASSWORD_FILE")
+    if not password and path:
+        try:
+            password = read_limited(Path(path), 4096).decode("utf-8", "replace").rstrip("\n")
+        except OSError:
+            password = ""
+    return {"PGPASSWORD": password} if password else {}
 
 
 CHECKS = {"startup": check_startup, "readiness": check_readiness, "liveness": check_liveness}

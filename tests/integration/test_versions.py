@@ -158,6 +158,19 @@ def test_replication_protocol_answers_on_this_major(primary: Any, volume_root: P
             return done.returncode == 0 and done.stdout.strip() == "replica streaming"
 
         wait_for(streaming, 30, "the readiness probe to see the replica streaming")
+        # Review L7: a user who hardens local auth (README invites own rules) must not make the
+        # standby un-Ready for good: the probe's psql gives the password from the container's env.
+        hba = volume_root / "pgdata" / "pg_hba.conf"
+        hardened = [
+            " ".join([*line.split()[:-1], "scram-sha-256"]) if line.startswith("local") else line
+            for line in hba.read_text().splitlines()
+        ]
+        hba.write_text("\n".join(hardened) + "\n")
+        with connect(port) as conn:
+            conn.execute("SELECT pg_reload_conf()")
+        wait_for(streaming, 30, "the readiness probe to pass with local auth hardened")
+        no_password = {k: v for k, v in env.items() if k != "POSTGRES_PASSWORD"}
+        assert run_agent(no_password, "probe", "readiness").returncode == 1, "the check is real"
     finally:
         proc.send_signal(2)
         proc.wait(timeout=30)
