@@ -141,7 +141,7 @@ def observe(config: Config, lookup: discovery.Lookup) -> tuple[MemberView, list[
         except probe.ProbeFailed as exc:
             local = MemberView(own, False, detail=str(exc))
         else:
-            local = _ask(connect, own, host=os.path.dirname(socket_path), port=config.port)
+            local = _ask(connect, own, host=os.path.dirname(socket_path), hostaddr="", port=config.port)
     # The members the re-init guard would ask: SRV targets, then ordinals past the highest found.
     srv, _, _ = discovery.service_srv(lookup, config.srv_fqdn, config.service_fqdn)
 
@@ -178,7 +178,9 @@ def run(args: argparse.Namespace, config: Config, lookup: discovery.Lookup, log:
     if refusal is None and not dry_run:
         running = probe.postmaster_status(config.pgdata)
         assert running is not None
-        with psycopg.connect(host=running[1] or "/var/run/postgresql", port=config.port, user=config.superuser,
+        # The superuser's password goes only to postgres' own socket (observe checked it as well).
+        socket_dir = os.path.dirname(probe.own_socket(config.pgdata, running[1], config.port))
+        with psycopg.connect(host=socket_dir, hostaddr="", port=config.port, user=config.superuser,
                              password=config.superuser_password.reveal(), dbname="postgres",
                              autocommit=True) as conn:  # fmt: skip
             promoted = conn.execute("SELECT pg_promote(true, 60)").fetchone()
