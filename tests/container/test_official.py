@@ -55,15 +55,19 @@ if not podman.image_exists(IMAGE):
 class Official:
     """One server container started as the official tests start it, and psql from a client container."""
 
-    def __init__(self, net: Network, workdir: Path, name: str, initdb_dir: Path | None = None) -> None:
+    def __init__(
+        self, net: Network, workdir: Path, name: str, initdb_dir: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.net = net
         self.server: Host = net.add_host(f"{name}-server")
         self.client: Host = net.add_host(f"{name}-client")
         self.name = f"{net.prefix}-{name}"
         self.env_file = workdir / f"{name}.env"
-        podman.write_env_file(self.env_file, OFFICIAL)
+        server_env = {**OFFICIAL, **(env or {})}
+        podman.write_env_file(self.env_file, {k: v for k, v in server_env.items() if v})
         self.client_env = workdir / f"{name}-client.env"
-        podman.write_env_file(self.client_env, {"PGPASSWORD": OFFICIAL["POSTGRES_PASSWORD"]})
+        password = server_env.get("POSTGRES_PASSWORD", "")
+        podman.write_env_file(self.client_env, {"PGPASSWORD": password} if password else {})
         argv = ["podman", "run", "-d", "--name", self.name, "--pull=never",
                 f"--network=ns:/run/netns/{self.server.netns}", f"--env-file={self.env_file}"]  # fmt: skip
         if initdb_dir is not None:
@@ -155,3 +159,15 @@ def test_postgres_initdb(net: Network, tmp_path: Path) -> None:
     server.wait_ready()
     assert server.psql("SELECT COUNT(*) FROM test") == "1"
     assert server.psql("SELECT c FROM test") == "goodbye!"
+
+
+def test_a_ci_service_with_trust_and_the_log_lines_tools_wait_for(net: Network, tmp_path: Path) -> None:
+    # GitHub Actions services and Testcontainers run the image this way: POSTGRES_HOST_AUTH_METHOD=trust,
+    # no password, and a wait for "database system is ready to accept connections" twice (issue 20).
+    server = Official(net, tmp_path, "trust", env={"POSTGRES_HOST_AUTH_METHOD": "trust", "POSTGRES_PASSWORD": ""})
+    server.wait_ready()
+    assert server.psql("SELECT current_user") == OFFICIAL["POSTGRES_USER"]
+    logs = server.logs()
+    assert 'WARNING: POSTGRES_HOST_AUTH_METHOD has been set to "trust"' in logs
+    assert "PostgreSQL init process complete; ready for start up." in logs
+    assert logs.count("database system is ready to accept connections") >= 2
