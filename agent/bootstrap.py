@@ -18,18 +18,8 @@ from agent.primary import Primary
 from agent.privileges import NSS_VARIABLES, account_groups, drop_to, postgres_account
 from agent.replica import Replica
 from agent.runner import RunAs, Runner
-from agent.secretsrecord import PasswordChange
 
 __all__ = ["Bootstrap", "World", "exec_postgres", "observe_and_plan", "postgres_account"]
-
-
-def password_change(config: Config) -> PasswordChange:
-    """Which passwords this start sets, from the agent's record of what it last applied."""
-    return secretsrecord.password_change(
-        secretsrecord.read_record(config.state_dir),
-        config.superuser_password.reveal(),
-        config.replication_password.reveal(),
-    )
 
 
 def _has_initdb_scripts(directory: Path) -> bool:
@@ -48,7 +38,7 @@ def observe_and_plan(
     `args`: postgres' own arguments, whose settings win over the agent's.
     """
     state = inspect(config.pgdata)
-    passwords = password_change(config) if state.initialised and config.identity.role == "primary" else None
+    passwords = secretsrecord.pending(config) if state.initialised and config.identity.role == "primary" else None
     major = major if major is not None else server_major(runner)
     wal = walbudget.observe(config.pgdata, config.initdb_args, args)
     scripts = _has_initdb_scripts(config.initdb_dir) if not state.initialised else False

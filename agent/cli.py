@@ -35,8 +35,10 @@ def _wants_info(args: list[str]) -> bool:
 def _prints_a_setting_of_a_new_cluster(args: list[str]) -> bool:
     """`postgres -C name` on a PGDATA with no cluster yet: the official entrypoint initialises first
     (it does not count -C as a help argument), then postgres prints the value. Otherwise -C only reads."""
+    from agent.config import DEFAULT_PGDATA
+
     only_c = not any(arg in INFO_ARGS and arg != "-C" for arg in args)
-    pgdata = Path(os.environ.get("PGDATA") or "/var/lib/postgresql/data")
+    pgdata = Path(os.environ.get("PGDATA") or DEFAULT_PGDATA)
     return only_c and not os.path.lexists(pgdata / "PG_VERSION")
 
 

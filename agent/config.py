@@ -341,6 +341,8 @@ def _max_rate(env: Mapping[str, str], problems: _Problems) -> str | None:
     return None
 
 
+# The official image's PGDATA.
+DEFAULT_PGDATA = "/var/lib/postgresql/data"
 # The values k8s/secret.example.yaml publishes: anyone can read them, so no cluster may use them.
 PUBLISHED_EXAMPLE_PASSWORDS = frozenset(
     {"example-postgres-password-REPLACE-ME", "example-replication-password-REPLACE-ME"}
@@ -404,7 +406,7 @@ def load_config(
     )
     port = _int(env, "PGPORT", 5432, problems, 1, 65535)
 
-    pgdata_raw = env.get("PGDATA", "/var/lib/postgresql/data")
+    pgdata_raw = env.get("PGDATA", DEFAULT_PGDATA)
     pgdata = Path(pgdata_raw)
     if not pgdata.is_absolute() or pgdata == Path("/") or ".." in pgdata.parts:
         problems.add("PGDATA", pgdata_raw, "an absolute path to the data directory, a subdirectory of the volume")

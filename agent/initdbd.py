@@ -29,12 +29,11 @@ docker_process_sql() {
 	if [ -n "$POSTGRES_DB" ]; then into=( --dbname "$POSTGRES_DB" ); fi
 	PGHOSTADDR= psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --no-password --no-psqlrc "${into[@]}" "$@"
 }
-# The official helpers a sourced script may call: X or X_FILE into X (X wins when both are empty)...
+# The official helpers a sourced script may call: X, or the content of X_FILE, into X (both set is an error)...
 file_env() {
 	local var="$1" fileVar="${1}_FILE" def="${2:-}" val="$def"
 	if [ "${!var:-}" ] && [ "${!fileVar:-}" ]; then
-		printf >&2 'error: both %s and %s are set (but are exclusive)
-' "$var" "$fileVar"; exit 1
+		printf >&2 'error: both %s and %s are set (but are exclusive)\n' "$var" "$fileVar"; exit 1
 	fi
 	if [ "${!var:-}" ]; then val="${!var}"; elif [ "${!fileVar:-}" ]; then val="$(< "${!fileVar}")"; fi
 	export "$var"="$val"

@@ -205,7 +205,7 @@ def make_plan(
             reason = "PGDATA holds a primary's cluster: refresh the managed files and start"
             # None: not looked at (a test, or no record could be read): set and record them.
             change = passwords or PasswordChange(roles=(), adopt=True)
-            rotate = ("adopt_passwords",) if change.adopt else ("apply_passwords",) if change.roles else ()
+            rotate = () if not change.needed else ("adopt_passwords",) if change.adopt else ("apply_passwords",)
             guard = () if config.standalone else ("check_no_other_primary",)
             steps = (*guard, "write_config", *rotate, "fix_ownership", "exec_postgres")
             files = (*conf_files, secrets_state) if rotate else conf_files

@@ -307,7 +307,7 @@ class TempServer:
         def gone() -> bool:
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(successor, os.WNOHANG)  # in a container the agent is PID 1: it reaps orphans
-            return not (self.datadir / "postmaster.pid").exists() or postmaster_status(self.datadir) is None
+            return postmaster_status(self.datadir) is None  # a clean stop removes postmaster.pid
 
         stopped = Retrying(
             retry=retry_if_result(lambda done: not done), wait=wait_fixed(0.05), stop=stop_after_delay(timeout),

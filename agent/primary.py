@@ -33,7 +33,7 @@ from agent.render import (
     scram_verifier,
     setup_sql,
 )
-from agent.secretsrecord import RECORD_NAME, REPLICATION, SUPERUSER, password_change, read_record
+from agent.secretsrecord import RECORD_NAME, REPLICATION, SUPERUSER, pending
 from agent.switchover import Designated, PrimaryGuard, give_back
 
 # A long initdb.d script (a restore) says it still runs this often.
@@ -278,9 +278,7 @@ class Primary(Part):
         """The Secret changed since it was last applied: set what changed before serving. With no
         record (data from another image, a lost state dir): only the replication role's, then record."""
         started = self.world.clock()
-        cfg = self.config
-        change = password_change(read_record(cfg.state_dir), cfg.superuser_password.reveal(),
-                                 cfg.replication_password.reveal())  # fmt: skip
+        change = pending(self.config)
         if self.owner is not None:
             fix_tree_ownership(self.pgdata, *self.owner)
         with self._temporary_server(self.pgdata, self.config.state_dir / "temporary-server.log") as server:

@@ -74,8 +74,8 @@ def writable_by(path: Path, uid: int, gids: tuple[int, ...]) -> bool:
 
 
 def refuse_links(config: Config) -> None:
-    """Refuse, before root touches anything, a PGDATA or state directory that is a symbolic link:
-    postgres can write where both live, so it could plant one aiming root's chown at /etc."""
+    """Refuse, before root touches anything, a PGDATA, state directory or WAL directory that is a
+    symbolic link: postgres can write where they live, so it could plant one aiming root's chown at /etc."""
     named = [("PGDATA", config.pgdata), ("PGSFS_STATE_DIR", config.state_dir)]
     if config.waldir is not None:
         named.append(("POSTGRES_INITDB_WALDIR", config.waldir))

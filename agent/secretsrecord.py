@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.config import Config
 from agent.files import read_limited
 from agent.render import verifier_matches
 
@@ -59,3 +60,9 @@ def password_change(
     if replication_password and not verifier_matches(record[REPLICATION], replication_password):
         changed.append(REPLICATION)
     return PasswordChange(roles=tuple(changed), adopt=False)
+
+
+def pending(config: Config) -> PasswordChange:
+    """Which passwords this start sets, from the record on the volume and the Secret."""
+    return password_change(read_record(config.state_dir), config.superuser_password.reveal(),
+                           config.replication_password.reveal())  # fmt: skip

@@ -562,6 +562,33 @@ def test_dash_c_initialises_an_empty_pgdata_first_as_the_official_does(volume_ro
     assert "agent_start" not in again.stderr
 
 
+def test_the_agents_connections_refuse_a_real_server_asking_for_a_clear_text_password(
+    volume_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review F-L7 against a real server: pg_hba's `password` method asks for the password in clear
+    # text. The agent's requirement (postgres.require_scram) makes libpq refuse before sending it.
+    from agent import postgres
+
+    port = free_port()
+    env = pod_env(volume_root, 0, port)
+    with agent_postgres(env, volume_root / "agent.log"):
+        hba = volume_root / "pgdata" / "pg_hba.conf"
+        head, end, rest = hba.read_text().partition(render.HBA_END + "\n")
+        hba.write_text(head + end + "host all all 127.0.0.1/32 password\n" + rest)
+        with connect(port) as conn:
+            conn.execute("SELECT pg_reload_conf()")
+        with connect(port) as conn:  # libpq's defaults: the clear-text request is answered
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        monkeypatch.delenv("PGREQUIREAUTH", raising=False)
+        monkeypatch.setattr(postgres, "_REQUIRE_AUTH_SET", [])
+        try:
+            postgres.require_scram()
+            with pytest.raises(psycopg.OperationalError, match=r"require_auth|authentication method requirement"):
+                connect(port)
+        finally:
+            os.environ.pop("PGREQUIREAUTH", None)
+
+
 def test_pgdata_as_the_volumes_mount_point(volume_root: Path) -> None:
     # The official image's VOLUME /var/lib/postgresql/data makes PGDATA a mount point, and a real PV
     # has lost+found at its root. Here an earlier start also stopped halfway through moving its

@@ -1,8 +1,9 @@
 """The agent's own connections send a password only over SCRAM (review F-L7).
 
-A stand-in server (a real PostgreSQL would never ask for a clear-text password here, which is the
-point) asks for the password in clear text, as a compromised member or a pod holding a member's
-name could, and records what the client sends next.
+A stand-in server asks for the password in clear text or as md5, as a compromised member or a pod
+holding a member's name could, and records what the client sends next: that a password was not sent
+is what only a stand-in can show. tests/integration/test_primary.py meets a real server whose
+pg_hba asks for it in clear text.
 """
 
 from __future__ import annotations
