@@ -281,12 +281,35 @@ def check_readiness(env: Mapping[str, str], now: float) -> str:
     # the receiver's ping within half of it, so a longer silence means the upstream is gone.
     if silent_s and float(silent_s) > RECEIVER_TIMEOUT_S * 0.75:
         raise ProbeFailed(f"replica streaming but heard nothing from its upstream for {silent_s} s")
+    behind = designated_lag_problem(receiver[2]) if _is_primary(env) else None
+    if behind is not None:
+        raise ProbeFailed(behind)
     return "replica streaming"
 
 
-def _receiver(env: Mapping[str, str], sockdir: str, port: int) -> tuple[str, str] | None:
-    """(WAL receiver status, seconds since it last heard its upstream) over the local socket; status
-    "none" when no receiver runs; None when psql fails."""
+# The primary ordinal still a standby is Ready only this close to its upstream's WAL (review L1): Ready
+# lets the rollout restart the former primary, whose handoff then waits for all of that WAL to be
+# replayed here, writes stopped; about a second of replay, not the minutes a far-behind standby needs.
+DESIGNATED_MAX_LAG_BYTES = 16 * 1024 * 1024
+
+
+def designated_lag_problem(lag_bytes: str) -> str | None:
+    """Why the primary ordinal's standby is not Ready yet, from the bytes its upstream had written
+    that it has not replayed ("" when not known: the receiver has had no message yet); None when close."""
+    try:
+        lag = int(float(lag_bytes))
+    except ValueError:
+        return None
+    if lag <= DESIGNATED_MAX_LAG_BYTES:
+        return None
+    return (f"the primary ordinal's standby is {lag / 1048576:.0f} MB behind the WAL its upstream has written "
+            f"(Ready within {DESIGNATED_MAX_LAG_BYTES // 1048576} MB, so that a switchover's handoff is short)")
+
+
+def _receiver(env: Mapping[str, str], sockdir: str, port: int) -> tuple[str, str, str] | None:
+    """(WAL receiver status, seconds since it last heard its upstream, bytes of the upstream's WAL not
+    replayed here) over the local socket, as psql prints them; status "none" when no receiver runs;
+    None when psql fails."""
     done = subprocess.run(
         [
             "psql",
@@ -300,7 +323,9 @@ def _receiver(env: Mapping[str, str], sockdir: str, port: int) -> tuple[str, str
             "-d",
             "postgres",
             "-c",
-            "SELECT status, round(extract(epoch FROM now() - last_msg_receipt_time)) FROM pg_stat_wal_receiver",
+            # latest_end_lsn: the upstream's end of WAL as of its last message.
+            "SELECT status, round(extract(epoch FROM now() - last_msg_receipt_time)), "
+            "pg_wal_lsn_diff(latest_end_lsn, pg_last_wal_replay_lsn())::bigint FROM pg_stat_wal_receiver",
         ],
         capture_output=True,
         text=True,
@@ -310,8 +335,8 @@ def _receiver(env: Mapping[str, str], sockdir: str, port: int) -> tuple[str, str
     )
     if done.returncode != 0:
         return None
-    state, _, silent_s = done.stdout.strip().partition("|")
-    return state or "none", silent_s
+    state, silent_s, lag_bytes = ([*done.stdout.strip().split("|"), "", ""])[:3]
+    return state or "none", silent_s, lag_bytes
 
 
 def _password_env(env: Mapping[str, str]) -> dict[str, str]:

@@ -176,6 +176,37 @@ def test_replication_protocol_answers_on_this_major(primary: Any, volume_root: P
         proc.wait(timeout=30)
 
 
+@pytest.mark.pg_binaries("pg_basebackup", "psql")
+def test_the_primary_ordinals_standby_is_ready_only_once_it_caught_up(primary: Any, volume_root: Path) -> None:
+    # Review L1: a switchover's successor (the primary ordinal, still a standby) far behind must not be
+    # Ready, or the rollout restarts the former primary and its handoff waits, writes stopped, for all
+    # of that WAL. Here replay is paused while 40 MB arrive, on the major under test.
+    proc, port, env = _clone_and_start(volume_root, primary.port)
+    designated = dict(env, PGSFS_PRIMARY_ORDINAL="1")
+
+    def readiness() -> tuple[int, str]:
+        done = run_agent(designated, "probe", "readiness")
+        return done.returncode, done.stdout.strip()
+
+    try:
+        wait_for(lambda: readiness() == (0, "replica streaming"), 30, "the standby to stream")
+        with connect(port) as conn:
+            conn.execute("SELECT pg_wal_replay_pause()")
+        with connect(primary.port) as conn:
+            conn.execute("CREATE TABLE lagging (v text)")
+            conn.execute("INSERT INTO lagging SELECT repeat('x', 1000) FROM generate_series(1, 40000)")
+        behind = wait_for(lambda: readiness()[0] == 1 and readiness()[1], 30, "readiness to see the lag")
+        assert "behind the WAL its upstream has written" in behind, behind
+        plain = run_agent(env, "probe", "readiness")
+        assert (plain.returncode, plain.stdout.strip()) == (0, "replica streaming"), "replicas are not held back"
+        with connect(port) as conn:
+            conn.execute("SELECT pg_wal_replay_resume()")
+        wait_for(lambda: readiness() == (0, "replica streaming"), 60, "readiness once it caught up")
+    finally:
+        proc.send_signal(2)
+        proc.wait(timeout=30)
+
+
 def _other_bin() -> Path | None:
     """A bin dir of another major: Debian's 15 when testing a wheel, else PGSFS_TEST_OTHER_PG_BIN."""
     if not is_default_bin():

@@ -346,3 +346,36 @@ def test_liveness_restarts_a_standby_stuck_while_its_upstream_answers(
     (fake / "psql").write_text("#!/bin/sh\necho 'streaming|1'\n")
     assert "answers" in probe.check_liveness(env, NOW + 200)
     assert "answers" in probe.check_liveness(env, NOW + 400)
+
+
+@pytest.mark.parametrize(
+    ("lag", "ready"),
+    [("", True), ("0", True), ("-8192", True), (str(16 * 1048576), True), (str(16 * 1048576 + 1), False),
+     ("123456789012", False), ("garbage", True)],
+)
+def test_the_designated_standby_is_ready_only_close_to_its_upstream(lag: str, ready: bool) -> None:
+    # Review L1: Ready lets the rollout restart the former primary, whose handoff then waits for the
+    # successor to replay everything: far behind, that is minutes of no writes. Unknown is not "behind".
+    problem = probe.designated_lag_problem(lag)
+    assert (problem is None) == ready
+    if not ready:
+        assert "behind the WAL its upstream has written" in str(problem)
+
+
+def test_readiness_of_the_primary_ordinals_standby_weighs_its_lag(
+    env: dict[str, str], postmaster: int, socket_server, tmp_path: Path
+) -> None:
+    # A stand-in psql prints what pg_stat_wal_receiver would; a plain replica is never held back by lag.
+    sockdir, _ = socket_server
+    pgdata = Path(env["PGDATA"])
+    write_pid(pgdata, postmaster, "standby", sockdir=sockdir)
+    (pgdata / "standby.signal").write_text("")
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "psql").write_text(f"#!/bin/sh\necho 'streaming|1|{200 * 1048576}'\n")
+    (fake / "psql").chmod(0o755)
+    env.update(PATH=f"{fake}:/usr/bin:/bin", PGPORT="5432")
+    with pytest.raises(probe.ProbeFailed, match="200 MB behind"):
+        probe.check_readiness(env, NOW)
+    env.update(POD_NAME="postgresql-sfs-2")
+    assert probe.check_readiness(env, NOW) == "replica streaming"
