@@ -7,11 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity import wait_fixed
 
-from agent import history, replication, switchover, walend
+from agent import history, historycheck, replication, switchover, walend
 from agent.context import Part
 from agent.errors import (
     AgentError,
-    CommandFailed,
     DataDirConflict,
     SwitchoverBlocked,
     SystemIdentifierMismatch,
@@ -212,21 +211,7 @@ class FollowCheck(Part):
 
     def _through_local_wal(self, position: history.LocalPosition, control: str,
                            known_end: int | None = None) -> history.LocalPosition:  # fmt: skip
-        """A standby's history goes as far as the WAL in its pg_wal, replayed or not (pg_control only
-        proves what was replayed and flushed): received WAL past a fork is a fork too (review M7).
-        `known_end`: the end a handoff just read (serving added no WAL), so pg_waldump is not run again."""
-        try:
-            layout = walend.layout(control)
-            end = known_end if known_end is not None else walend.local_wal_end(self.world.runner, self.pgdata, control)
-        except (AgentError, KeyError, ValueError) as exc:
-            self.log.warning("wal_end_unknown", detail=getattr(exc, "message", str(exc)),
-                             note="the history check uses pg_control's position alone")  # fmt: skip
-            return position
-        if layout.timeline != position.timeline or end <= position.lsn:
-            return position
-        self.log.info("local_wal_past_control", control=history.format_lsn(position.lsn),
-                      wal_end=history.format_lsn(end), timeline=position.timeline)  # fmt: skip
-        return history.LocalPosition(position.timeline, end, position.clean, position.state)
+        return historycheck.through_local_wal(self, position, control, known_end)
 
     def _superuser_endpoint(self, address: str) -> replication.Endpoint:
         cfg = self.config
@@ -294,16 +279,5 @@ class FollowCheck(Part):
     def compare_histories(
         self, endpoint: replication.Endpoint, info: replication.SystemInfo, local: history.LocalPosition
     ) -> history.Verdict:
-        """Where this replica's data ends (pg_control) against the primary's timeline history."""
-        text = ""
-        if local.timeline < info.timeline:
-            import psycopg
-
-            try:
-                text = self.world.timeline_history(endpoint, info.timeline)
-            except psycopg.Error as exc:
-                raise CommandFailed(
-                    f"could not read the primary's timeline history {info.timeline}: {' '.join(str(exc).split())}",
-                    hint="the next start tries again; the data here was left untouched",
-                ) from exc
-        return history.compare(local, info.timeline, history.parse_lsn(info.xlogpos), history.parse_history(text))
+        """Where this replica's data ends against the primary's timeline history."""
+        return historycheck.compare_with(self, endpoint, info, local)

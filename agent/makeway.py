@@ -3,6 +3,7 @@ moved aside whole and cloned again. Never deleted, and only when the volume has 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -162,16 +163,47 @@ class MakeWay(Part):
                 free_mb=free // 1048576,
                 **fields,
             )
+        waldir = self._external_wal_room(why, fields)
         aside = self.pgdata.with_name(f"{self.pgdata.name}.{suffix}-{time.strftime('%Y%m%dT%H%M%S')}")
         os.rename(self.pgdata, aside)
         fsync_dir(self.pgdata.parent)
+        wal_aside = None
+        if waldir is not None:
+            settle_aside_wal(aside, waldir, self.owner)
+            wal_aside = wal_aside_name(waldir, aside)
         self.log.warning(
             event,
             moved_aside=str(aside),
+            **({"wal_moved_aside": str(wal_aside)} if wal_aside is not None else {}),
             note=f"{why}; cloning again. Delete the moved-aside copy once you no longer need it",
             **fields,
         )
         self.replica.clone()
+
+    def _external_wal_room(self, why: str, fields: dict[str, Any]) -> Path | None:
+        """PGDATA's WAL directory when it lies elsewhere (POSTGRES_INITDB_WALDIR): it moves aside with
+        the data, so it must not be a mount point and its volume needs room for the clone's WAL too."""
+        waldir = linked_wal_dir(self.pgdata)
+        if waldir is None:
+            return None
+        if os.path.ismount(waldir):
+            raise DataDirConflict(
+                f"{why}, so it must clone again, but its WAL directory {waldir} (POSTGRES_INITDB_WALDIR) is a "
+                "mount point and cannot be moved aside with the data; the data here was left untouched",
+                hint="set POSTGRES_INITDB_WALDIR to a subdirectory of the WAL volume (after moving the WAL there), "
+                "or, if this replica's data is not needed, empty both volumes", **fields,
+            )  # fmt: skip
+        needed, free = room_for_copy(waldir, waldir.parent)
+        if os.stat(waldir.parent).st_dev == os.stat(volume_dir(self.pgdata)).st_dev:
+            needed += tree_size(self.pgdata)  # one volume holds both new copies
+        if needed > free:
+            raise NoRoomToMoveAside(
+                f"{why}, so it must clone again; its WAL stays and the new copy's WAL needs about "
+                f"{needed // 1048576} MB, but the WAL directory's volume has {free // 1048576} MB free. PGDATA "
+                "was not touched", hint="grow the WAL volume, or, if this replica's data is not needed, delete its "
+                "PVCs so the pod clones afresh", needed_mb=needed // 1048576, free_mb=free // 1048576, **fields,
+            )  # fmt: skip
+        return waldir
 
 
 
@@ -179,3 +211,58 @@ def room_for_copy(source: Path, volume: Path, margin: int = COPY_MARGIN) -> tupl
     """Bytes a copy of `source` needs on `volume` (its size plus a margin: for a new clone beside
     moved-aside data, the WAL written meanwhile), and the bytes free there."""
     return tree_size(source) + margin, free_bytes(volume)
+
+
+def linked_wal_dir(pgdata: Path) -> Path | None:
+    """The directory PGDATA's pg_wal links to (an external WAL directory), or None when it is inside."""
+    link = pgdata / "pg_wal"
+    if not link.is_symlink():
+        return None
+    return pgdata / os.readlink(link)  # an absolute target (initdb, pg_basebackup) replaces pgdata
+
+
+def wal_aside_name(waldir: Path, aside: Path) -> Path:
+    """Where the external WAL of moved-aside data `aside` goes: beside `waldir`, named after it."""
+    return waldir.with_name(f"{waldir.name}.{aside.name}")
+
+
+def settle_aside_wal(aside: Path, waldir: Path, owner: tuple[int, int] | None) -> bool:
+    """Give moved-aside data `aside` its own external WAL directory (`wal_aside_name`), so a clone
+    finds `waldir` empty (pg_basebackup --waldir refuses any other, review L4); True if it moved any.
+
+    Safe to run again after a kill at any step: the link is re-pointed first (a rename in the same
+    directory), then `waldir` renamed to where it now points, then made again, empty.
+    """
+    target = wal_aside_name(waldir, aside)
+    current = linked_wal_dir(aside)
+    if current is None or current not in (waldir, target):
+        return False
+    moved = False
+    if current == waldir:
+        staged = aside / "pg_wal.pgsfs-new"
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
+        os.symlink(target, staged)
+        os.replace(staged, aside / "pg_wal")
+        fsync_dir(aside)
+    if waldir.exists() and not target.exists():
+        os.rename(waldir, target)
+        fsync_dir(waldir.parent)
+        moved = True
+    if not waldir.exists():
+        waldir.mkdir(mode=0o700)
+        if owner is not None:
+            os.chown(waldir, *owner)
+        fsync_dir(waldir.parent)
+    return moved
+
+
+def settle_moved_aside_wal(pgdata: Path, waldir: Path | None, owner: tuple[int, int] | None) -> list[Path]:
+    """Before a clone: finish what a kill interrupted, for every moved-aside copy of PGDATA beside it."""
+    if waldir is None or builds_inside(pgdata) or not pgdata.parent.is_dir():
+        return []
+    settled = []
+    for aside in sorted(pgdata.parent.glob(f"{pgdata.name}.*")):
+        if aside.is_dir() and not aside.is_symlink() and settle_aside_wal(aside, waldir, owner):
+            settled.append(wal_aside_name(waldir, aside))
+    return settled

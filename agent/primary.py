@@ -17,6 +17,7 @@ from typing import Any, Callable
 from agent import builddir, initdbd, officiallog, survey
 from agent.buildarea import BuildArea
 from agent.context import Part
+from agent.designated import DesignatedFollow
 from agent.errors import (
     PeerCheckIncomplete,
     PrimaryVolumeLost,
@@ -34,7 +35,7 @@ from agent.render import (
     setup_sql,
 )
 from agent.secretsrecord import RECORD_NAME, REPLICATION, SUPERUSER, pending
-from agent.switchover import Designated, PrimaryGuard, give_back
+from agent.switchover import PrimaryGuard, give_back
 
 # A long initdb.d script (a restore) says it still runs this often.
 SCRIPT_PROGRESS_INTERVAL = 60.0
@@ -308,17 +309,6 @@ class Primary(Part):
             self.apply_passwords()
 
     def follow_until_promoted(self) -> None:
-        """PGDATA is still a standby (a switchover's successor): follow the writable member, never promote."""
-        upstream = Designated(self.ctx).upstream()
-        if upstream is None:
-            self.files.write_config(self.pgdata, standby=True, connect=False)
-            return
-        fqdn = self.config.pod_fqdn(upstream)
-        address, _ = survey.resolve(self.world.lookup, fqdn)
-        if address is not None:
-            try:
-                created = self.world.ensure_slot(self._endpoint(fqdn, address), self.config.identity.slot_name)
-                self.log.info("slot_ready", slot=self.config.identity.slot_name, created=created, on=upstream)
-            except Exception as exc:  # psycopg.Error: postgres retries streaming by itself
-                self.log.warning("slot_check_failed", detail=" ".join(str(exc).split()), on=upstream)
-        self.files.write_config(self.pgdata, standby=True, upstream=fqdn)
+        """PGDATA is still a standby (a switchover's successor): follow the writable member once its
+        history is checked, never promote."""
+        DesignatedFollow(self.ctx, self.files).run()

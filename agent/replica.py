@@ -16,6 +16,7 @@ from agent.errors import (
 from agent.files import free_bytes
 from agent.follow import FollowCheck
 from agent.identity import slot_name_for
+from agent.makeway import settle_moved_aside_wal
 from agent.managed import ManagedFiles
 from agent.pgdata import inspect, newest_timeline
 from agent.postgres import (
@@ -118,6 +119,8 @@ class Replica(Part):
         self.wait_for_primary(address)
         self.ensure_slot(address)
         passfile = self.files.write_passfile()
+        for settled in settle_moved_aside_wal(self.pgdata, cfg.waldir, self.owner):
+            self.log.info("wal_moved_aside", to=str(settled), note="the WAL of data moved aside before a kill")
         datadir = self.build.start("clone")
         self.world.beat("clone")
         started = self.world.clock()

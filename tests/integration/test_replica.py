@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from agent import discovery
@@ -29,6 +30,7 @@ from agent.errors import AuthenticationFailed, CommandFailed, DataDirConflict, R
 from agent.runner import Runner
 from tests.integration.agentctl import (
     REPLICATION_PASSWORD,
+    SUPERUSER_PASSWORD,
     connect,
     loopback_dns,
     own_port_announcer,
@@ -440,13 +442,18 @@ def _start_older_and_expect_refusal(volume_root: Path, older: Path, how: str) ->
         _refused_untouched(volume_root, older_port, how)
 
 
-def _diverge_and_check(primary: Any, volume_root: Path, older: Path, how: str) -> None:
+def _run_past_the_primary(pgdata: Path, primary_port: int) -> None:
+    """Start the replica in `pgdata`, let it replay 4 MB more of the primary's writes, stop it."""
     replica_port = free_port()
-    proc = start_postgres(volume_root / "pgdata", replica_port)
+    proc = start_postgres(pgdata, replica_port)
     try:
-        _replayed_up_to_the_primary(primary.port, replica_port)
+        _replayed_up_to_the_primary(primary_port, replica_port)
     finally:
         stop_postgres(proc)
+
+
+def _diverge_and_check(primary: Any, volume_root: Path, older: Path, how: str) -> None:
+    _run_past_the_primary(volume_root / "pgdata", primary.port)
 
     with _older_copy_as_primary(older, how) as older_port:
         refused = _refused_untouched(volume_root, older_port, how)
@@ -577,3 +584,110 @@ def test_the_liveness_check_of_an_upstream_meets_a_real_server_and_leaves_no_tra
         log = handle.read().decode()
     for trace in ("authentication failed", "FATAL", "could not receive data", "reset by peer"):
         assert trace not in log, log[-2000:]
+
+
+def _member_one_at(address: str) -> Any:
+    """Stand-in cluster DNS where only postgresql-sfs-1 exists, at `address` (a loopback one)."""
+
+    def lookup(name: str, rdtype: str) -> discovery.DnsAnswer:
+        if rdtype == "A" and name.startswith("postgresql-sfs-1."):
+            return discovery.DnsAnswer(name, rdtype, discovery.FOUND, records=(address,), authoritative=True)
+        return discovery.DnsAnswer(name, rdtype, discovery.NO_RECORD, negative_ttl=5, authoritative=True)
+
+    return lookup
+
+
+@pytest.mark.parametrize("how", ["restored_without_promotion", "promoted_copy"])
+def test_the_primary_ordinals_standby_never_follows_a_writable_member_it_went_past(
+    primary: Any, volume_root: Path, how: str
+) -> None:
+    # Review L8: the primary ordinal holding a standby (a switchover's successor) follows the one
+    # writable member. If that member's data is older than this standby's (a restored copy), or forked
+    # before its position, streaming would mix two histories: refused, data untouched, as a replica is.
+    bootstrap_replica(volume_root, primary.port)
+    with sized_volume("pgsfs-older-") as other_volume:
+        older = other_volume / "pgdata"
+        other_volume.chmod(0o777)
+        _copy_of_the_primary(primary.port, older)
+        _run_past_the_primary(volume_root / "pgdata", primary.port)
+        port = free_port()  # every member's port; member 1 (the older copy) listens on 127.0.0.2
+        if how == "promoted_copy":
+            (older / "standby.signal").write_text("")
+            shutil.chown(older / "standby.signal", "postgres", "postgres")
+        account = postgres_account()
+        assert account is not None
+        writable = subprocess.Popen(
+            ["postgres", "-D", str(older), "-p", str(port), "-c", "listen_addresses=127.0.0.2"],
+            user=account.uid, group=account.gid, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+
+            def ask(sql: str) -> Any:
+                with psycopg.connect(host="127.0.0.2", port=port, user="postgres", dbname="postgres",
+                                     password=SUPERUSER_PASSWORD, autocommit=True) as conn:  # fmt: skip
+                    return conn.execute(sql).fetchone()
+
+            if how == "promoted_copy":
+                wait_for(lambda: ask("SELECT pg_promote()") == (True,), 30, "promotion")
+            wait_for(lambda: ask("SELECT NOT pg_is_in_recovery()") == (True,), 30, "member 1 to accept writes")
+
+            pgdata = volume_root / "pgdata"
+            before = {p.name: p.stat().st_mtime_ns for p in pgdata.iterdir()}
+            env = pod_env(volume_root, 0, port, PGSFS_MEMBERS="2", PGSFS_PEER_CHECK_TIMEOUT="5")
+            config = load_config(env)
+            runner = Runner(postgres_account())
+            plan, _ = observe_and_plan(config, runner)
+            assert "follow_writable" in plan.steps
+            log = ListLog()
+            world = World(runner=runner, lookup=_member_one_at("127.0.0.2"), sleep=lambda _s: None,
+                          announcer=own_port_announcer)  # fmt: skip
+            with pytest.raises(ReplicaDiverged) as caught:
+                Bootstrap(config, plan, world, log).run()
+            expected = "ahead_of_primary" if how == "restored_without_promotion" else "forked"
+            assert caught.value.fields["outcome"] == expected
+            assert "left untouched" in caught.value.message and "postgresql-sfs-1" in caught.value.message
+            assert {p.name: p.stat().st_mtime_ns for p in pgdata.iterdir()} == before
+            check = next(e for e in log.events if e["event"] == "designated_history_check")
+            assert check["decision"] == "refuse_diverged" and check["upstream"] == "postgresql-sfs-1"
+        finally:
+            writable.send_signal(signal.SIGINT)
+            writable.wait(timeout=30)
+
+
+def test_a_replica_with_its_wal_elsewhere_moves_that_aside_too_and_clones(primary: Any, volume_root: Path) -> None:
+    # Review L4: with POSTGRES_INITDB_WALDIR, PGDATA's pg_wal is a link. Moving PGDATA aside left that
+    # directory full, and pg_basebackup --waldir refuses a non-empty one: exit 9 at every start. Now
+    # the WAL moves aside with its data (never deleted), also when a kill came between the two moves.
+    waldir = volume_root / "wal"
+    waldir.mkdir(mode=0o700)
+    shutil.chown(waldir, "postgres", "postgres")
+    walenv = {"POSTGRES_INITDB_WALDIR": str(waldir)}
+    bootstrap_replica(volume_root, primary.port, **walenv)
+    pgdata = volume_root / "pgdata"
+    assert (pgdata / "pg_wal").is_symlink() and any(waldir.iterdir())
+    with sized_volume("pgsfs-older-") as other_volume:
+        older = other_volume / "pgdata"
+        other_volume.chmod(0o777)
+        _copy_of_the_primary(primary.port, older)
+        _run_past_the_primary(pgdata, primary.port)
+        with _older_copy_as_primary(older, "restored_without_promotion") as older_port:
+            log, _ = bootstrap_replica(volume_root, older_port, PGSFS_ON_DIVERGENCE="reclone", **walenv)
+            moved = next(e for e in log.events if e["event"] == "replica_diverged_recloning")
+            aside = Path(moved["moved_aside"])
+            wal_aside = Path(moved["wal_moved_aside"])
+            assert wal_aside == volume_root / f"wal.{aside.name}"
+            assert Path(os.readlink(aside / "pg_wal")) == wal_aside
+            assert any(name.endswith("000000001") or len(name) == 24 for name in os.listdir(wal_aside))
+            assert Path(os.readlink(pgdata / "pg_wal")) == waldir and any(waldir.iterdir())
+            log, _ = bootstrap_replica(volume_root, older_port, **walenv)
+            assert next(e for e in log.events if e["event"] == "primary_check")["history"] == "on_history"
+
+            # A kill right after PGDATA was renamed: its link still names the WAL directory. The next
+            # start (a clone, PGDATA being gone) finishes the move first.
+            killed = volume_root / "pgdata.killed-halfway"
+            os.rename(pgdata, killed)
+            log, _ = bootstrap_replica(volume_root, older_port, **walenv)
+            assert "wal_moved_aside" in log.names() and "clone" in log.names()
+            assert Path(os.readlink(killed / "pg_wal")) == volume_root / "wal.pgdata.killed-halfway"
+            assert any((volume_root / "wal.pgdata.killed-halfway").iterdir())
+            assert Path(os.readlink(pgdata / "pg_wal")) == waldir
