@@ -40,7 +40,7 @@ def observe_and_plan(
     state = inspect(config.pgdata)
     passwords = secretsrecord.pending(config) if state.initialised and config.identity.role == "primary" else None
     major = major if major is not None else server_major(runner)
-    wal = walbudget.observe(config.pgdata, config.initdb_args, args)
+    wal = walbudget.observe(config.pgdata, config.initdb_args, args, config.volume_size)
     scripts = _has_initdb_scripts(config.initdb_dir) if not state.initialised else False
     plan = make_plan(
         config, state, server_major=major, passwords=passwords, euid=os.geteuid(), wal_observed=wal,

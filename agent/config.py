@@ -15,6 +15,7 @@ from typing import Callable
 from agent import serverargs, walbudget
 from agent.errors import ConfigError
 from agent.identity import Identity, parse_pod_name
+from agent.quantity import QuantityError, parse_quantity
 from agent.secret import Secret
 
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -90,6 +91,8 @@ class Config:
     pod_uid: str = ""
     # postgres' own arguments (`pg-sfs-agent postgres ARGS`): the init-time servers get them too.
     server_args: tuple[str, ...] = ()
+    # PGSFS_VOLUME_SIZE in bytes: the PVC's storage request (the manifest copies it); None when not given.
+    volume_size: int | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -341,6 +344,18 @@ def _max_rate(env: Mapping[str, str], problems: _Problems) -> str | None:
     return None
 
 
+def _volume_size(env: Mapping[str, str], problems: _Problems) -> int | None:
+    raw = env.get("PGSFS_VOLUME_SIZE", "").strip()
+    if not raw:
+        return None
+    try:
+        return parse_quantity(raw)
+    except QuantityError:
+        problems.add("PGSFS_VOLUME_SIZE", raw, "unset, or the volume's size as a Kubernetes quantity (like 10Gi or "
+                     "600Mi): the manifest copies the volumeClaimTemplate's storage request")  # fmt: skip
+        return None
+
+
 # The official image's PGDATA.
 DEFAULT_PGDATA = "/var/lib/postgresql/data"
 # The values k8s/secret.example.yaml publishes: anyone can read them, so no cluster may use them.
@@ -480,6 +495,7 @@ def load_config(
         env, "PGSFS_MAX_SLOT_WAL_KEEP_SIZE", "auto", _WAL_SIZE, size_expected + ", or -1 (no limit)", problems
     )
     max_wal = _matching(env, "PGSFS_MAX_WAL_SIZE", "auto", _WAL_SIZE, size_expected, problems)
+    volume_size = _volume_size(env, problems)
     for name, value in (("PGSFS_WAL_KEEP_SIZE", wal_keep), ("PGSFS_MAX_WAL_SIZE", max_wal)):
         if value == "-1":
             problems.add(name, value, size_expected)
@@ -539,6 +555,7 @@ def load_config(
         host_auth_method=host_auth,
         synchronous_standbys=sync,
         pod_uid=env.get("POD_UID", "").strip()[:64],
+        volume_size=volume_size,
         short_secrets=tuple(
             name
             for name, secret in (

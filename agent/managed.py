@@ -81,7 +81,8 @@ class ManagedFiles(Part):
                 ),
                 "primary_slot_name": cfg.identity.slot_name,
             }
-        wal = self.plan.wal or walbudget.decide(cfg.wal_configured(), walbudget.observe(datadir, (), ()))
+        wal = self.plan.wal or walbudget.decide(cfg.wal_configured(),
+                                                       walbudget.observe(datadir, (), (), cfg.volume_size))
         settings = settings_file(
             port=cfg.port,
             max_wal_senders=cfg.max_wal_senders,
@@ -112,7 +113,7 @@ class ManagedFiles(Part):
         self._remove_handoff_conninfo(datadir)
         self._phase(
             "config_written", started, datadir=str(datadir), files=written, standby=standby,
-            wal_volume_mb=wal.written.volume_mb, **wal.written.conf_values(),
+            wal_volume_mb=wal.written.volume_mb, wal_held_aside_mb=wal.held_mb or None, **wal.written.conf_values(),
             synchronous_standbys=(cfg.synchronous_standbys or None) if designated else None,
             upstream=upstream.rstrip(".") if standby and connect and upstream else None,
         )  # fmt: skip

@@ -141,7 +141,7 @@ def settings_file(
         f"max_wal_senders = {max_wal_senders}",
         f"max_replication_slots = {max_replication_slots}",
         "hot_standby = on",
-        # Sized from the volume holding pg_wal (agent/walbudget.py) so WAL can never fill it.
+        # Sized from what pg_wal's volume can give WAL (agent/walbudget.py): its peak stays under half of it.
         *(f"{name} = {quote_conf(value)}" for name, value in wal.items()),
         "password_encryption = 'scram-sha-256'",
         # pg_rewind needs hint bits WAL-logged (or checksums, which new clusters have; older ones may not).

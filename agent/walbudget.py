@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import serverargs
-from agent.files import read_limited
-from agent.pgdata import volume_dir
+from agent.files import read_limited, tree_size
+from agent.pgdata import builds_inside, volume_dir
 
 MB = 1024 * 1024
 AUTO = "auto"
@@ -167,6 +167,11 @@ class WalObservation:
     segment_mb: int
     auto_conf: dict[str, str]
     args: dict[str, str]
+    # Bytes on pg_wal's filesystem held by data moved aside (never deleted by the agent): not WAL's.
+    held_bytes: int = 0
+    # The volume's declared size (PGSFS_VOLUME_SIZE) when pg_wal is on PGDATA's volume: a hostPath or
+    # local-path volume reports its node's whole disk to statvfs (review L3).
+    declared_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -176,13 +181,25 @@ class WalDecision:
     written: WalSettings
     effective: WalSettings
     problem: str | None
+    held_mb: int = 0
+
+
+def budget_bytes(observed: WalObservation) -> int | None:
+    """The bytes the WAL settings are sized from: the smaller of the filesystem and the declared size,
+    less what moved-aside data holds there (never under a tenth of the volume); None when unknown."""
+    volume = observed.volume_bytes
+    if observed.declared_bytes is not None:
+        volume = observed.declared_bytes if volume is None else min(volume, observed.declared_bytes)
+    if volume is None:
+        return None
+    return max(volume - observed.held_bytes, volume // 10, 1)
 
 
 def decide(configured: dict[str, str], observed: WalObservation) -> WalDecision:
     """The WAL settings for this start: pure, so `plan` shows exactly what `postgres` writes."""
-    written = choose(configured, observed.volume_bytes, observed.segment_mb)
+    written = choose(configured, budget_bytes(observed), observed.segment_mb)
     used = effective(written, observed.auto_conf, observed.args)
-    return WalDecision(written, used, fit_problem(used))
+    return WalDecision(written, used, fit_problem(used), observed.held_bytes // MB)
 
 
 def _segment_mb(pgdata_wal: Path, initdb_args: Iterable[str]) -> int:
@@ -226,8 +243,10 @@ def _volume_bytes(path: Path) -> int | None:
     return None
 
 
-def observe(pgdata: Path, initdb_args: Iterable[str], postgres_args: Iterable[str]) -> WalObservation:
-    """Read the volume pg_wal lives on (or will), its segment size and the overrides of our values."""
+def observe(pgdata: Path, initdb_args: Iterable[str], postgres_args: Iterable[str],
+            declared_bytes: int | None = None) -> WalObservation:  # fmt: skip
+    """Read the volume pg_wal lives on (or will), its segment size, the overrides of our values, and
+    what moved-aside data holds there. `declared_bytes`: PGDATA's volume size as the manifest says."""
     args = tuple(initdb_args)
     wal = pgdata / "pg_wal"
     waldir = waldir_arg(args)
@@ -239,9 +258,44 @@ def observe(pgdata: Path, initdb_args: Iterable[str], postgres_args: Iterable[st
         auto_conf = read_limited(pgdata / "postgresql.auto.conf").decode("utf-8", "replace")
     except OSError:
         auto_conf = ""
+    on_pgdata_volume = _same_filesystem(where, volume_dir(pgdata))
     return WalObservation(
         volume_bytes=_volume_bytes(where),
         segment_mb=_segment_mb(wal, args),
         auto_conf=overrides_from_conf(auto_conf),
         args=overrides_from_args(postgres_args),
+        held_bytes=held_aside(pgdata, Path(waldir) if waldir else None, where),
+        declared_bytes=declared_bytes if on_pgdata_volume else None,
     )
+
+
+def _same_filesystem(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:  # not made yet, or not readable: taken as PGDATA's volume, where it will be
+        return True
+
+
+def held_aside(pgdata: Path, waldir: Path | None, where: Path) -> int:
+    """Bytes on `where`'s filesystem in copies the agent moved aside and never deletes: PGDATA's
+    siblings `<name>.<why>-<time>` (and their WAL copies), a mount-point PGDATA's hidden WAL copies,
+    and an external WAL directory's moved-aside siblings. The agent's own build dirs are not counted."""
+    candidates: list[Path] = []
+    try:
+        if builds_inside(pgdata):
+            candidates += [p for p in pgdata.glob(".pgsfs-diverged-wal-*")]
+        else:
+            candidates += [p for p in pgdata.parent.glob(f"{pgdata.name}.*") if ".pgsfs-" not in p.name]
+        if waldir is not None:
+            candidates += list(waldir.parent.glob(f"{waldir.name}.*"))
+        device = os.stat(where).st_dev
+    except OSError:
+        return 0
+    total = 0
+    for path in candidates:
+        try:
+            if not path.is_symlink() and path.is_dir() and os.stat(path).st_dev == device:
+                total += tree_size(path)
+        except OSError:
+            continue
+    return total

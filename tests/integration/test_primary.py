@@ -442,6 +442,29 @@ def test_postgres_db_may_name_a_database_initdb_made(volume_root: Path) -> None:
         assert conn.execute("SELECT current_database()").fetchone() == ("template1",)
 
 
+@pytest.mark.parametrize("shrink", ["declared_size", "moved_aside_copy"])
+def test_the_wal_budget_is_what_the_volume_can_give_wal(volume_root: Path, shrink: str) -> None:
+    # Review L3: on this 2 GiB volume the settings follow 2 GiB (204MB/102MB/512MB, see
+    # test_versions). A hostPath volume reports its node's disk, so the manifest's storage request
+    # (PGSFS_VOLUME_SIZE) caps it; data moved aside (never deleted) is no room for WAL either.
+    extra = {}
+    if shrink == "declared_size":
+        extra["PGSFS_VOLUME_SIZE"] = "1Gi"
+    else:
+        aside = volume_root / "pgdata.diverged-20261207T000000"
+        aside.mkdir()
+        with open(aside / "base.img", "wb") as held:
+            held.truncate(1024 * 1024 * 1024)  # sized, not written: what counts is what it names
+    env = pod_env(volume_root, 0, free_port(), **extra)
+    with agent_postgres(env, volume_root / "agent.log") as server, connect(server.port) as conn:
+        shown = [conn.execute(f"SHOW {name}").fetchone()[0]
+                 for name in ("max_wal_size", "wal_keep_size", "max_slot_wal_keep_size")]  # fmt: skip
+    assert shown == ["102MB", "51MB", "256MB"]
+    written = next(e for e in json_lines(server.log_path.read_text()) if e["event"] == "config_written")
+    assert written["wal_volume_mb"] == 1024
+    assert written.get("wal_held_aside_mb") == (1024 if shrink == "moved_aside_copy" else None)
+
+
 def test_postgres_arguments_reach_the_init_time_server(volume_root: Path) -> None:
     # Review F-M3: the official entrypoint starts its temporary server with the container's postgres
     # arguments, so an initdb.d script can use what `-c shared_preload_libraries=` loads.

@@ -174,3 +174,47 @@ def test_observe_never_fails_on_a_pgdata_it_cannot_read(tmp_path: Path) -> None:
         os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _observed(volume: int | None, held: int = 0, declared: int | None = None) -> WalObservation:
+    return WalObservation(volume, 16, {}, {}, held_bytes=held, declared_bytes=declared)
+
+
+def test_a_volume_that_reports_its_nodes_disk_is_sized_from_its_declared_size() -> None:
+    # Review L3: a hostPath or local-path PV reports the node's whole disk to statvfs; 25% of a 2 TB
+    # disk for one absent replica's slot would fill the 10Gi the user asked for many times over.
+    decision = walbudget.decide({}, _observed(2048 * GiB, declared=10 * GiB))
+    assert decision.written == walbudget.defaults(10 * GiB)
+    assert decision.written.max_slot_wal_keep_size_mb == 2560
+    # A real volume a little smaller than declared (filesystem overhead): the filesystem's size wins.
+    assert walbudget.decide({}, _observed(9 * GiB, declared=10 * GiB)).written == walbudget.defaults(9 * GiB)
+    assert walbudget.decide({}, _observed(None, declared=10 * GiB)).written == walbudget.defaults(10 * GiB)
+
+
+def test_data_moved_aside_is_not_counted_as_room_for_wal() -> None:
+    # Moved-aside copies stay until a person deletes them: the budget is what is left beside them.
+    decision = walbudget.decide({}, _observed(10 * GiB, held=4 * GiB))
+    assert decision.written == walbudget.defaults(6 * GiB) and decision.held_mb == 4096
+    # Never below a tenth of the volume, whatever is held.
+    assert walbudget.decide({}, _observed(10 * GiB, held=20 * GiB)).written == walbudget.defaults(1 * GiB)
+
+
+@given(st.integers(1, 10**14), st.integers(0, 10**14), st.one_of(st.none(), st.integers(1, 10**14)))
+def test_the_budget_never_exceeds_the_volume_or_what_was_declared(volume: int, held: int,
+                                                                  declared: int | None) -> None:  # fmt: skip
+    budget = walbudget.budget_bytes(_observed(volume, held, declared))
+    assert budget is not None and 0 < budget <= volume and (declared is None or budget <= declared)
+
+
+def test_held_aside_counts_moved_aside_copies_on_the_same_filesystem_only(tmp_path: Path) -> None:
+    pgdata = tmp_path / "pgdata"
+    (pgdata / "pg_wal").mkdir(parents=True)
+    sizes = {"pgdata.diverged-20261207T101010": 3 * MB, "pgdata.diverged-wal-20261207T101010": MB,
+             "pgdata.pgsfs-work": 5 * MB, "other": 7 * MB, "wal.pgdata.wal-gone-1": 2 * MB}  # fmt: skip
+    for name, size in sizes.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "file").write_bytes(b"x" * size)
+    assert walbudget.held_aside(pgdata, None, pgdata / "pg_wal") == 4 * MB
+    assert walbudget.held_aside(pgdata, tmp_path / "wal", pgdata / "pg_wal") == 6 * MB
+    observed = walbudget.observe(pgdata, (), (), declared_bytes=10 * GiB)
+    assert observed.held_bytes == 4 * MB and observed.declared_bytes == 10 * GiB
