@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -110,3 +111,10 @@ def free_bytes(path: Path) -> int:
 def tree_size(root: Path) -> int:
     """Bytes of the regular files below root (links not followed)."""
     return sum(f.lstat().st_size for f in root.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def remove_durably(path: Path) -> None:
+    """Unlink `path` if it exists, and make that survive a crash (fsync of its directory)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+        fsync_dir(path.parent)

@@ -16,10 +16,11 @@ from agent.errors import (
     SystemIdentifierMismatch,
 )
 from agent.makeway import MakeWay
+from agent.ownwal import OwnWalServer
 from agent.pgdata import inspect
 from agent.podbirth import pod_born
 from agent.postgres import controldata
-from agent.switchover import Handoff, OwnWalServer
+from agent.switchover import Handoff
 from agent.waits import poll_until
 
 if TYPE_CHECKING:

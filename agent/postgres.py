@@ -173,6 +173,15 @@ def single_user(
     check(done, "postgres --single (roles and database)", "read postgres' message above; the build was discarded")
 
 
+def recover_alone(runner: Runner, datadir: Path) -> None:
+    """Finish a crashed primary's recovery in a single-user postgres (no socket, no port), which then
+    exits on the end of its input with a shutdown checkpoint: PGDATA is left cleanly shut down."""
+    argv = ["postgres", "--single", "-D", str(datadir), "-c", "log_min_messages=warning",
+            "-c", "synchronous_standby_names=", "-c", "lc_messages=C", "--", "template1"]  # fmt: skip
+    done = runner.run(argv, env=child_env(), input=b"")
+    check(done, "postgres --single (crash recovery)", "read postgres' message above; the data was left as it was")
+
+
 class TempServer:
     """A postgres on the build directory, reachable only through a private Unix socket."""
 

@@ -13,25 +13,24 @@ pure; `Designated` and `Handoff` carry them out.
 
 from __future__ import annotations
 
-import contextlib
-import signal
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from tenacity import wait_fixed
 
 from agent import history, survey
 from agent.context import Part
 from agent.errors import CommandFailed, SwitchoverBlocked
-from agent.files import fsync_dir, write_atomic
+from agent.files import remove_durably
 from agent.identity import slot_name_for
 from agent.pgdata import HANDOFF_MARKER, newest_timeline
 from agent.plan import PASSFILE_NAME
-from agent.postgres import child_env
 from agent.render import HANDOFF_SUFFIX, primary_conninfo, synchronous_standby_names
 from agent.successor import promote_over_sql, redirect_successor, set_until_reload
 from agent.waits import poll_until
+
+if TYPE_CHECKING:
+    from agent.ownwal import OwnWalServer
 
 FOLLOW_WRITABLE = "follow_writable"
 AWAIT_PROMOTION = "await_promotion"
@@ -256,7 +255,12 @@ class Handoff(Part):
                 return PROMOTED_ALREADY
             seen.update(timeline=result.info.timeline, received=result.info.xlogpos)
             received = history.parse_lsn(result.info.xlogpos)
-            return decide_handoff(local.timeline, wal_end, result.info.timeline, received, writable, serving, newer)
+            return decide_handoff(local.timeline, end(), result.info.timeline, received, writable, serving, newer)
+
+        def end() -> int:
+            # A recovery alone (review M8) appends its checkpoints: the successor gets those too, so this
+            # member rejoins it as it is, on its history.
+            return own_wal.recovered_end if own_wal.recovered_end is not None else wal_end
 
         def wait(serving: bool) -> str:
             return poll_until(lambda: attempt(serving), done=lambda d: d != WAIT_FOR_SUCCESSOR, wait=wait_fixed(0.2),
@@ -282,7 +286,7 @@ class Handoff(Part):
                         decision = wait(serving=True)
                     finally:
                         self._point_successor(successor, address, here=False)
-            fields = dict(successor=successor, decision=decision, wal_end=history.format_lsn(wal_end),
+            fields = dict(successor=successor, decision=decision, wal_end=history.format_lsn(end()),
                           timeline=local.timeline, clean=local.clean, served_own_wal=served or None,
                           writable=writable or None, newer_timeline=newer or None, unasked=unasked or None,
                           successor_seen=seen or None)  # fmt: skip
@@ -398,73 +402,6 @@ class Handoff(Part):
         )  # fmt: skip
 
 
-class OwnWalServer(Part):
-    """A former primary whose successor lacks some of its WAL: its postgres as a read-only standby,
-    connected to nobody, so the successor streams that WAL from it.
-
-    The handoff is recorded on the volume (HANDOFF_MARKER, before standby.signal): a kill at any
-    instant leaves PGDATA recognisably the former primary's, never an ordinary standby's.
-    """
-
-    def __init__(self, ctx: Any, files: Any, before_start: Callable[[], None] = lambda: None) -> None:
-        super().__init__(ctx)
-        self.files = files
-        self.before_start = before_start
-        # False once it has run for PGSFS_SWITCHOVER_TIMEOUT without accepting connections (review M8).
-        self.opened = True
-
-    @contextlib.contextmanager
-    def serving(self) -> Iterator[Callable[[], None]]:
-        """Run it until the block ends; yields a check that raises once that postgres has exited.
-        Stopped at the end with a fast shutdown (a restartpoint, then "shut down in recovery")."""
-        cfg = self.config
-        write_atomic(self.pgdata / HANDOFF_MARKER, "serving this former primary's WAL to its successor\n",
-                     owner=self.owner)  # fmt: skip
-        self.files.write_config(self.pgdata, standby=True, connect=False)
-        self.before_start()
-        if self.ctx.announcer is not None:
-            self.ctx.announcer.close()  # its postgres needs the port
-        with open(cfg.state_dir / "own-wal-server.log", "ab") as out:
-            proc = self.world.runner.spawn(["postgres", "-D", str(self.pgdata)], env=child_env(), stdout=out,
-                                           stderr=out)  # fmt: skip
-
-        def running() -> None:
-            if proc.poll() is not None:
-                raise CommandFailed(
-                    f"postgres, started to serve this former primary's WAL, exited with {proc.returncode}",
-                    hint=f"see {cfg.state_dir / 'own-wal-server.log'}; the pod restarts and tries again",
-                )
-
-        try:
-            self._until_it_serves(running)
-            yield running
-        finally:
-            # Well inside the pod's grace period; a kill here leaves the marker, so nothing is forgotten.
-            self.world.runner.stop(proc, grace=min(cfg.switchover_timeout, 20.0), sig=signal.SIGINT)
-
-    def _until_it_serves(self, running: Callable[[], None]) -> None:
-        """Wait (bounded) until it accepts replication connections, so the successor, pointed here next,
-        connects at its first try rather than after wal_retrieve_retry_interval."""
-        endpoint = self._endpoint("localhost", "127.0.0.1")
-
-        def serves() -> bool:
-            self.world.beat("switchover")
-            running()
-            return self.world.identify(endpoint, 2.0).info is not None
-
-        deadline = self.world.clock() + self.config.switchover_timeout
-        self.opened = bool(poll_until(serves, done=bool, wait=wait_fixed(0.1), deadline=deadline,
-                                      clock=self.world.clock, sleep=self.world.sleep))  # fmt: skip
-
-    def handed_over(self) -> None:
-        """The successor was promoted: PGDATA is a standby's from now on (it follows the successor)."""
-        _remove_durably(self.pgdata / HANDOFF_MARKER)
-
-    def give_back(self) -> None:
-        """The handoff did not happen: PGDATA is the former primary's again for the next start."""
-        give_back(self.pgdata, self.log)
-
-
 def give_back(pgdata: Path, log: Any) -> bool:
     """Undo an unfinished handoff (standby.signal, then the marker); True when there was one.
 
@@ -474,14 +411,8 @@ def give_back(pgdata: Path, log: Any) -> bool:
     marker = pgdata / HANDOFF_MARKER
     if not marker.exists():
         return False
-    _remove_durably(pgdata / "standby.signal")
-    _remove_durably(marker)
+    remove_durably(pgdata / "standby.signal")
+    remove_durably(marker)
     log.info("handoff_given_back", note="a handoff that did not finish (the successor was not promoted by this "
              "member): PGDATA is the former primary's again, untouched otherwise")  # fmt: skip
     return True
-
-
-def _remove_durably(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-        fsync_dir(path.parent)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent import discovery, replication
+from agent import discovery, ownwal, replication
 from agent import switchover as sw
 from agent.context import Context, World
 from agent.errors import CommandFailed, SwitchoverBlocked
@@ -84,11 +84,13 @@ class FakeOwnWal:
         self.world = world
         self.calls: list[str] = []
         self.opened = world.opens  # whether it ever accepted connections
-
+        self.recovered_end: int | None = None
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[Callable[[], None]]:
         self.calls.append("serve")
+        if self.world.recovers_to is not None:  # recovered alone first: its checkpoints follow the end
+            self.recovered_end = self.world.end = self.world.recovers_to
         self.world.serving = True
         try:
             yield lambda: None
@@ -115,6 +117,7 @@ class FakeWorld:
     pointed: list[str | None] = field(default_factory=list)
     imposter: bool = False  # the successor's address answers as another member (a stale record)
     opens: bool = True  # the own server opens hot standby (review M8: not with an overflowed snapshot)
+    recovers_to: int | None = None  # it finished crash recovery alone, its WAL then ending here
 
     def identify(self) -> replication.Attempt:
         if self.serving and self.opens:
@@ -185,6 +188,31 @@ def test_a_successor_that_never_gets_the_tail_is_not_promoted_and_the_data_is_gi
         _handoff(make_config, log, clock, tmp_path, world)
     assert world.promoted_at == [] and said in raised.value.message and hint in raised.value.hint
     assert world.serving is False and raised.value.fields["decision"] == sw.WAIT_FOR_SUCCESSOR
+
+
+def test_after_a_recovery_alone_the_successor_gets_the_new_end_too(
+    make_config: Callable[..., Any], log: ListLogger, clock: FakeClock, tmp_path: Path
+) -> None:
+    # Review M8: the own server recovered alone (single-user), appending its checkpoints: promoted
+    # only once the successor has those too, so this member rejoins it on its history, unrewound.
+    world = FakeWorld(received=0x8000000, end=0x9000000, rate=0x100000, recovers_to=0x9000200)
+    served, _ = _handoff(make_config, log, clock, tmp_path, world)
+    assert served and world.promoted_at == [0x9000200]
+    [promoted] = log.events("switchover_promoted")
+    assert promoted["wal_end"] == "0/9000200"
+
+
+@pytest.mark.parametrize(("answered", "log_text", "consistent_for", "expected"), [
+    (True, "", None, "opened"),
+    (False, "", None, "not_opened"),
+    (False, "LOG:  consistent recovery state reached at 0/1528B88", 4.9, "not_opened"),
+    (False, "LOG:  consistent recovery state reached at 0/1528B88", 5.0, "snapshot_pending"),
+    (False, "consistent recovery state reached\nready to accept read-only connections", 30.0, "not_opened"),
+])  # fmt: skip
+def test_a_standby_that_replayed_everything_but_never_opens_is_told_apart(
+    answered: bool, log_text: str, consistent_for: float | None, expected: str
+) -> None:
+    assert ownwal.decide_opening(answered, log_text.replace("\\n", "\n"), consistent_for) == expected
 
 
 def test_the_primary_ordinal_starts_its_primary_only_while_no_other_member_writes() -> None:
