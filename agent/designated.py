@@ -9,9 +9,11 @@ from typing import Any
 from agent import history, historycheck, survey
 from agent.context import Part
 from agent.errors import ReplicaDiverged, SystemIdentifierMismatch
+from agent.identity import Identity
 from agent.managed import ManagedFiles
 from agent.pgdata import inspect
 from agent.postgres import controldata
+from agent.streamwatch import conninfo_values, standby_conninfo
 from agent.switchover import FOLLOW_WRITABLE, Designated
 
 WAIT_UNCONNECTED = "wait_unconnected"
@@ -38,6 +40,17 @@ def decide_follow(local_system_identifier: int | None, upstream_system_identifie
     return FOLLOW_WRITABLE
 
 
+def former_upstream(conninfo: str | None, identity: Identity) -> str | None:
+    """The other member of this StatefulSet that `conninfo` (this standby's primary_conninfo before the
+    start) streamed from, or None."""
+    host = conninfo_values(conninfo).get("host", "") if conninfo else ""
+    pod = host.split(".", 1)[0]
+    prefix = f"{identity.statefulset}-"
+    if not pod.startswith(prefix) or not pod[len(prefix):].isdigit() or pod == identity.pod_name:
+        return None
+    return pod
+
+
 class DesignatedFollow(Part):
     """Chooses the upstream (`Designated`), checks its history, then writes the standby settings."""
 
@@ -47,9 +60,19 @@ class DesignatedFollow(Part):
 
     def run(self) -> None:
         """Follow the one writable member once checked; wait unconnected when there is none."""
+        before = standby_conninfo(self.pgdata)  # read before the managed files are written again
         upstream = Designated(self.ctx).upstream()
         if upstream is None:
-            self.files.write_config(self.pgdata, standby=True, connect=False)
+            former = former_upstream(before, self.config.identity)
+            if former is None:
+                self.files.write_config(self.pgdata, standby=True, connect=False)
+                return
+            # No member accepts writes: most often the former primary was killed during its handoff, and
+            # its agent serves its WAL from a standby when it starts. Streaming from it needs nobody to
+            # reach this member: its own hot standby may not open before that WAL arrives (review M8).
+            self.log.info("awaiting_promotion_from", upstream=former,
+                          note=f"streaming from {former}, which it followed before, until promoted")  # fmt: skip
+            self.files.write_config(self.pgdata, standby=True, upstream=self.config.pod_fqdn(former))
             return
         fqdn = self.config.pod_fqdn(upstream)
         address, _ = survey.resolve(self.world.lookup, fqdn)

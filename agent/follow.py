@@ -106,12 +106,19 @@ class FollowCheck(Part):
         state = inspect(self.pgdata)
         local = state.system_identifier
         former = not state.standby_signal  # a former primary, on a replica ordinal now
+        address: str | None = None
+        info: replication.SystemInfo | None = None
         try:
             address = self.replica._resolve_primary(budget / 2)
             remaining = max(1.0, budget - (self.world.clock() - started))
             info = self.replica.wait_for_primary(address, timeout=remaining)
         except AgentError as exc:
-            if former:
+            if former and address is not None and exc.fields.get("reason") == replication.STARTING:
+                # Its postgres runs but takes no connection: a successor whose hot standby waits for WAL
+                # only this member has (review M8). The handoff serves it, and promotes only once it can tell.
+                self.log.warning("successor_unreadable", successor=cfg.primary_fqdn.rstrip("."), detail=exc.message,
+                                 note="this former primary serves its WAL to it before anything else")  # fmt: skip
+            elif former:
                 # Never start a former primary unchecked: it may hold writes the primary lacks.
                 raise DataDirConflict(
                     f"PGDATA holds a former primary and the primary {cfg.primary_fqdn.rstrip('.')} did not "
@@ -119,20 +126,22 @@ class FollowCheck(Part):
                     "the data here was left untouched",
                     hint="the pod restarts and checks again; make sure the member of PGSFS_PRIMARY_ORDINAL runs",
                 ) from exc
-            self._phase(
-                "primary_check_skipped",
-                started,
-                reason=exc.event,
-                detail=exc.message,
-                note="starting as a standby anyway: postgres reconnects by itself",
-            )
-            return False
+            else:
+                self._phase(
+                    "primary_check_skipped",
+                    started,
+                    reason=exc.event,
+                    detail=exc.message,
+                    note="starting as a standby anyway: postgres reconnects by itself",
+                )
+                return False
+        assert address is not None
         endpoint = self._endpoint(cfg.primary_fqdn, address)
-        same_cluster = local is None or info.system_identifier == local
+        same_cluster = local is None or info is None or info.system_identifier == local
         control = controldata(self.world.runner, self.pgdata) if same_cluster else ""
         position = history.parse_controldata(control) if same_cluster else None
         wal_end: int | None = None
-        if info.in_hot_standby and former and position is not None:
+        if (info is None or info.in_hot_standby) and former and position is not None:
             # A switchover: this member was the primary and its successor is still a standby.
             if self._keeps_role(address, started):
                 return False
@@ -145,6 +154,7 @@ class FollowCheck(Part):
                 former = False
                 control = controldata(self.world.runner, self.pgdata)
                 position = history.parse_controldata(control)
+        assert info is not None  # unreadable only for a former primary in its cluster: the handoff ran
         if position is not None and not former:
             position = self._through_local_wal(position, control, wal_end)
         verdict = self.compare_histories(endpoint, info, position) if position is not None else None

@@ -128,7 +128,8 @@ REMOTE_DECISIONS = {
         "primary_check (follow.decide_restart): start | create_slot | reclone_lost_slot | "
         "refuse_other_cluster (exit 7) | refuse_diverged (exit 12) | reclone_diverged | rejoin | rewind "
         "(the last two for a former primary); skipped while the primary does not answer within "
-        "PGSFS_RESTART_CHECK_TIMEOUT, except for a former primary, which then refuses (exit 6)",
+        "PGSFS_RESTART_CHECK_TIMEOUT, except for a former primary, which then refuses (exit 6), or hands off "
+        "if its successor's postgres runs but takes no connection yet",
         "template_check (switchover.decide_template), a former primary whose successor is still a standby: "
         "hand_off | keep_role (the successor's younger pod names this member: this pod's template is stale, it "
         "starts as the primary) | refuse_templates_disagree (exit 15)",
@@ -144,8 +145,10 @@ REMOTE_DECISIONS = {
         "one; a silent member is waited for up to PGSFS_PEER_CHECK_TIMEOUT, then logged, not refused)",
     ),
     "designated_standby": (
-        "designated (switchover.decide_designated): follow_writable | await_promotion | "
-        "refuse_many_writable (exit 15)",
+        "designated (switchover.decide_designated): follow_writable | await_promotion (streaming from the "
+        "member it followed before, else from nobody) | refuse_many_writable (exit 15)",
+        "designated_history_check (designated.decide_follow), before following the writable member: "
+        "follow_writable | wait_unconnected | refuse_other_cluster (exit 7) | refuse_diverged (exit 12)",
     ),
 }
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from tenacity import wait_fixed
 
-from agent import history, survey
+from agent import history, replication, survey
 from agent.context import Part
 from agent.errors import CommandFailed, SwitchoverBlocked
 from agent.files import remove_durably
@@ -68,7 +68,7 @@ def decide_primary_restart(writable: list[str], newer: list[str] | None = None) 
     return REFUSE_NEWER_TIMELINE if newer else START_PRIMARY
 
 
-def decide_handoff(timeline: int, wal_end: int, successor_timeline: int, successor_received: int,
+def decide_handoff(timeline: int, wal_end: int, successor_timeline: int | None, successor_received: int | None,
                    writable: list[str], serving: bool, newer: list[str] | None = None) -> str:  # fmt: skip
     """A former primary (its postgres stopped) whose WAL ends at `wal_end`, and its successor N, still a
     standby: promote N?
@@ -76,12 +76,16 @@ def decide_handoff(timeline: int, wal_end: int, successor_timeline: int, success
     Only when no member accepts writes or holds a newer timeline (one promoted by hand meanwhile holds
     writes neither has), and N, on the same timeline, has received this member's WAL to its end: every
     commit it acknowledged lies before that end. Until then its WAL is served by a read-only standby
-    here (SERVE_OWN_WAL), whether it was killed or shut down cleanly while N lagged.
+    here (SERVE_OWN_WAL), whether it was killed or shut down cleanly while N lagged. N's timeline and
+    position None: its postgres runs but takes no connection yet (a standby whose hot standby waits for
+    WAL only this member has, review M8): never promoted so, but served, which may be what it waits for.
     """
     if writable:
         return REFUSE_WRITABLE
     if newer:
         return REFUSE_NEWER_TIMELINE
+    if successor_timeline is None or successor_received is None:
+        return WAIT_FOR_SUCCESSOR if serving else SERVE_OWN_WAL
     if successor_timeline != timeline:
         return REFUSE_OTHER_TIMELINE
     if successor_received >= wal_end:
@@ -158,8 +162,9 @@ class Designated(Part):
         if decision == AWAIT_PROMOTION:
             self.log.warning(
                 "awaiting_promotion",
-                note="no member accepts writes: this standby waits, unconnected, to be promoted; the former "
-                "primary's agent promotes it when that pod restarts (a switchover). If the former primary is "
+                note="no member accepts writes: this standby waits to be promoted, streaming from the member it "
+                "followed before (else from nobody); the former primary's agent promotes it when that pod restarts "
+                "(a switchover). If the former primary is "
                 f"lost, run `kubectl exec {self.config.identity.pod_name} -- pg-sfs-agent promote`",
             )
             return None
@@ -242,6 +247,7 @@ class Handoff(Part):
         seen: dict[str, Any] = {}
 
         alive: list[Callable[[], None]] = []
+        pointed: list[bool] = []
 
         def attempt(serving: bool) -> str:
             self.world.beat("switchover")
@@ -250,7 +256,11 @@ class Handoff(Part):
             result = identify()
             if result.info is None:
                 seen.update(outcome=result.outcome, detail=result.detail)
+                if result.outcome == replication.STARTING:  # it runs, but cannot answer yet
+                    return decide_handoff(local.timeline, end(), None, None, writable, serving, newer)
                 return WAIT_FOR_SUCCESSOR
+            if serving and not pointed and self._point_successor(successor, address, here=True):
+                pointed.append(True)
             if not result.info.in_hot_standby:
                 return PROMOTED_ALREADY
             seen.update(timeline=result.info.timeline, received=result.info.xlogpos)
@@ -280,12 +290,15 @@ class Handoff(Part):
                 with own_wal.serving() as running:
                     alive.append(running)
                     # The successor may have started connected to nobody (no member was writable
-                    # then): point it here, and back at its own settings once done.
-                    self._point_successor(successor, address, here=True)
+                    # then): point it here, and back at its own settings once done. One that takes
+                    # no connection yet is pointed once it does (it may already follow this member).
+                    if self._point_successor(successor, address, here=True):
+                        pointed.append(True)
                     try:
                         decision = wait(serving=True)
                     finally:
-                        self._point_successor(successor, address, here=False)
+                        if pointed:
+                            self._point_successor(successor, address, here=False)
             fields = dict(successor=successor, decision=decision, wal_end=history.format_lsn(end()),
                           timeline=local.timeline, clean=local.clean, served_own_wal=served or None,
                           writable=writable or None, newer_timeline=newer or None, unasked=unasked or None,
@@ -320,7 +333,7 @@ class Handoff(Part):
                                  "synchronous_standby_names", names)  # fmt: skip
         self.log.info("successor_synchronous", successor=successor, synchronous_standby_names=shown)
 
-    def _point_successor(self, successor: str, address: str, *, here: bool) -> None:
+    def _point_successor(self, successor: str, address: str, *, here: bool) -> bool:
         cfg = self.config
         conninfo = primary_conninfo(
             host=cfg.pod_fqdn(cfg.identity.pod_name).rstrip("."), port=cfg.port, user=cfg.replication_user,
@@ -330,8 +343,14 @@ class Handoff(Part):
         try:
             self.redirect(successor, address, cfg.port, cfg.superuser, cfg.superuser_password.reveal(),
                           conninfo if here else None)  # fmt: skip
+            return True
         except Exception as exc:  # psycopg.Error; kept broad so no traceback reaches the user
             detail = " ".join(str(exc).split())
+            if here and replication.classify_error(detail) == replication.STARTING:
+                self.log.warning("successor_not_pointed", successor=successor, detail=detail,
+                                 note="it takes no connection yet; pointed here once it does, and it may already "
+                                 "follow this member by its own settings")  # fmt: skip
+                return False
             if here:
                 raise CommandFailed(
                     f"could not point {successor} at this former primary to stream its WAL: {detail}",
@@ -340,6 +359,7 @@ class Handoff(Part):
                 ) from exc
             self.log.warning("handoff_conninfo_left", successor=successor, detail=detail,
                              note="its agent removes it at that member's next start")  # fmt: skip
+            return False
 
     def _promote(self, successor: str, address: str) -> bool:
         cfg = self.config

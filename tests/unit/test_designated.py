@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from agent import designated, history
 from agent.designated import decide_follow
+from agent.identity import Identity
 
 OURS, THEIRS = 7711490745716584460, 7711490745716584999
 
@@ -51,3 +52,15 @@ def test_an_upstream_that_did_not_answer_is_never_streamed_from() -> None:
     on_history = history.Verdict(history.ON_HISTORY, 1, "0/1", 1, "0/2", None)
     assert decide_follow(OURS, None, on_history) == designated.WAIT_UNCONNECTED
     assert decide_follow(OURS, OURS, None) == designated.REFUSE_DIVERGED
+
+
+def test_awaiting_promotion_it_keeps_streaming_from_the_member_it_followed() -> None:
+    # Review M8/H6: with no writable member (the former primary killed mid-handoff), it streams from
+    # the member it followed before, so that member's agent, serving its WAL, needs nothing from it.
+    me = Identity("postgresql-sfs-1", "postgresql-sfs", 1, 1)
+    before = "user=replicator passfile=/x host=postgresql-sfs-0.postgresql-svc.pg.svc.cluster.local port=5432"
+    assert designated.former_upstream(before, me) == "postgresql-sfs-0"
+    assert designated.former_upstream("host='postgresql-sfs-2.postgresql-svc' port=5432", me) == "postgresql-sfs-2"
+    for unusable in (None, "", "host=postgresql-sfs-1.postgresql-svc", "host=elsewhere.example", "port=5432",
+                     "host=postgresql-sfs-x.postgresql-svc", "host=other-sts-0.svc"):  # fmt: skip
+        assert designated.former_upstream(unusable, me) is None

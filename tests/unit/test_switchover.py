@@ -118,8 +118,14 @@ class FakeWorld:
     imposter: bool = False  # the successor's address answers as another member (a stale record)
     opens: bool = True  # the own server opens hot standby (review M8: not with an overflowed snapshot)
     recovers_to: int | None = None  # it finished crash recovery alone, its WAL then ending here
+    unreadable: bool = False  # the successor takes no connection until it has been served (review M8)
 
     def identify(self) -> replication.Attempt:
+        if self.unreadable:
+            if not self.serving:
+                return replication.Attempt(replication.STARTING, "the database system is not yet accepting connections")
+            self.unreadable = False  # the served WAL let its hot standby open; it answers from the next poll
+            return replication.Attempt(replication.STARTING, "the database system is not yet accepting connections")
         if self.serving and self.opens:
             self.received = min(self.end, self.received + self.rate)
         info = replication.SystemInfo(1, 1, format_lsn(self.received), not self.promoted_at, 140005)
@@ -132,6 +138,8 @@ class FakeWorld:
         return True
 
     def redirect(self, *args: Any) -> None:
+        if self.unreadable:
+            raise RuntimeError("connection failed: FATAL:  the database system is not yet accepting connections")
         self.pointed.append(args[-1])
 
 
@@ -200,6 +208,28 @@ def test_after_a_recovery_alone_the_successor_gets_the_new_end_too(
     assert served and world.promoted_at == [0x9000200]
     [promoted] = log.events("switchover_promoted")
     assert promoted["wal_end"] == "0/9000200"
+
+
+def test_a_successor_that_takes_no_connection_is_served_and_promoted_once_it_answers(
+    make_config: Callable[..., Any], log: ListLogger, clock: FakeClock, tmp_path: Path
+) -> None:
+    # Review M8 with the successor restarted after the kill: its own hot standby waits for WAL only
+    # the former primary has, so it answers nothing. Served first (it follows this member already),
+    # pointed here once it answers, promoted only once it has every record.
+    world = FakeWorld(received=0x8000000, end=0x9000000, rate=0x400000, unreadable=True)
+    served, own = _handoff(make_config, log, clock, tmp_path, world)
+    assert served and world.promoted_at == [0x9000000] and own.calls == ["serve", "stop", "handed_over"]
+    assert len(log.events("successor_not_pointed")) == 1
+    [here, back] = world.pointed
+    assert here is not None and back is None
+
+
+def test_an_unreadable_successor_is_never_promoted_and_never_beside_a_writable_member() -> None:
+    assert sw.decide_handoff(1, END, None, None, [], serving=False) == sw.SERVE_OWN_WAL
+    assert sw.decide_handoff(1, END, None, None, [], serving=True) == sw.WAIT_FOR_SUCCESSOR
+    assert sw.decide_handoff(1, END, None, None, ["postgresql-sfs-2"], serving=False) == sw.REFUSE_WRITABLE
+    assert sw.decide_handoff(1, END, None, None, [], False, ["postgresql-sfs-2 (timeline 2)"]) == \
+        sw.REFUSE_NEWER_TIMELINE
 
 
 @pytest.mark.parametrize(("answered", "log_text", "consistent_for", "expected"), [
