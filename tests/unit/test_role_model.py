@@ -158,8 +158,8 @@ class RoleModel(RuleBasedStateMachine):
     def move_ordinal(self, o: int) -> None:
         self.ordinal = o
 
-    @rule(i=st.integers(0, MEMBERS - 1), clean=st.booleans(), reclone=st.booleans())
-    def restart(self, i: int, clean: bool, reclone: bool) -> None:
+    @rule(i=st.integers(0, MEMBERS - 1), clean=st.booleans(), reclone=st.booleans(), unreadable=st.booleans())
+    def restart(self, i: int, clean: bool, reclone: bool, unreadable: bool = False) -> None:
         m = self.members[i]
         m.up, m.announcing = False, True  # its agent runs before its postgres, and answers for it
         ordinal = self.members[self.ordinal]
@@ -172,7 +172,7 @@ class RoleModel(RuleBasedStateMachine):
             decided = sw.decide_designated([o.name for o in others])
             m.up = decided != sw.REFUSE_MANY_WRITABLE
         elif m.primary_data:
-            self.former_primary(m, ordinal, others, clean, reclone)
+            self.former_primary(m, ordinal, others, clean, reclone, unreadable)
         elif ordinal.up:
             local = history.LocalPosition(m.tl.num, m.end, clean=True)
             seen = history.compare(local, ordinal.tl.num, ordinal.end, ordinal.tl.switches())
@@ -182,8 +182,10 @@ class RoleModel(RuleBasedStateMachine):
                 self.follow(m, ordinal)
             m.up = decided != follow.REFUSE_DIVERGED
 
-    def former_primary(self, m: Member, successor: Member, others: list[Member], clean: bool, reclone: bool) -> None:
-        """A former primary on a replica ordinal: hand off to a standby successor, or rejoin a primary."""
+    def former_primary(self, m: Member, successor: Member, others: list[Member], clean: bool, reclone: bool,
+                       unreadable: bool = False) -> None:  # fmt: skip
+        """A former primary on a replica ordinal: hand off to a standby successor, or rejoin a primary.
+        `unreadable`: the successor's postgres runs but takes no connection until served (review M8)."""
         if not successor.up:
             return  # it waits for its successor, then refuses (exit 15): its data untouched
         if successor.primary_data:
@@ -199,6 +201,11 @@ class RoleModel(RuleBasedStateMachine):
             m.primary_data, m.up = False, True
             return
         writable, newer = [o.name for o in others], self.newer(m)
+        if unreadable:
+            decided = sw.decide_handoff(m.tl.num, m.end, None, None, writable, False, newer)
+            assert decided != sw.PROMOTE_SUCCESSOR, "promoted a successor that could not show what it has"
+            if decided != sw.SERVE_OWN_WAL:
+                return
         decided = sw.decide_handoff(m.tl.num, m.end, successor.tl.num, successor.end, writable, False, newer)
         if decided == sw.SERVE_OWN_WAL:
             # Its WAL, served read-only, streams to the successor to the end fixed before serving.
