@@ -15,6 +15,7 @@ from typing import Callable
 from agent import serverargs, walbudget
 from agent.errors import ConfigError
 from agent.identity import Identity, parse_pod_name
+from agent.pgdata import STATE_DIR_INSIDE, default_state_dir
 from agent.quantity import QuantityError, parse_quantity
 from agent.secret import Secret
 
@@ -425,10 +426,11 @@ def load_config(
     pgdata = Path(pgdata_raw)
     if not pgdata.is_absolute() or pgdata == Path("/") or ".." in pgdata.parts:
         problems.add("PGDATA", pgdata_raw, "an absolute path to the data directory, a subdirectory of the volume")
-    state_raw = env.get("PGSFS_STATE_DIR") or str(pgdata.parent / ".pg-sfs-agent")
+    state_raw = env.get("PGSFS_STATE_DIR") or str(default_state_dir(pgdata))
     state_dir = Path(state_raw)
-    if not state_dir.is_absolute() or state_dir == pgdata or pgdata in state_dir.parents:
-        problems.add("PGSFS_STATE_DIR", state_raw, "an absolute path outside PGDATA")
+    inside = state_dir == pgdata or pgdata in state_dir.parents
+    if not state_dir.is_absolute() or (inside and state_dir != pgdata / STATE_DIR_INSIDE):
+        problems.add("PGSFS_STATE_DIR", state_raw, f"an absolute path outside PGDATA (or $PGDATA/{STATE_DIR_INSIDE})")
     initdb_dir = Path(env.get("PGSFS_INITDB_DIR", "/docker-entrypoint-initdb.d"))
 
     superuser = _name(env, "POSTGRES_USER", "postgres", "a role name", problems)

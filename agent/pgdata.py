@@ -92,8 +92,23 @@ def tombstone_for(pgdata: Path) -> Path:
 
 
 def _ours_inside(pgdata: Path, name: str) -> bool:
-    """Entries of a mount-point PGDATA that are not data: lost+found and the agent's build names."""
-    return builds_inside(pgdata) and name in (LOST_FOUND, WORK_SUFFIX, STAGING_SUFFIX, TOMBSTONE_SUFFIX)
+    """Entries of a mount-point PGDATA that are not data: lost+found, the agent's build names and its
+    state directory."""
+    return builds_inside(pgdata) and name in (LOST_FOUND, WORK_SUFFIX, STAGING_SUFFIX, TOMBSTONE_SUFFIX,
+                                              STATE_DIR_INSIDE)  # fmt: skip
+
+
+# The agent's state directory inside a mount-point PGDATA (review F-L11): on the volume, not the
+# container's filesystem. PostgreSQL's temporary-file prefix keeps it out of every base backup (a
+# replica never gets the primary's passfile or applied secrets); pg_rewind and postgres leave it.
+STATE_DIR_INSIDE = "pgsql_tmp.pg-sfs-agent"
+STATE_DIR_BESIDE = ".pg-sfs-agent"
+
+
+def default_state_dir(pgdata: Path) -> Path:
+    """PGSFS_STATE_DIR's default: beside PGDATA on its volume, or inside it when PGDATA is the
+    volume's mount point (nothing beside it is on the volume then)."""
+    return pgdata / STATE_DIR_INSIDE if builds_inside(pgdata) else pgdata.parent / STATE_DIR_BESIDE
 
 
 def moving_entries(pgdata: Path) -> frozenset[str]:

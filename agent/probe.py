@@ -15,6 +15,7 @@ from pathlib import Path
 
 from agent.files import read_limited
 from agent.heartbeat import FRESH_SECONDS, HEARTBEAT_NAME
+from agent.pgdata import default_state_dir
 from agent.render import RECEIVER_TIMEOUT_S
 from agent.streamwatch import (
     NOT_STREAMING_LIMIT_S,
@@ -39,7 +40,7 @@ def _pgdata(env: Mapping[str, str]) -> Path:
 
 
 def _state_dir(env: Mapping[str, str]) -> Path:
-    return Path(env.get("PGSFS_STATE_DIR") or str(_pgdata(env).parent / ".pg-sfs-agent"))
+    return Path(env.get("PGSFS_STATE_DIR") or str(default_state_dir(_pgdata(env))))
 
 
 def _is_postgres(pid: int) -> bool:

@@ -648,3 +648,36 @@ def test_pgdata_as_the_volumes_mount_point(volume_root: Path) -> None:
         assert plan["action"] == "start" and plan["remove_leftover"] is None
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def test_a_mount_point_pgdata_keeps_the_agents_state_on_its_volume(volume_root: Path) -> None:
+    # Review F-L11: with PGDATA at the volume's mount point, the default state directory was beside
+    # it, on the container's own filesystem: lost with the container (the next start adopted the
+    # passwords again) and unwritable under readOnlyRootFilesystem. It is now inside PGDATA, under
+    # PostgreSQL's temporary-file prefix, so a base backup never takes it to a replica.
+    pgdata = volume_root  # a tmpfs of its own: os.path.ismount is true
+    port = free_port()
+    env = pod_env(volume_root, 0, port, PGDATA=str(pgdata))
+    state = pgdata / "pgsql_tmp.pg-sfs-agent"
+    with agent_postgres(env, volume_root.parent / f"{volume_root.name}-agent.log") as server:
+        assert (state / "applied-secrets.json").is_file() and (state / "heartbeat.json").is_file()
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        assert not (volume_root.parent / ".pg-sfs-agent").exists()
+        ready = run_agent(env, "probe", "readiness")
+        assert (ready.returncode, ready.stdout.strip()) == (0, "primary ready")
+        with sized_volume("pgsfs-copy-") as other:
+            copy = other / "copy"
+            done = subprocess.run(
+                [str(PG_BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(port), "-U", "replicator",
+                 "-D", str(copy), "-X", "stream"],
+                env={**os.environ, "PGPASSWORD": REPLICATION_PASSWORD}, capture_output=True, text=True,
+                timeout=120, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            assert (copy / "PG_VERSION").exists() and not (copy / "pgsql_tmp.pg-sfs-agent").exists()
+    (volume_root.parent / f"{volume_root.name}-agent.log").unlink()
+    # A restart is boring: the record of what was applied is still there, nothing adopted.
+    with agent_postgres(env, volume_root.parent / f"{volume_root.name}-agent.log") as server:
+        events = [line["event"] for line in server.agent_log()]
+        assert "passwords_adopted" not in events and "passwords_applied" not in events
+    (volume_root.parent / f"{volume_root.name}-agent.log").unlink()

@@ -337,6 +337,7 @@ BAD_VALUES = [
     ("PGDATA", "/"),
     ("PGDATA", "/var/lib/../data"),
     ("PGSFS_STATE_DIR", "/var/lib/postgresql/data/state"),
+    ("PGSFS_STATE_DIR", "/var/lib/postgresql/data/pgsql_tmp.other"),
     ("PGSFS_STATE_DIR", "relative"),
     ("POSTGRES_USER", "two\nlines"),
     ("POSTGRES_USER", "x" * 64),
@@ -369,6 +370,13 @@ def test_bad_value_is_named(variable: str, value: str, no_kube_files, base_env) 
         assert len(error.problems) == 1, error.problems
     assert named(error, variable), error.problems
     assert error.problems[0] in error.message
+
+
+def test_the_state_dir_may_be_the_one_name_inside_pgdata(make_config) -> None:
+    # The default for a mount-point PGDATA (review F-L11), which a base backup never copies.
+    config = make_config(PGDATA="/var/lib/postgresql/data",
+                         PGSFS_STATE_DIR="/var/lib/postgresql/data/pgsql_tmp.pg-sfs-agent")  # fmt: skip
+    assert config.state_dir == Path("/var/lib/postgresql/data/pgsql_tmp.pg-sfs-agent")
 
 
 @pytest.mark.parametrize("variable", ["POSTGRES_PASSWORD", "PGSFS_REPLICATION_PASSWORD"])
