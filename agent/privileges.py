@@ -101,6 +101,19 @@ def _chown_mode(path: Path, uid: int, mode: int | None) -> None:
         os.close(fd)
 
 
+def _make_dir(path: Path, setting: str, value: Path, mode: int = 0o777) -> None:
+    """mkdir -p, or a clear refusal naming the setting (a read-only root filesystem, a bad path)."""
+    try:
+        path.mkdir(mode=mode, parents=True)
+    except OSError as exc:
+        raise DataDirConflict(
+            f"{path} (for {setting}={value}) could not be created: {exc.strerror}",
+            hint="point it at a directory on a writable volume: under a read-only root filesystem only the "
+            "volumes, /tmp and /var/run/postgresql can be written",
+            setting=setting,
+        ) from exc
+
+
 def prepare_as_root(config: Config, account: RunAs) -> Prepared:
     """Give postgres the directories it needs: the volume, the state directory, PGDATA, the socket dir.
 
@@ -114,7 +127,7 @@ def prepare_as_root(config: Config, account: RunAs) -> Prepared:
     volume = config.pgdata.parent
     if not volume.is_dir():
         # Only when missing: mkdir of an existing mount point under a read-only root fails (EROFS).
-        volume.mkdir(parents=True)
+        _make_dir(volume, "PGDATA", config.pgdata)
     # The agent builds beside PGDATA and renames into place, so postgres must write in its parent.
     # With the shipped manifest fsGroup already allows that; a bare root-owned volume does not.
     if not writable_by(volume, account.uid, groups):
@@ -128,13 +141,13 @@ def prepare_as_root(config: Config, account: RunAs) -> Prepared:
         _chown_mode(state_dir, account.uid, 0o700)
     else:
         # New, so not a fix worth reporting.
-        state_dir.mkdir(mode=0o700, parents=True)
+        _make_dir(state_dir, "PGSFS_STATE_DIR", state_dir, mode=0o700)
         _chown_mode(state_dir, account.uid, 0o700)
     if config.waldir is not None:
         # As the official entrypoint does at every start: create it, hand it to postgres, mode 0700
         # (a WAL volume's root is root's, where initdb as postgres could not create the directory).
         if not config.waldir.is_dir():
-            config.waldir.mkdir(mode=0o700, parents=True)
+            _make_dir(config.waldir, "POSTGRES_INITDB_WALDIR", config.waldir, mode=0o700)
         entries += fix_tree_ownership(config.waldir, account.uid, None)
         _chown_mode(config.waldir, account.uid, 0o700)
     builds = (work_dir_for(config.pgdata), staging_dir_for(config.pgdata), tombstone_for(config.pgdata))

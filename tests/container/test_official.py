@@ -56,7 +56,8 @@ class Official:
     """One server container started as the official tests start it, and psql from a client container."""
 
     def __init__(
-        self, net: Network, workdir: Path, name: str, initdb_dir: Path | None = None, env: dict[str, str] | None = None
+        self, net: Network, workdir: Path, name: str, initdb_dir: Path | None = None, env: dict[str, str] | None = None,
+        run_args: tuple[str, ...] = (),
     ) -> None:
         self.net = net
         self.server: Host = net.add_host(f"{name}-server")
@@ -72,6 +73,7 @@ class Official:
                 f"--network=ns:/run/netns/{self.server.netns}", f"--env-file={self.env_file}"]  # fmt: skip
         if initdb_dir is not None:
             argv += ["--mount", f"type=bind,source={initdb_dir},destination=/docker-entrypoint-initdb.d,ro=true"]
+        argv += run_args
         done = subprocess.run([*argv, IMAGE], env=podman.podman_env(), capture_output=True, text=True,
                               timeout=120, check=False)  # fmt: skip
         assert done.returncode == 0, done.stderr
@@ -171,3 +173,23 @@ def test_a_ci_service_with_trust_and_the_log_lines_tools_wait_for(net: Network, 
     assert 'WARNING: POSTGRES_HOST_AUTH_METHOD has been set to "trust"' in logs
     assert "PostgreSQL init process complete; ready for start up." in logs
     assert logs.count("database system is ready to accept connections") >= 2
+
+
+def test_a_read_only_container_with_the_default_pgdata_keeps_its_state_on_the_volume(
+    net: Network, tmp_path: Path
+) -> None:
+    # Review F-L11: `docker run --read-only` with the default PGDATA (the image's VOLUME, so PGDATA is
+    # the mount point) failed: the agent's state directory went beside PGDATA, on the read-only
+    # container filesystem. It now lives inside PGDATA, on the volume; a restart keeps it.
+    server = Official(net, tmp_path, "readonly", run_args=("--read-only",))
+    server.wait_ready()
+    assert server.psql("SELECT setting FROM pg_settings WHERE name = 'data_directory'") == "/var/lib/postgresql/data"
+    listed = subprocess.run(["podman", "exec", server.name, "ls", "-A", "/var/lib/postgresql/data"],
+                            env=podman.podman_env(), capture_output=True, text=True, check=False,
+                            timeout=60)  # fmt: skip
+    assert "pgsql_tmp.pg-sfs-agent" in listed.stdout.split(), listed
+    restarted = subprocess.run(["podman", "restart", server.name], env=podman.podman_env(), capture_output=True,
+                               text=True, check=False, timeout=120)  # fmt: skip
+    assert restarted.returncode == 0, restarted.stderr
+    server.wait_ready()
+    assert "passwords_adopted" not in server.logs()

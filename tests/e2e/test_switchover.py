@@ -295,7 +295,7 @@ def test_a_killed_former_primary_whose_wal_keeps_hot_standby_closed_hands_over_t
     # at every start. Its agent now sees replay done with hot standby shut, finishes the crash
     # recovery alone (single-user, unreachable), and serves from that clean end: nothing lost.
     c = make_cluster(replicas=2, grace_period=5)
-    with c, concurrent.futures.ThreadPoolExecutor(1) as pool:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, c:  # the cluster goes first: its end ends psql
         healthy(c)
         acked_rows_on_both(c)
         holder = pool.submit(c.try_psql, PRIMARY, OVERFLOWED_TRANSACTION, timeout=330)

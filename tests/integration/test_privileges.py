@@ -13,6 +13,7 @@ import os
 import pwd
 import shutil
 import stat
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,3 +101,18 @@ def test_links_planted_inside_the_volume_are_never_followed_by_roots_chown(victi
     assert snapshot(victim) == before
     fixed = [line for line in lines if line["event"] == "ownership_fixed"]
     assert fixed and fixed[0]["entries"] >= 2, fixed
+
+
+def test_a_state_dir_on_a_read_only_filesystem_is_a_clear_refusal(volume_root: Path) -> None:
+    # Under a read-only root, a state directory outside the volume cannot be made: that was an
+    # `unexpected_error` ("a bug in pg-sfs-agent") with a traceback's last frame; it is a refusal
+    # naming the setting, with the way out, and nothing touched.
+    with sized_volume("pgsfs-ro-") as read_only:
+        subprocess.run(["mount", "-o", "remount,ro", str(read_only)], check=True)
+        env = pod_env(volume_root, 0, free_port(), PGSFS_STATE_DIR=str(read_only / "state"))
+        done = run_agent(env, "postgres", timeout=60)
+    lines = json_lines(done.stdout + done.stderr)
+    [refused] = [line for line in lines if line.get("level") == "error"]
+    assert done.returncode == 6 and refused["event"] == "pgdata_conflict", lines
+    assert "PGSFS_STATE_DIR" in refused["error"] and "Read-only file system" in refused["error"], refused
+    assert not (volume_root / "pgdata").exists()
