@@ -163,7 +163,7 @@ class MakeWay(Part):
                 free_mb=free // 1048576,
                 **fields,
             )
-        waldir = self._external_wal_room(why, fields)
+        waldir = self._external_wal_room(why, fields, needed - COPY_MARGIN)
         aside = self.pgdata.with_name(f"{self.pgdata.name}.{suffix}-{time.strftime('%Y%m%dT%H%M%S')}")
         os.rename(self.pgdata, aside)
         fsync_dir(self.pgdata.parent)
@@ -180,9 +180,10 @@ class MakeWay(Part):
         )
         self.replica.clone()
 
-    def _external_wal_room(self, why: str, fields: dict[str, Any]) -> Path | None:
+    def _external_wal_room(self, why: str, fields: dict[str, Any], pgdata_bytes: int) -> Path | None:
         """PGDATA's WAL directory when it lies elsewhere (POSTGRES_INITDB_WALDIR): it moves aside with
-        the data, so it must not be a mount point and its volume needs room for the clone's WAL too."""
+        the data, so it must not be a mount point and its volume needs room for the clone's WAL too
+        (and for the new PGDATA, `pgdata_bytes`, when one volume holds both)."""
         waldir = linked_wal_dir(self.pgdata)
         if waldir is None:
             return None
@@ -195,7 +196,7 @@ class MakeWay(Part):
             )  # fmt: skip
         needed, free = room_for_copy(waldir, waldir.parent)
         if os.stat(waldir.parent).st_dev == os.stat(volume_dir(self.pgdata)).st_dev:
-            needed += tree_size(self.pgdata)  # one volume holds both new copies
+            needed += pgdata_bytes  # one volume holds both new copies
         if needed > free:
             raise NoRoomToMoveAside(
                 f"{why}, so it must clone again; its WAL stays and the new copy's WAL needs about "

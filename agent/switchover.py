@@ -259,10 +259,10 @@ class Handoff(Part):
                 if result.outcome == replication.STARTING:  # it runs, but cannot answer yet
                     return decide_handoff(local.timeline, end(), None, None, writable, serving, newer)
                 return WAIT_FOR_SUCCESSOR
-            if serving and not pointed and self._point_successor(successor, address, here=True):
-                pointed.append(True)
             if not result.info.in_hot_standby:
                 return PROMOTED_ALREADY
+            if serving and not pointed and self._point_successor(successor, address, here=True):
+                pointed.append(True)
             seen.update(timeline=result.info.timeline, received=result.info.xlogpos)
             received = history.parse_lsn(result.info.xlogpos)
             return decide_handoff(local.timeline, end(), result.info.timeline, received, writable, serving, newer)

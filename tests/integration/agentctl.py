@@ -109,6 +109,28 @@ class Server:
         return int(self.proc.returncode)
 
 
+class ListLog:
+    """Collects log events in memory (a structlog-shaped logger)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def _add(self, level: str, event: str, **fields: Any) -> None:
+        self.events.append({"level": level, "event": event, **fields})
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._add("info", event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._add("warning", event, **fields)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._add("debug", event, **fields)
+
+    def names(self) -> list[str]:
+        return [e["event"] for e in self.events]
+
+
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
     """Poll `predicate` until it returns something truthy, or fail naming `what`."""
     deadline = time.monotonic() + timeout

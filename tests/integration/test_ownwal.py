@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -28,6 +27,7 @@ from agent.runner import Runner
 from tests.integration.agentctl import (
     REPLICATION_PASSWORD,
     SUPERUSER_PASSWORD,
+    ListLog,
     agent_postgres,
     connect,
     loopback_dns,
@@ -37,16 +37,6 @@ from tests.integration.agentctl import (
 from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
-
-
-class _Log:
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def info(self, event: str, **fields: Any) -> None:
-        self.events.append({"event": event, **fields})
-
-    warning = debug = info
 
 
 def _killed_inside_an_overflowed_transaction(env: dict[str, str], volume: Path) -> None:
@@ -92,7 +82,7 @@ def test_a_killed_primary_whose_wal_keeps_hot_standby_closed_still_serves_it(vol
     config = load_config(env)
     runner = Runner(postgres_account())
     plan, _ = observe_and_plan(config, runner)
-    log = _Log()
+    log = ListLog()
     ctx = Context(config, plan, World(runner=runner, lookup=loopback_dns), log)
     own = OwnWalServer(ctx, ManagedFiles(ctx))
     endpoint = Endpoint(host="localhost", hostaddr="127.0.0.1", port=config.port, user="replicator",

@@ -31,6 +31,7 @@ from agent.runner import Runner
 from tests.integration.agentctl import (
     REPLICATION_PASSWORD,
     SUPERUSER_PASSWORD,
+    ListLog,
     connect,
     loopback_dns,
     own_port_announcer,
@@ -40,28 +41,6 @@ from tests.integration.agentctl import (
 from tests.integration.conftest import free_port, sized_volume
 
 pytestmark = pytest.mark.integration
-
-
-class ListLog:
-    """Collects log events in memory (a structlog-shaped logger)."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def _add(self, level: str, event: str, **fields: Any) -> None:
-        self.events.append({"level": level, "event": event, **fields})
-
-    def info(self, event: str, **fields: Any) -> None:
-        self._add("info", event, **fields)
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self._add("warning", event, **fields)
-
-    def debug(self, event: str, **fields: Any) -> None:
-        self._add("debug", event, **fields)
-
-    def names(self) -> list[str]:
-        return [e["event"] for e in self.events]
 
 
 def bootstrap_replica(volume: Path, port: int, **extra: str) -> tuple[ListLog, Any]:
