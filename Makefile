@@ -10,7 +10,7 @@ VENV := .venv
 VENV39 := .venv39
 VENV39MIN := .venv39-min
 APT_PACKAGES := postgresql-15 bind9 bind9-utils bind9-dnsutils unbound iproute2 util-linux procps time \
-                podman buildah runc netavark uidmap debootstrap libnss-wrapper
+                podman buildah runc netavark uidmap debootstrap libnss-wrapper pgbackrest
 IMAGE ?= pg-sfs-agent:14.5
 # Without a Docker engine: podman (runc, host network, settings in docker/containers.conf) on a
 # local stand-in for postgres:14.5 built from docker/base/ (Docker Hub is never asked).

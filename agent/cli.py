@@ -214,6 +214,21 @@ def cmd_promote(args: list[str]) -> int:
         return _unexpected(logger, exc, "promote")
 
 
+def cmd_backup(args: list[str]) -> int:
+    """`backup [--type full|diff|incr]`: a base backup of this pod's primary (see agent/backup.py)."""
+    logger = None
+    try:
+        from agent import backup, privileges
+
+        options = backup.parse_args(args)  # before anything is read: --help and bad flags touch nothing
+        config, logger, _ = _prepare()
+        return backup.run(options, config, privileges.postgres_account(), logger, time.monotonic)
+    except AgentError as exc:
+        return _report(logger or _early_logging(), exc)
+    except Exception as exc:
+        return _unexpected(logger, exc, "backup")
+
+
 def cmd_postgres(args: list[str]) -> int:
     """Bootstrap, then exec postgres with `args`."""
     started = time.monotonic()
@@ -342,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_plan(rest)
     if command == "promote":
         return cmd_promote(rest)
+    if command == "backup":
+        return cmd_backup(rest)
     if command == "postgres":
         if _wants_info(rest) and not _prints_a_setting_of_a_new_cluster(rest):
             from agent.bootstrap import exec_postgres

@@ -6,13 +6,15 @@ import math
 import os
 import re
 import shlex
+import shutil
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from agent import serverargs, walbudget
+from agent import archive, serverargs, walbudget
+from agent.archive import ArchiveSettings
 from agent.errors import ConfigError
 from agent.identity import Identity, parse_pod_name
 from agent.pgdata import STATE_DIR_INSIDE, default_state_dir
@@ -94,6 +96,8 @@ class Config:
     server_args: tuple[str, ...] = ()
     # PGSFS_VOLUME_SIZE in bytes: the PVC's storage request (the manifest copies it); None when not given.
     volume_size: int | None = None
+    # WAL archiving and backups with pgBackRest (PGSFS_BACKUP_REPO and the settings beside it); None: off.
+    archive: ArchiveSettings | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -357,6 +361,18 @@ def _volume_size(env: Mapping[str, str], problems: _Problems) -> int | None:
         return None
 
 
+def _archiving(env: Mapping[str, str], statefulset: str, pgdata: Path, which: Callable[[str], str | None],
+               problems: _Problems) -> ArchiveSettings | None:  # fmt: skip
+    """The archiving section (agent/archive.py), and whether this image can do it at all."""
+    settings, found = archive.read(env, statefulset=statefulset, pgdata=PurePosixPath(pgdata))
+    for name, value, expected in found:
+        problems.add(name, value, expected)
+    if settings is not None and which("pgbackrest") is None:
+        problems.add("PGSFS_BACKUP_REPO", settings.repo_path, "unset: pgbackrest is not installed in this image "
+                     "(the image built from docker/Dockerfile has it)")  # fmt: skip
+    return settings
+
+
 # The official image's PGDATA.
 DEFAULT_PGDATA = "/var/lib/postgresql/data"
 # The values k8s/secret.example.yaml publishes: anyone can read them, so no cluster may use them.
@@ -372,6 +388,7 @@ def load_config(
     resolv_conf: Path = RESOLV_CONF,
     sa_namespace_file: Path = SA_NAMESPACE_FILE,
     server_args: Sequence[str] = (),
+    which: Callable[[str], str | None] = shutil.which,
 ) -> Config:
     """Validate the environment (and postgres' own arguments) into a Config, or raise ConfigError
     listing every problem."""
@@ -515,6 +532,8 @@ def load_config(
         sync = ""
     log_format = _choice(env, "PGSFS_LOG_FORMAT", "auto", ("auto", "json", "console"), problems)
     log_level = _choice(env, "PGSFS_LOG_LEVEL", "info", ("debug", "info", "warning", "error"), problems)
+    # Standalone, the hostname is the container's random id: the stanza needs a name that stays.
+    archiving = _archiving(env, "main" if standalone else parsed[0], pgdata, which, problems)
 
     if problems.items:
         raise ConfigError(problems.items)
@@ -558,6 +577,7 @@ def load_config(
         synchronous_standbys=sync,
         pod_uid=env.get("POD_UID", "").strip()[:64],
         volume_size=volume_size,
+        archive=archiving,
         short_secrets=tuple(
             name
             for name, secret in (

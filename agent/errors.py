@@ -121,6 +121,20 @@ class SwitchoverBlocked(AgentError):
     event = "switchover_blocked"
 
 
+class ArchiveConflict(AgentError):
+    """The backup repository holds another cluster's archive under this stanza, or cannot be used."""
+
+    exit_code = 16
+    event = "archive_repository_conflict"
+
+
+class BackupFailed(AgentError):
+    """`pg-sfs-agent backup` did not take a backup: not the writable primary, or pgBackRest failed."""
+
+    exit_code = 17
+    event = "backup_failed"
+
+
 class Interrupted(BaseException):
     """SIGINT or SIGTERM arrived; carries the exit code 128 + signum (130, 143)."""
 

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from agent import walbudget
+from agent import archive, walbudget
 from agent.context import Part
 from agent.files import fix_tree_ownership, write_atomic
 from agent.identity import PRIMARY
@@ -37,6 +37,40 @@ class ManagedFiles(Part):
             owner=self.owner,
         )
         return path
+
+    def write_archive_config(self) -> dict[str, str]:
+        """pgbackrest.conf (0600, in the state directory) and the archive settings that use it; {} when
+        archiving is off (PGSFS_BACKUP_REPO unset)."""
+        cfg = self.config
+        if cfg.archive is None:
+            return {}
+        locks = cfg.state_dir / "pgbackrest"
+        self._mkdir_owned(locks)
+        path = cfg.state_dir / archive.CONF_NAME
+        text = archive.config_text(cfg.archive, pgdata=str(cfg.pgdata), port=cfg.port, superuser=cfg.superuser,
+                                   work_dir=str(locks))  # fmt: skip
+        write_atomic(path, text, mode=0o600, owner=self.owner)
+        return archive.server_settings(cfg.archive, str(path))
+
+    def recovery_settings(self, datadir: Path) -> dict[str, str]:
+        """A restored cluster still in archive recovery: restore_command and its target, from the
+        PGSFS_RESTORE_* settings, or once they are gone from the restore record (agent/archive.py)."""
+        cfg = self.config
+        if cfg.archive is None or not (datadir / "recovery.signal").exists():
+            return {}
+        if cfg.archive.restore_from is not None:
+            # The settings as they are now: a target corrected after recovery stopped short of it applies.
+            record: tuple[str, archive.RestoreTarget] | None = (cfg.archive.restore_from, cfg.archive.restore_target)
+        else:
+            try:
+                record = archive.read_restore_record((cfg.state_dir / archive.RESTORE_RECORD).read_text())
+            except OSError:
+                record = None
+        if record is None:
+            # recovery.signal without our record: someone restored by hand, with settings of their own.
+            return {}
+        source, target = record
+        return archive.recovery_settings(cfg.archive, source, target, str(cfg.state_dir / archive.CONF_NAME))
 
     def synchronous_names(self) -> str:
         """synchronous_standby_names for the primary: the policy over every other member's pod name
@@ -93,6 +127,7 @@ class ManagedFiles(Part):
             # a member kept primary on a replica ordinal (a stale pod template, review M3).
             synchronous_standby_names=self.synchronous_names() if designated or not standby else "",
             template=self.template_settings(),
+            archive={**self.write_archive_config(), **({} if standby else self.recovery_settings(datadir))},
         )
         write_atomic(datadir / CONF_NAME, settings, mode=0o600, owner=self.owner)
         conf = datadir / "postgresql.conf"
@@ -116,6 +151,7 @@ class ManagedFiles(Part):
             wal_volume_mb=wal.written.volume_mb, wal_held_aside_mb=wal.held_mb or None, **wal.written.conf_values(),
             synchronous_standbys=(cfg.synchronous_standbys or None) if designated else None,
             upstream=upstream.rstrip(".") if standby and connect and upstream else None,
+            archive_repo=cfg.archive.repo_path if cfg.archive else None,
         )  # fmt: skip
         if wal.problem is not None:
             self.log.warning(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from agent.archive import RESTORE_RECORD
 from agent.config import Config
 from agent.errors import AgentError, DataDirConflict
 from agent.identity import PRIMARY
@@ -120,6 +121,10 @@ REMOTE_DECISIONS = {
     INIT: (
         "peer_survey (survey.judge): init | refuse_holders (exit 8) | incomplete (exit 13)",
     ),
+    "restore": (
+        "peer_survey (survey.judge): init | refuse_holders (exit 8) | incomplete (exit 13)",
+        "backup_check (archive.restore_problem): restore | refuse (exit 16: no such stanza, or no backup in it)",
+    ),
     CLONE: (
         "wait_for_primary: its record, then IDENTIFY_SYSTEM as a primary (exit 3, 4 or 5 at the deadline)",
         "slot (replication.slot_step): create | keep | recreate",
@@ -204,6 +209,14 @@ def make_plan(
             )
             steps = ("survey_writable", "follow_writable", "write_config", "fix_ownership", "exec_postgres")
             files = standby_files
+        elif is_primary and state.recovery_signal:
+            reason = (
+                "PGDATA holds a restored cluster still in archive recovery (recovery.signal): refresh the managed "
+                "files with the recovery settings of its restore record, start, replay to the target and promote"
+            )
+            steps = (*(() if config.standalone else ("check_no_other_primary",)), "write_config", "fix_ownership",
+                     "exec_postgres")  # fmt: skip
+            files = (*conf_files, str(config.state_dir / RESTORE_RECORD))
         elif is_primary:
             reason = "PGDATA holds a primary's cluster: refresh the managed files and start"
             # None: not looked at (a test, or no record could be read): set and record them.
@@ -224,6 +237,27 @@ def make_plan(
             )
             steps = ("check_primary", "rejoin_or_rewind", "write_config", "fix_ownership", "exec_postgres")
             files = standby_files
+    elif is_primary and config.archive is not None and config.archive.restore_from is not None:
+        action = INIT
+        source = config.archive.restore_from
+        reason = (
+            f"empty PGDATA on the primary ordinal and PGSFS_RESTORE_FROM={source}: restore that stanza's newest "
+            f"backup beside it (pgBackRest), move it into place, and let postgres replay the archive to "
+            f"{config.archive.restore_target} and promote"
+        )
+        steps = (
+            *(() if config.standalone else ("check_peers_for_data",)),
+            "check_backup_exists",
+            "restore_backup",
+            "record_restore",
+            "sync_volume",
+            "move_into_place",
+            "ensure_stanza",
+            "write_config",
+            "fix_ownership",
+            "exec_postgres",
+        )
+        files = (*conf_files, str(config.state_dir / RESTORE_RECORD))
     elif is_primary:
         action = INIT
         reason = "empty PGDATA on the primary ordinal: initialise a new cluster beside it, then move it into place"
@@ -261,6 +295,7 @@ def make_plan(
         files = standby_files
     if leftover is not None:
         steps = ("remove_leftover", *steps)
+    decisions_key = "restore" if "restore_backup" in steps else _decisions_key(action, is_primary, state.standby_signal)
     return Plan(
         pod=ident.pod_name,
         ordinal=ident.ordinal,
@@ -278,6 +313,6 @@ def make_plan(
         refusal=refusal,
         remote_decisions=()
         if config.standalone
-        else REMOTE_DECISIONS.get(_decisions_key(action, is_primary, state.standby_signal), ()),
+        else REMOTE_DECISIONS.get(decisions_key, ()),
         wal=decide(config.wal_configured(), wal_observed) if wal_observed is not None and refusal is None else None,
     )

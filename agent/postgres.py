@@ -213,6 +213,10 @@ class TempServer:
             # Commits here (roles, initdb.d, rotated passwords) must never wait for a standby.
             "-c",
             "synchronous_standby_names=",
+            # With archiving on, WAL it completes is marked ready and archived by the real server: none
+            # is pushed before the stanza is checked (a new cluster's is made once it is in place).
+            "-c",
+            "archive_command=",
         ]
 
     def start(

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import builddir, initdbd, officiallog, survey
+from agent import archive, builddir, initdbd, officiallog, repository, survey
 from agent.buildarea import BuildArea
 from agent.context import Part
 from agent.designated import DesignatedFollow
@@ -113,6 +113,12 @@ class Primary(Part):
         discarded if the survey refuses, so PGDATA is untouched either way and the start is shorter.
         """
         cfg = self.config
+        if "restore_backup" in self.plan.steps:
+            self.restore()
+            return
+        if cfg.archive is not None:
+            self.files.write_archive_config()
+            repository.check_before_init(cfg, self.world.runner, self.log, self.world.clock)
         self.world.beat("initdb")
         datadir = self.build.start("init")
         started = self.world.clock()
@@ -153,7 +159,36 @@ class Primary(Part):
         self._phase("initdb_setup", started, database=cfg.database, replication_user=cfg.replication_user, via=how,
                     synced_s=synced)  # fmt: skip
         self.build.move_into_place(datadir)
+        repository.ensure_stanza(cfg, self.world.runner, self.log, self.world.clock)
         officiallog.say("", officiallog.INIT_COMPLETE, "")
+
+    def restore(self) -> None:
+        """PGSFS_RESTORE_FROM's newest backup instead of initdb, beside PGDATA, recorded, then moved into
+        place; postgres replays the archive to the target and promotes (archive.recovery_settings)."""
+        cfg = self.config
+        settings = cfg.archive
+        assert settings is not None and settings.restore_from is not None
+        self.files.write_archive_config()
+        if not cfg.standalone:
+            self.check_peers_for_data()
+        runner = self.world.runner
+        found = repository.check_restorable(cfg, runner)
+        if settings.stanza != settings.restore_from:
+            repository.check_archive_destination(cfg, runner, found)
+        self.world.beat("restore")
+        datadir = self.build.start("restore")
+        started = self.world.clock()
+        repository.restore(cfg, runner, datadir, on_tick=lambda _elapsed: self.world.beat())
+        label = str((found.latest or {}).get("label") or "") or None
+        write_atomic(cfg.state_dir / archive.RESTORE_RECORD,
+                     archive.restore_record(settings.restore_from, settings.restore_target, label),
+                     mode=0o600, owner=self.owner)  # fmt: skip
+        synced = self.build.make_durable(datadir)
+        self._phase("restore", started, stanza=settings.restore_from, backup=label,
+                    target=str(settings.restore_target), synced_s=synced)  # fmt: skip
+        self.build.move_into_place(datadir)
+        repository.ensure_stanza(cfg, runner, self.log, self.world.clock)
+        self.files.write_config(self.pgdata, standby=False)
 
     def _initdb(self, datadir: Path) -> None:
         pwfile = self.work / "superuser.pw"
@@ -305,6 +340,7 @@ class Primary(Part):
         if "check_no_other_primary" in self.plan.steps:
             PrimaryGuard(self.ctx).check()
         self.files.write_config(self.pgdata, standby=False)
+        repository.ensure_stanza(self.config, self.world.runner, self.log, self.world.clock)
         if "apply_passwords" in self.plan.steps or "adopt_passwords" in self.plan.steps:
             self.apply_passwords()
 

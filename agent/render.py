@@ -129,9 +129,11 @@ def settings_file(
     standby: dict[str, str] | None = None,
     template: dict[str, str] | None = None,
     synchronous_standby_names: str = "",
+    archive: dict[str, str] | None = None,
 ) -> str:
     """The agent's settings file; `wal` holds the WAL sizes, `standby` adds primary_conninfo and slot,
-    `template` the pgsfs.* placeholders that say which pod template this member runs (agent/podbirth.py)."""
+    `template` the pgsfs.* placeholders that say which pod template this member runs (agent/podbirth.py),
+    `archive` the archive_* settings (agent/archive.py)."""
     lines = [
         "# Managed by pg-sfs-agent and rewritten at every start: do not edit.",
         "# Override a setting with ALTER SYSTEM (postgresql.auto.conf is read after this file).",
@@ -156,6 +158,9 @@ def settings_file(
         # silent upstream after 7.5 s, and the receiver reconnects by itself once the network heals.
         f"wal_receiver_timeout = '{RECEIVER_TIMEOUT_S}s'",
     ]
+    # WAL archiving through pgBackRest (PGSFS_BACKUP_REPO); without it archive_mode stays off.
+    for name, value in (archive or {}).items():
+        lines.append(f"{name} = {quote_conf(value)}")
     if synchronous_standby_names:
         lines.append(f"synchronous_standby_names = {quote_conf(synchronous_standby_names)}")
     # Placeholders only the agents read (SHOW): which template this member was started with.

@@ -13,7 +13,8 @@ from agent.errors import ConfigError
 
 USAGE = """\
 usage: pg-sfs-agent [postgres] [POSTGRES-ARGS...]
-       pg-sfs-agent plan | promote [OPTIONS] | probe startup|readiness|liveness | logs [OPTIONS] | version | help
+       pg-sfs-agent plan | promote [OPTIONS] | backup [OPTIONS] | probe startup|readiness|liveness
+       pg-sfs-agent logs [OPTIONS] | version | help
        pg-sfs-agent COMMAND [ARGS...]
 
 The entrypoint of a PostgreSQL StatefulSet: it finds its ordinal and peers, runs initdb on the
@@ -24,6 +25,7 @@ commands:
   postgres [ARGS]   bootstrap, then exec postgres ARGS (the image's default command)
   plan              print as JSON what `postgres` would do and why; touches nothing
   promote           in a replica's pod, after the primary is lost: promote this member
+  backup            in the primary's pod: a base backup into PGSFS_BACKUP_REPO (pgBackRest)
   probe CHECK       the exec probes of the manifest (startup, readiness, liveness)
   logs              read `kubectl logs --prefix` output on stdin, print aligned lines
   version           the agent's version

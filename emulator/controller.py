@@ -328,6 +328,7 @@ class Cluster:
             stop_signal=self.sts.stop_signal, grace_period=self.sts.termination_grace_period,
             agent_bin_dir=self.agent_bin_dir, security=self.sts.security,
             empty_dirs=self.sts.empty_dirs, image=self.image,
+            shared_mounts=tuple((self.shared_claim_dir(c.claim_name), c.mount_path) for c in self.sts.shared_claims),
         )  # fmt: skip
         pod = Pod(template, register_pid=lambda pid: self.network.register_pid(pid, host))
         rec = _PodRecord(name=name, ordinal=ordinal, host=host, pod=pod, created_at=time.time(),
@@ -684,14 +685,22 @@ class Cluster:
 
     def _provision(self, pod: str, size: int | None, reuse: bool) -> Path:
         """The pod's volume, created and mounted if need be; with `reuse` False it must be new."""
-        path = self.run_dir / "volumes" / self._claim(pod)
-        image = self.run_dir / "volume-images" / f"{self._claim(pod)}.img"
+        return self._provision_claim(self._claim(pod), size, reuse)
+
+    def shared_claim_dir(self, claim: str) -> Path:
+        """Host directory of a claim every pod mounts (k8s/components/backup's repository)."""
+        spec = next(c for c in self.sts.shared_claims if c.claim_name == claim)
+        return self._provision_claim(claim, spec.size_bytes, reuse=True)
+
+    def _provision_claim(self, claim: str, size: int | None, reuse: bool) -> Path:
+        path = self.run_dir / "volumes" / claim
+        image = self.run_dir / "volume-images" / f"{claim}.img"
         with self._volume_lock:
             if not self._volumes_open:
                 raise RuntimeError(f"cannot provision {path}: the cluster is not running")
             if not reuse and (image.exists() or volumes.mount_at(path) is not None
                               or (path.is_dir() and any(path.iterdir()))):
-                raise FileExistsError(f"the volume of {pod} already exists: {path}")
+                raise FileExistsError(f"the volume of claim {claim} already exists: {path}")
             # Images live outside volumes/: whoever walks the volumes (a test scanning them for
             # secrets) must see the files, not read the raw blocks of every volume again.
             volumes.ensure_volume(path, size, image)

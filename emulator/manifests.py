@@ -110,6 +110,17 @@ class EmptyDir:
 
 
 @dataclass(frozen=True)
+class SharedClaim:
+    """A PersistentVolumeClaim of its own (not a claim template) that every pod mounts: one volume
+    for the whole StatefulSet, as a ReadWriteMany claim gives (the backup repository)."""
+
+    name: str
+    claim_name: str
+    mount_path: str
+    size_bytes: int | None = None
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     """The StatefulSet's governing headless Service."""
 
@@ -154,6 +165,7 @@ class StatefulSetSpec:
     stop_signal: signal.Signals
     security: SecurityContext = SecurityContext()
     empty_dirs: tuple[EmptyDir, ...] = ()
+    shared_claims: tuple[SharedClaim, ...] = ()
     # The volumeClaimTemplate's spec.resources.requests.storage (None: the manifest asks none).
     volume_size_bytes: int | None = None
 
@@ -353,18 +365,26 @@ def security_context(pod: dict[str, Any], container: dict[str, Any]) -> Security
     )
 
 
-def _empty_dirs(pod: dict[str, Any], container: dict[str, Any], claim: str) -> tuple[EmptyDir, ...]:
+def _pod_volumes(pod: dict[str, Any], container: dict[str, Any], claim: str, docs: list[dict[str, Any]]
+                 ) -> tuple[tuple[EmptyDir, ...], tuple[SharedClaim, ...]]:  # fmt: skip
+    """The container's mounts besides the claim template's: emptyDirs, and claims of their own."""
     volumes = {v["name"]: v for v in pod.get("volumes") or []}
-    out: list[EmptyDir] = []
+    empty: list[EmptyDir] = []
+    shared: list[SharedClaim] = []
     for mount in container.get("volumeMounts") or []:
         if mount["name"] == claim:
             continue
         volume = volumes.get(mount["name"])
+        if volume is not None and "persistentVolumeClaim" in volume:
+            claim_name = volume["persistentVolumeClaim"]["claimName"]
+            size = _claim_size(_find(docs, "PersistentVolumeClaim", claim_name))
+            shared.append(SharedClaim(mount["name"], claim_name, mount["mountPath"], size))
+            continue
         if volume is None or "emptyDir" not in volume:
-            raise ManifestError(f"volume {mount['name']}: only the claim and emptyDir volumes are emulated")
+            raise ManifestError(f"volume {mount['name']}: only claims and emptyDir volumes are emulated")
         spec = volume["emptyDir"] or {}
-        out.append(EmptyDir(mount["name"], mount["mountPath"], spec.get("medium", ""), spec.get("sizeLimit")))
-    return tuple(out)
+        empty.append(EmptyDir(mount["name"], mount["mountPath"], spec.get("medium", ""), spec.get("sizeLimit")))
+    return tuple(empty), tuple(shared)
 
 
 def _claim_size(claim: dict[str, Any]) -> int | None:
@@ -409,6 +429,7 @@ def spec_from_documents(docs: list[dict[str, Any]], image: ImageConfig,
         raise ManifestError(f"volume claim {claim} is not mounted in the container")
     svc = _find(docs, "Service", spec["serviceName"])
     port = svc["spec"]["ports"][0]
+    empty_dirs, shared_claims = _pod_volumes(pod, container, claim, docs)
     sts_spec = StatefulSetSpec(
         name=sts["metadata"]["name"],
         namespace=namespace,
@@ -425,7 +446,8 @@ def spec_from_documents(docs: list[dict[str, Any]], image: ImageConfig,
         termination_grace_period=float(pod.get("terminationGracePeriodSeconds", _DEFAULT_GRACE)),
         stop_signal=image.stop_signal,
         security=security_context(pod, container),
-        empty_dirs=_empty_dirs(pod, container, claim),
+        empty_dirs=empty_dirs,
+        shared_claims=shared_claims,
         volume_size_bytes=_claim_size(claim_template),
     )
     svc_spec = ServiceSpec(

@@ -121,6 +121,12 @@ def _container_init(plan: dict[str, Any]) -> None:
         os.makedirs(plan["mount_path"], exist_ok=True)
     # A mount point as the source: the bind takes the claim's filesystem itself.
     _mount(plan["volume_dir"], plan["mount_path"], None, MS_BIND)
+    for src, target in plan.get("shared", []):
+        # Beside the claim, under the same private parent: nothing is made on the host's root.
+        if not vol_parent or os.path.commonpath([vol_parent, target]) != vol_parent:
+            raise OSError(f"a shared claim is emulated only beside the data volume, under {vol_parent}: {target}")
+        os.makedirs(target, exist_ok=True)
+        _mount(src, target, None, MS_BIND)
     for src, target in plan["files"]:
         _mount(src, target, None, MS_BIND)
     if read_only:
@@ -331,6 +337,8 @@ class PodTemplate:
     agent_bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
     security: SecurityContext | None = None
     empty_dirs: tuple[EmptyDir, ...] = ()
+    # Claims every pod mounts (host directory, mount path): one volume for the StatefulSet.
+    shared_mounts: tuple[tuple[Path, str], ...] = ()
     # A container image to run with podman instead of the host's agent (see emulator/podman.py).
     image: str | None = None
 
@@ -496,6 +504,8 @@ class Pod:
             # On a mounted volume this is its filesystem's root (lost+found included), as the
             # kubelet applies fsGroup to the mounted volume.
             apply_fs_group(t.volume_dir, t.security.fs_group, t.security.fs_group_change_policy)
+            for shared, _ in t.shared_mounts:
+                apply_fs_group(shared, t.security.fs_group, t.security.fs_group_change_policy)
         t.log_path.parent.mkdir(parents=True, exist_ok=True)
         (t.pod_dir / "resolv.conf").write_text(resolv_conf(t.dns_ip, t.namespace, t.domain))
         (t.pod_dir / "hosts").write_text(hosts_file(t.ip, t.fqdn, t.name))
@@ -519,6 +529,7 @@ class Pod:
             "security_prefix": security_prefix(t.security),
             "read_only_root": bool(t.security and t.security.read_only_root_filesystem),
             "empty_dirs": [[d.mount_path, _empty_dir_opts(d, t.security)] for d in t.empty_dirs],
+            "shared": [[str(source), target] for source, target in t.shared_mounts],
             # The interpreter, its venv and the checkout (an editable install) must be readable by
             # whatever user the agent becomes, as they are in the image.
             "expose": [os.path.abspath(t.agent_bin_dir.parent), os.path.realpath(t.agent_bin_dir / "python"),
@@ -611,7 +622,7 @@ class Pod:
             files=[(t.pod_dir / "resolv.conf", "/etc/resolv.conf"), (t.pod_dir / "hosts", "/etc/hosts"),
                    (namespace_file, f"{SA_DIR}/namespace")],
             security=t.security, empty_dirs=t.empty_dirs, stop_signal=int(t.stop_signal),
-            grace=t.grace_period,
+            grace=t.grace_period, shared=t.shared_mounts,
         )
         shim = subprocess.Popen(argv, env=podman.podman_env(), stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True, cwd="/")

@@ -98,7 +98,7 @@ def write_env_file(path: Path, env: Mapping[str, str]) -> None:
 def run_argv(*, name: str, image: str, netns: str, hostname: str, command: tuple[str, ...],
              env_file: Path, volume_dir: Path, mount_path: str, files: list[tuple[Path, str]],
              security: SecurityContext | None, empty_dirs: tuple[EmptyDir, ...],
-             stop_signal: int, grace: float) -> list[str]:
+             stop_signal: int, grace: float, shared: tuple[tuple[Path, str], ...] = ()) -> list[str]:
     """`podman run` for one container of a pod (in the foreground: its output is the pod log)."""
     argv = [
         "podman", "run", "--rm", "--name", name, "--pull=never",
@@ -108,6 +108,8 @@ def run_argv(*, name: str, image: str, netns: str, hostname: str, command: tuple
         # Podman would add a passwd entry for an unknown --user; Kubernetes runtimes do not.
         "--passwd=false",
     ]
+    for source, target in shared:
+        argv += ["--mount", f"type=bind,source={source},destination={target}"]
     for source, target in files:
         argv += ["--mount", f"type=bind,source={source},destination={target},ro=true"]
     argv += security_flags(security) + empty_dir_flags(empty_dirs)

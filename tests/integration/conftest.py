@@ -35,6 +35,7 @@ FQDNS = [f"postgresql-sfs-{n}.postgresql-svc.pg.svc.cluster.local" for n in rang
 # The programs each module's tests run (through the agent or directly); `pg_binaries(...)` adds more.
 MODULE_BINARIES = {
     "test_primary.py": ("postgres", "initdb", "psql"),
+    "test_backup.py": ("postgres", "initdb"),
     "test_replica.py": ("postgres", "initdb", "pg_basebackup", "pg_waldump"),
     "test_signals.py": (),
     "test_versions.py": ("postgres", "initdb"),

@@ -370,3 +370,20 @@ def test_security_context(sts: Obj, container: Obj) -> None:
         ["CHOWN", "FOWNER", "DAC_OVERRIDE", "SETUID", "SETGID"]
     )
     assert not sc.get("privileged", False)
+
+
+def test_the_backup_component_mounts_one_repository_in_every_member() -> None:
+    objects = kustomize(ROOT / "k8s-overlays" / "backup")
+    assert {(o["kind"], o["metadata"]["name"]) for o in objects} == {*EXPECTED, ("PersistentVolumeClaim",
+                                                                                 "postgresql-backups")}
+    [claim] = [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    # Whichever member is the primary archives: one volume they all mount, in the cluster's namespace.
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"] and claim["metadata"]["namespace"] == "pg"
+    [sts] = [o for o in objects if o["kind"] == "StatefulSet"]
+    pod = sts["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "backups"]
+    assert volume["persistentVolumeClaim"]["claimName"] == "postgresql-backups"
+    container = pod["containers"][0]
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "backups"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["PGSFS_BACKUP_REPO"].startswith(mount["mountPath"] + "/")

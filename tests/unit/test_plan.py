@@ -519,3 +519,30 @@ def test_the_record_is_read_with_limits_and_a_broken_one_counts_as_none(tmp_path
     (tmp_path / "applied-secrets.json").write_text(json.dumps(_record("a", "b")))
     record = read_record(tmp_path)
     assert record is not None and password_change(record, "a", "b").roles == ()
+
+
+# -- restore from the backup repository ------------------------------------------------------------
+
+
+def test_an_empty_primary_with_a_restore_setting_restores_instead_of_initialising(primary, replica) -> None:
+    from agent.archive import ArchiveSettings, RestoreTarget
+
+    target = RestoreTarget("time", "2026-12-07 17:00+00")
+    settings = ArchiveSettings("/backups", "copy", 2, 60, 2, "postgresql-sfs", target)
+    restoring = dataclasses.replace(primary, archive=settings)
+    plan = make_plan(restoring, state(), server_major=15)
+    assert plan.action == INIT and "initdb" not in plan.steps
+    assert list(plan.steps) == ["check_peers_for_data", "check_backup_exists", "restore_backup", "record_restore",
+                                "sync_volume", "move_into_place", "ensure_stanza", "write_config", "fix_ownership",
+                                "exec_postgres"]  # fmt: skip
+    assert "time=2026-12-07 17:00+00" in plan.reason and f"{STATE}/restore.json" in plan.files
+    assert any("archive.restore_problem" in d for d in plan.remote_decisions)
+    # Still recovering at a later start: started with the recovery settings, never restored again.
+    later = make_plan(restoring, cluster(recovery_signal=True), server_major=15)
+    assert later.action == START and "restore_backup" not in later.steps and "archive recovery" in later.reason
+    # Once promoted it is a primary like any other; a replica ordinal clones as always.
+    assert make_plan(restoring, cluster(), server_major=15).reason.startswith("PGDATA holds a primary's cluster")
+    assert make_plan(dataclasses.replace(replica, archive=settings), state(), server_major=15).action == CLONE
+    # Archiving without a restore setting initialises.
+    plain = dataclasses.replace(primary, archive=dataclasses.replace(settings, restore_from=None))
+    assert list(make_plan(plain, state(), server_major=15).steps) == INIT_STEPS

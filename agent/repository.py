@@ -1,0 +1,127 @@
+"""The backup repository as pgBackRest sees it: read before a new cluster is made, its stanza made
+at a primary's start, so archive_command always has somewhere to archive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from agent import archive
+from agent.config import Config
+from agent.errors import ArchiveConflict, CommandFailed
+from agent.postgres import child_env
+from agent.runner import Runner
+
+# pgBackRest answers from the repository alone; a repository that takes longer is unusable anyway.
+TIMEOUT_S = 120.0
+
+
+def command(config: Config, *args: str, stanza: str | None = None) -> list[str]:
+    """`pgbackrest` with this member's configuration file and stanza (or `stanza`), then `args`."""
+    assert config.archive is not None
+    return ["pgbackrest", f"--config={config.state_dir / archive.CONF_NAME}",
+            f"--stanza={stanza or config.archive.stanza}", *args]  # fmt: skip
+
+
+def _output(config: Config, runner: Runner, *args: str, stanza: str | None = None) -> tuple[int, str, str]:
+    done = runner.run(command(config, *args, stanza=stanza), env=child_env(), timeout=TIMEOUT_S)
+    return done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+
+
+def state(config: Config, runner: Runner, stanza: str | None = None) -> archive.RepositoryState:
+    """What `pgbackrest info` says of this member's stanza (or `stanza`); ArchiveConflict when it
+    cannot be read."""
+    assert config.archive is not None
+    stanza = stanza or config.archive.stanza
+    code, out, err = _output(config, runner, "info", "--output=json", stanza=stanza)
+    try:
+        if code != 0:
+            raise ValueError(f"exit code {code}: {' '.join(err.split()) or 'no message'}")
+        return archive.parse_info(out, stanza)
+    except ValueError as exc:
+        raise ArchiveConflict(
+            f"the backup repository {config.archive.repo_path} could not be read: {exc}",
+            hint="check PGSFS_BACKUP_REPO (mounted, writable by uid 999) or unset it; nothing was touched",
+        ) from exc
+
+
+def check_before_init(config: Config, runner: Runner, log: Any, clock: Any) -> None:
+    """Refuse to make a new cluster whose archive would go where another cluster's already is."""
+    if config.archive is None:
+        return
+    started = clock()
+    found = state(config, runner)
+    problem = archive.init_problem(found, config.archive.stanza, config.archive.repo_path)
+    if problem is not None:
+        raise ArchiveConflict(
+            problem,
+            hint="to bring that cluster back, restore it from the repository (README: Backups); to start a new "
+            "cluster, set PGSFS_BACKUP_STANZA to a new name or PGSFS_BACKUP_REPO to another place; nothing was "
+            "touched",
+            system_identifiers=[str(i) for i in found.system_identifiers] or None,
+        )
+    log.info("archive_repository_checked", duration_s=round(clock() - started, 3),
+             repo=config.archive.repo_path, stanza=config.archive.stanza, stanza_exists=False)  # fmt: skip
+
+
+def ensure_stanza(config: Config, runner: Runner, log: Any, clock: Any) -> None:
+    """Create this cluster's stanza if it is not there yet (it is read from pg_control: no server
+    needed); refuse when the repository holds another cluster under that name."""
+    if config.archive is None:
+        return
+    started = clock()
+    code, _, err = _output(config, runner, "stanza-create", "--no-online")
+    problem = archive.stanza_create_problem(code, err)
+    if problem is not None:
+        raise ArchiveConflict(
+            problem,
+            hint="archive_command would fail at every segment and WAL would pile up: point PGSFS_BACKUP_REPO or "
+            "PGSFS_BACKUP_STANZA at this cluster's own archive (a new name starts a new one), or unset "
+            "PGSFS_BACKUP_REPO; the data is untouched",
+        )
+    log.info("archive_stanza_ready", duration_s=round(clock() - started, 3), repo=config.archive.repo_path,
+             stanza=config.archive.stanza)  # fmt: skip
+
+
+def check_restorable(config: Config, runner: Runner) -> archive.RepositoryState:
+    """The stanza PGSFS_RESTORE_FROM names, with a backup in it; ArchiveConflict otherwise."""
+    assert config.archive is not None and config.archive.restore_from is not None
+    source = config.archive.restore_from
+    found = state(config, runner, source)
+    problem = archive.restore_problem(found, source, config.archive.repo_path)
+    if problem is not None:
+        raise ArchiveConflict(problem, hint="check PGSFS_RESTORE_FROM and PGSFS_BACKUP_REPO (`pgbackrest info` lists "
+                              "the stanzas); nothing was touched")  # fmt: skip
+    return found
+
+
+def restore(config: Config, runner: Runner, datadir: Path, on_tick: Callable[[float], None]) -> None:
+    """pgBackRest restores the newest backup of PGSFS_RESTORE_FROM into `datadir` (made if missing).
+
+    `--type=none`: it writes recovery.signal but no recovery settings; the agent writes those itself
+    (archive.recovery_settings), where a clone never copies them.
+    """
+    assert config.archive is not None and config.archive.restore_from is not None
+    done = runner.run(
+        command(config, "restore", "--type=none", f"--pg1-path={datadir}", stanza=config.archive.restore_from),
+        env=child_env(),
+        on_tick=on_tick,
+    )
+    if done.returncode != 0:
+        message = " ".join(done.stderr.decode(errors="replace").split()) or "no message"
+        raise CommandFailed(f"pgbackrest restore failed with exit code {done.returncode}: {message}",
+                            hint="read pgBackRest's message; the partial restore beside PGDATA is removed at the next "
+                            "start, and PGDATA was not touched")  # fmt: skip
+
+
+def check_archive_destination(config: Config, runner: Runner, source: archive.RepositoryState) -> None:
+    """A restore into another stanza than its source: that stanza must be new, or the same cluster's."""
+    assert config.archive is not None
+    dest = state(config, runner)
+    foreign = set(dest.system_identifiers) - set(source.system_identifiers)
+    if dest.exists and foreign:
+        raise ArchiveConflict(
+            f"PGSFS_BACKUP_STANZA={config.archive.stanza} already holds another cluster's archive (system identifier "
+            f"{', '.join(str(i) for i in sorted(foreign))}): the restored cluster could not archive there",
+            hint="name a new PGSFS_BACKUP_STANZA for the restored cluster; nothing was touched",
+        )
