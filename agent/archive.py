@@ -233,6 +233,12 @@ def restore_problem(state: RepositoryState, source: str, repo: str) -> str | Non
     return None
 
 
+def ready_segments(status_entries: list[str]) -> list[str]:
+    """The WAL files pg_wal/archive_status marks ready but not yet archived, oldest first (segments,
+    history and .partial files alike: what postgres' archiver would have pushed)."""
+    return sorted(name[: -len(".ready")] for name in status_entries if name.endswith(".ready") and len(name) > 6)
+
+
 def _shell_word(text: str) -> str:
     """`text` as one word for /bin/sh (archive_command runs through it)."""
     if re.fullmatch(r"[A-Za-z0-9_./=:@%+-]+", text):

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agent import initdbd, secretsrecord, walbudget
+from agent import initdbd, repository, secretsrecord, walbudget
 from agent.buildarea import BuildArea
 from agent.config import Config
 from agent.context import Context, World
@@ -68,11 +68,21 @@ class Bootstrap:
             raise plan.refusal.to_error()
         self.files._mkdir_owned(ctx.config.state_dir)
         ctx.world.beat(plan.action)
+        if plan.action == START and not self._starts_writable():
+            # Its postgres recovers: WAL it marked ready would never be archived (agent/repository.py).
+            repository.push_ready(ctx.config, ctx.world.runner, ctx.config.pgdata, ctx.log, ctx.world.clock,
+                                  ctx.world.beat)  # fmt: skip
         if ctx.config.identity.role == "primary":
             self._carry_out(self.primary.init, self.primary.restart)
         else:
             with self.replica.announcing():
                 self._carry_out(self.replica.clone, self.replica.restart)
+
+    def _starts_writable(self) -> bool:
+        """The primary ordinal with a primary's PGDATA: its postgres archives on by itself."""
+        pgdata = self.ctx.config.pgdata
+        signals = ("standby.signal", "recovery.signal")
+        return self.ctx.config.identity.role == "primary" and not any((pgdata / s).exists() for s in signals)
 
     def _carry_out(self, build_new: Any, restart: Any) -> None:
         if self.ctx.plan.remove_leftover:

@@ -3,12 +3,14 @@ at a primary's start, so archive_command always has somewhere to archive."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 from agent import archive
 from agent.config import Config
 from agent.errors import ArchiveConflict, CommandFailed
+from agent.files import fsync_dir
 from agent.postgres import child_env
 from agent.runner import Runner
 
@@ -125,3 +127,40 @@ def check_archive_destination(config: Config, runner: Runner, source: archive.Re
             f"{', '.join(str(i) for i in sorted(foreign))}): the restored cluster could not archive there",
             hint="name a new PGSFS_BACKUP_STANZA for the restored cluster; nothing was touched",
         )
+
+
+def push_ready(config: Config, runner: Runner, pgdata: Path, log: Any, clock: Any, beat: Callable[[], None]) -> None:
+    """Push the WAL this member marked ready but never archived, before it starts in recovery.
+
+    A primary killed (or whose archive failed) and restarted as a standby holds segments nobody
+    archived: the standby it streamed to marked its copies done, and in recovery postgres removes
+    them at its next restartpoint. Pushed here, the archive stays continuous across the switch. A
+    failure is logged and the start goes on: archiving must not keep a member down.
+    """
+    if config.archive is None:
+        return
+    status = pgdata / "pg_wal" / "archive_status"
+    try:
+        ready = archive.ready_segments(os.listdir(status))
+    except OSError:
+        return
+    if not ready:
+        return
+    started = clock()
+    pushed: list[str] = []
+    for name in ready:
+        beat()
+        done = runner.run(command(config, "archive-push", str(pgdata / "pg_wal" / name)), env=child_env(),
+                          timeout=TIMEOUT_S)  # fmt: skip
+        if done.returncode != 0:
+            log.warning("archive_push_failed", segment=name, pushed=len(pushed), left=len(ready) - len(pushed),
+                        error=" ".join(done.stderr.decode(errors="replace").split()) or f"exit code {done.returncode}",
+                        hint="these segments are not in the archive, and recovery removes them: a restore past them "
+                        "will stop there; fix the repository, then take a new backup")  # fmt: skip
+            return
+        # As postgres' archiver marks it: archived, so the segment may be recycled.
+        os.replace(status / f"{name}.ready", status / f"{name}.done")
+        pushed.append(name)
+    fsync_dir(status)
+    log.info("archive_backlog_pushed", duration_s=round(clock() - started, 3), segments=len(pushed),
+             first=pushed[0], last=pushed[-1])  # fmt: skip

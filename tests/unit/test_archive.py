@@ -219,3 +219,10 @@ def test_nothing_to_restore_is_said_plainly() -> None:
     assert "holds no backup" in (archive.restore_problem(empty, "src", "/b") or "")
     assert archive.restore_problem(archive.parse_info(_info(0, ids=(1,), backups=1), "postgresql-sfs"), "s", "/b") \
         is None
+
+
+def test_ready_segments_are_what_the_archiver_had_left_oldest_first() -> None:
+    entries = ["000000010000000000000005.ready", "000000010000000000000003.done", "00000002.history.ready",
+               "000000010000000000000004.ready", ".ready", "000000010000000000000006.partial.ready", "x.tmp"]
+    assert archive.ready_segments(entries) == ["000000010000000000000004", "000000010000000000000005",
+                                               "000000010000000000000006.partial", "00000002.history"]
