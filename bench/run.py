@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import clone, cold, dnswait, image, primary, probes, report, restart, startup, switchover
+from bench import backup, clone, cold, dnswait, image, primary, probes, report, restart, startup, switchover
 from bench.common import AGENT, PG_BIN, REPO, RESULTS, TIME, Section
 from bench.context import Ctx, OutOfTime
 from bench.members import Member, new_member
@@ -110,6 +110,8 @@ def main_sandbox(run: Runner, ctx: Ctx, only: set[str]) -> None:
                 members_tests(run, sb, ctx, only, pg0, pg1, rest, dns)
         if "clone" in only:
             clone_primary(run, sb, ctx, pg0, rest if "restart" in only else None)
+        if "backup" in only:
+            run.section(backup.run, sb, ctx, key="backup")
 
 
 def members_tests(
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dns-trials", type=int, help="DNS trials per set-up (default 20; --quick 6)")
     parser.add_argument("--scale", type=int, help="pgbench scale of the clone benchmark (default 50; --quick 10)")
     parser.add_argument("--budget", type=float, help="seconds for the whole run (default 870; --quick 420)")
-    sections = "startup,primary,image,cold,probes,restart,dns,clone,switchover"
+    sections = "startup,primary,image,cold,probes,restart,dns,clone,backup,switchover"
     parser.add_argument("--only", default=sections, help=f"comma-separated subset of: {sections}")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory (default bench/results)")
     args = parser.parse_args(argv)
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx.say(f"bench aborted: {type(exc).__name__}: {exc}")
         traceback.print_exc(file=sys.stderr)
     order = ["startup", "primary_first_start", "image_first_start", "cold_start", "dns", "clone", "restart", "probes",
-             "switchover"]
+             "backup", "switchover"]
     sections = sorted(run.sections, key=lambda s: order.index(s.key) if s.key in order else 99)
     meta = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
