@@ -239,6 +239,19 @@ def ready_segments(status_entries: list[str]) -> list[str]:
     return sorted(name[: -len(".ready")] for name in status_entries if name.endswith(".ready") and len(name) > 6)
 
 
+# More ready segments than this at a primary's start: its archive is failing or far behind.
+BACKLOG_WARNING_SEGMENTS = 4
+
+
+def backlog(ready: list[tuple[str, float]], now: float) -> dict[str, object] | None:
+    """What a primary's start says of WAL waiting to be archived (name and mtime of each ready file),
+    when there is more than a normal moment's worth; None otherwise."""
+    if len(ready) <= BACKLOG_WARNING_SEGMENTS:
+        return None
+    oldest_name, oldest_time = min(ready, key=lambda item: (item[1], item[0]))
+    return {"segments": len(ready), "oldest": oldest_name, "oldest_age_s": round(max(0.0, now - oldest_time), 1)}
+
+
 def _shell_word(text: str) -> str:
     """`text` as one word for /bin/sh (archive_command runs through it)."""
     if re.fullmatch(r"[A-Za-z0-9_./=:@%+-]+", text):

@@ -9,6 +9,7 @@ import secrets
 import shlex
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -341,6 +342,7 @@ class Primary(Part):
             PrimaryGuard(self.ctx).check()
         self.files.write_config(self.pgdata, standby=False)
         repository.ensure_stanza(self.config, self.world.runner, self.log, self.world.clock)
+        repository.report_backlog(self.config, self.pgdata, self.log, time.time())
         if "apply_passwords" in self.plan.steps or "adopt_passwords" in self.plan.steps:
             self.apply_passwords()
 

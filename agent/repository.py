@@ -164,3 +164,23 @@ def push_ready(config: Config, runner: Runner, pgdata: Path, log: Any, clock: An
     fsync_dir(status)
     log.info("archive_backlog_pushed", duration_s=round(clock() - started, 3), segments=len(pushed),
              first=pushed[0], last=pushed[-1])  # fmt: skip
+
+
+def report_backlog(config: Config, pgdata: Path, log: Any, now: float) -> None:
+    """At a primary's start: warn when many segments wait for the archive (it is failing or behind)."""
+    if config.archive is None:
+        return
+    status = pgdata / "pg_wal" / "archive_status"
+    ready: list[tuple[str, float]] = []
+    try:
+        for entry in os.scandir(status):
+            if entry.name.endswith(".ready"):
+                ready.append((entry.name[: -len(".ready")], entry.stat().st_mtime))
+    except OSError:
+        return
+    found = archive.backlog(ready, now)
+    if found is not None:
+        log.warning("archive_backlog", **found, repo=config.archive.repo_path,
+                    hint="archive_command has not archived these yet: read postgres' log (\"archive command "
+                    "failed\") and pg_stat_archiver; they stay in pg_wal until archived, so the volume fills if this "
+                    "goes on")  # fmt: skip

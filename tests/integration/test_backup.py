@@ -227,3 +227,21 @@ def test_backup_refuses_without_archiving_and_checks_its_arguments(volume_root: 
     assert help_text.returncode == 0 and "--type" in help_text.stdout
     bad = run_agent(plain, "backup", "--type=weekly")
     assert bad.returncode == 2
+
+
+def test_a_failing_archive_is_named_at_the_primarys_next_start(volume_root: Path, repo: Path) -> None:
+    env = pod_env(volume_root, 0, free_port(), PGSFS_BACKUP_REPO=str(repo))
+    with agent_postgres(env, volume_root / "agent.log") as server, connect(server.port) as conn:
+        conn.execute("ALTER SYSTEM SET archive_command = '/bin/false'")
+        conn.execute("SELECT pg_reload_conf()")
+        for _ in range(6):
+            conn.execute("SELECT pg_switch_wal()")
+            conn.execute("CREATE TABLE IF NOT EXISTS t (id int); INSERT INTO t VALUES (1)")
+        wait_for(lambda: conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone()[0] > 0, 30,
+                 "the archive to fail")  # fmt: skip
+        conn.execute("ALTER SYSTEM RESET archive_command")
+    # Restarted: the backlog is named, then archived by the server (the managed archive_command again).
+    with agent_postgres(env, volume_root / "again.log") as server, connect(server.port) as conn:
+        [line] = [line for line in server.agent_log() if line["event"] == "archive_backlog"]
+        assert line["segments"] >= 5 and line["level"] == "warning", line
+        _archived(conn)

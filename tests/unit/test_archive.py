@@ -226,3 +226,11 @@ def test_ready_segments_are_what_the_archiver_had_left_oldest_first() -> None:
                "000000010000000000000004.ready", ".ready", "000000010000000000000006.partial.ready", "x.tmp"]
     assert archive.ready_segments(entries) == ["000000010000000000000004", "000000010000000000000005",
                                                "000000010000000000000006.partial", "00000002.history"]
+
+
+def test_a_backlog_is_reported_only_past_a_normal_moment() -> None:
+    few = [(f"00000001000000000000000{n}", 100.0 + n) for n in range(archive.BACKLOG_WARNING_SEGMENTS)]
+    assert archive.backlog(few, 200.0) is None
+    many = [*few, ("000000010000000000000009", 50.0)]
+    assert archive.backlog(many, 200.0) == {"segments": 5, "oldest": "000000010000000000000009",
+                                            "oldest_age_s": 150.0}
