@@ -10,7 +10,7 @@ VENV := .venv
 VENV39 := .venv39
 VENV39MIN := .venv39-min
 APT_PACKAGES := postgresql-15 bind9 bind9-utils bind9-dnsutils unbound iproute2 util-linux procps time \
-                podman buildah runc netavark uidmap debootstrap libnss-wrapper pgbackrest
+                podman buildah runc netavark uidmap debootstrap libnss-wrapper pgbackrest stunnel4
 IMAGE ?= pg-sfs-agent:14.5
 # Without a Docker engine: podman (runc, host network, settings in docker/containers.conf) on a
 # local stand-in for postgres:14.5 built from docker/base/ (Docker Hub is never asked).
@@ -38,7 +38,7 @@ deps: ## install the Debian packages the tests and the demo need (as root)
 $(VENV)/.done: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test,lint]'
+	$(VENV)/bin/pip install -q -e '.[test,lint,s3test]'
 	touch $@
 
 $(VENV39)/.done: pyproject.toml

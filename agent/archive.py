@@ -11,8 +11,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
+
+from agent.secret import Secret
 
 # The file, in the agent's state directory, that every pgBackRest command reads (0600: credentials go there).
 CONF_NAME = "pgbackrest.conf"
@@ -45,6 +47,20 @@ class RestoreTarget:
 
 
 @dataclass(frozen=True)
+class S3Repository:
+    """An S3-compatible bucket as the repository (PGSFS_BACKUP_REPO=s3://BUCKET/PATH and PGSFS_BACKUP_S3_*)."""
+
+    bucket: str
+    endpoint: str
+    port: int | None
+    region: str
+    uri_style: str
+    ca_file: str | None
+    key: Secret
+    key_secret: Secret
+
+
+@dataclass(frozen=True)
 class ArchiveSettings:
     """Where the archive and the backups go, how long they are kept (PGSFS_BACKUP_*), and the stanza
     an empty primary is restored from instead of initialised (PGSFS_RESTORE_*)."""
@@ -56,6 +72,13 @@ class ArchiveSettings:
     process_max: int
     restore_from: str | None = None
     restore_target: RestoreTarget = RestoreTarget("latest")
+    # With an S3 repository, repo_path is the path inside the bucket and `s3` says where the bucket is.
+    s3: S3Repository | None = None
+
+    @property
+    def location(self) -> str:
+        """The repository as PGSFS_BACKUP_REPO names it (never with credentials)."""
+        return f"s3://{self.s3.bucket}{self.repo_path}" if self.s3 is not None else self.repo_path
 
 
 def read(env: Mapping[str, str], *, statefulset: str, pgdata: PurePosixPath) -> tuple[
@@ -71,8 +94,19 @@ def read(env: Mapping[str, str], *, statefulset: str, pgdata: PurePosixPath) -> 
         if others:
             problems.append((others[0], env.get(others[0]), "unset unless PGSFS_BACKUP_REPO is set (archiving is off)"))
         return None, problems
+    s3 = None
+    if raw_repo.startswith("s3://"):
+        bucket, _, inside = raw_repo[len("s3://"):].partition("/")
+        s3 = _s3(env, bucket, problems)
+        raw_repo = "/" + inside.strip("/")
+    elif any(env.get(name, "").strip() for name in _S3_VARIABLES):
+        name = next(name for name in _S3_VARIABLES if env.get(name, "").strip())
+        problems.append((name, "(set)", "unset unless PGSFS_BACKUP_REPO is an s3:// repository"))
     repo = PurePosixPath(raw_repo)
-    if not repo.is_absolute() or repo == PurePosixPath("/") or ".." in repo.parts:
+    if s3 is not None:
+        if ".." in repo.parts:
+            problems.append(("PGSFS_BACKUP_REPO", env.get("PGSFS_BACKUP_REPO"), "s3://BUCKET/PATH without '..'"))
+    elif not repo.is_absolute() or repo == PurePosixPath("/") or ".." in repo.parts:
         problems.append(("PGSFS_BACKUP_REPO", raw_repo,
                          "the absolute path of a pgBackRest repository on a volume of its own (not /)"))  # fmt: skip
     elif repo == pgdata or pgdata in repo.parents or repo in pgdata.parents:
@@ -87,7 +121,64 @@ def read(env: Mapping[str, str], *, statefulset: str, pgdata: PurePosixPath) -> 
     restore_from, target = _restore(env, stanza, problems)
     if problems:
         return None, problems
-    return ArchiveSettings(str(repo), stanza, retention, timeout, processes, restore_from, target), []
+    return ArchiveSettings(str(repo), stanza, retention, timeout, processes, restore_from, target, s3), []
+
+
+_S3_VARIABLES = tuple(
+    f"PGSFS_BACKUP_S3_{name}"
+    for name in ("ENDPOINT", "REGION", "URI_STYLE", "CA_FILE", "KEY", "KEY_FILE", "KEY_SECRET", "KEY_SECRET_FILE")
+)
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_ENDPOINT = re.compile(r"^(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(?::(?P<port>[0-9]{1,5}))?$")
+_REGION = re.compile(r"^[a-z0-9-]{1,40}$")
+
+
+def _s3(env: Mapping[str, str], bucket: str, problems: list[tuple[str, str | None, str]]) -> S3Repository | None:
+    """The PGSFS_BACKUP_S3_* settings of an s3:// repository; the credentials from X or X_FILE."""
+    found = len(problems)
+    if not _BUCKET.fullmatch(bucket):
+        problems.append(("PGSFS_BACKUP_REPO", f"s3://{bucket}/...", "s3://BUCKET/PATH with an S3 bucket name "
+                         "(3 to 63 lower case letters, digits, '.' or '-')"))  # fmt: skip
+    raw_endpoint = env.get("PGSFS_BACKUP_S3_ENDPOINT", "").strip()
+    endpoint = _ENDPOINT.fullmatch(raw_endpoint)
+    if endpoint is None or (endpoint.group("port") and not 0 < int(endpoint.group("port")) < 65536):
+        problems.append(("PGSFS_BACKUP_S3_ENDPOINT", raw_endpoint or None,
+                         "the S3 endpoint's host[:port], like s3.eu-west-1.amazonaws.com or minio:9000"))
+    region = env.get("PGSFS_BACKUP_S3_REGION", "").strip() or "us-east-1"
+    if not _REGION.fullmatch(region):
+        problems.append(("PGSFS_BACKUP_S3_REGION", region, "a region name like eu-west-1"))
+    style = env.get("PGSFS_BACKUP_S3_URI_STYLE", "").strip().lower() or "host"
+    if style not in ("host", "path"):
+        problems.append(("PGSFS_BACKUP_S3_URI_STYLE", style, "host (bucket.endpoint) or path (endpoint/bucket)"))
+    ca_file = env.get("PGSFS_BACKUP_S3_CA_FILE", "").strip() or None
+    if ca_file is not None and not ca_file.startswith("/"):
+        problems.append(("PGSFS_BACKUP_S3_CA_FILE", ca_file, "the absolute path of a PEM file of CA certificates"))
+    key = _credential(env, "PGSFS_BACKUP_S3_KEY", problems)
+    key_secret = _credential(env, "PGSFS_BACKUP_S3_KEY_SECRET", problems)
+    if len(problems) > found or endpoint is None:
+        return None
+    port = int(endpoint.group("port")) if endpoint.group("port") else None
+    return S3Repository(bucket, endpoint.group("host"), port, region, style, ca_file, key, key_secret)
+
+
+def _credential(env: Mapping[str, str], name: str, problems: list[tuple[str, str | None, str]]) -> Secret:
+    """NAME or the content of the file NAME_FILE (trailing newlines dropped), never echoed."""
+    path = env.get(f"{name}_FILE", "").strip()
+    value = env.get(name, "")
+    if path and value:
+        problems.append((f"{name} and {name}_FILE", "(both set)", "only one of them"))
+        return Secret("")
+    if path:
+        try:
+            value = Path(path).read_bytes().decode("utf-8").rstrip("\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append((f"{name}_FILE", path, f"a readable UTF-8 file ({getattr(exc, 'strerror', None) or exc})"))
+            return Secret("")
+    if not value or any(ch in value for ch in "\x00\r\n"):
+        problems.append((f"{name}_FILE" if path else name, "(hidden)" if value else None,
+                         "a non-empty credential on one line (from the repository's Secret)"))  # fmt: skip
+        return Secret("")
+    return Secret(value)
 
 
 _RESTORE_VARIABLES = ("PGSFS_RESTORE_FROM", "PGSFS_RESTORE_TARGET", "PGSFS_RESTORE_CONTINUE_ARCHIVE")
@@ -158,6 +249,7 @@ def config_text(settings: ArchiveSettings, *, pgdata: str, port: int, superuser:
     lines = [
         "# Managed by pg-sfs-agent and rewritten at every start: do not edit (PGSFS_BACKUP_* set it).",
         "[global]",
+        *_s3_lines(settings.s3),
         f"repo1-path={settings.repo_path}",
         f"repo1-retention-full={settings.retention_full}",
         f"process-max={settings.process_max}",
@@ -176,6 +268,23 @@ def config_text(settings: ArchiveSettings, *, pgdata: str, port: int, superuser:
         if "\n" in line or "\r" in line:
             raise ValueError("a pgbackrest.conf value holds a line break")
     return "\n".join(lines) + "\n"
+
+
+def _s3_lines(s3: S3Repository | None) -> list[str]:
+    """The repository's S3 options; its credentials go only here, in the 0600 file."""
+    if s3 is None:
+        return []
+    return [
+        "repo1-type=s3",
+        f"repo1-s3-bucket={s3.bucket}",
+        f"repo1-s3-endpoint={s3.endpoint}",
+        *([f"repo1-storage-port={s3.port}"] if s3.port else []),
+        f"repo1-s3-region={s3.region}",
+        f"repo1-s3-uri-style={s3.uri_style}",
+        *([f"repo1-storage-ca-file={s3.ca_file}"] if s3.ca_file else []),
+        f"repo1-s3-key={s3.key.reveal()}",
+        f"repo1-s3-key-secret={s3.key_secret.reveal()}",
+    ]
 
 
 def server_settings(settings: ArchiveSettings, conf_path: str) -> dict[str, str]:

@@ -79,7 +79,7 @@ def run(options: argparse.Namespace, config: Config, account: RunAs | None, log:
                            hint="read pgBackRest's message; `pgbackrest info` (with --config and --stanza as in "
                            "archive_command) shows the repository; nothing in PGDATA was changed")  # fmt: skip
     found = repository.state(config, runner)
-    summary = {"stanza": config.archive.stanza, "repo": config.archive.repo_path, "backups": found.backups,
+    summary = {"stanza": config.archive.stanza, "repo": config.archive.location, "backups": found.backups,
                **(found.latest or {})}  # fmt: skip
     log.info("backup_done", duration_s=round(clock() - started, 3), **summary)
     print(json.dumps(summary, indent=2, sort_keys=True))

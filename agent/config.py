@@ -368,7 +368,7 @@ def _archiving(env: Mapping[str, str], statefulset: str, pgdata: Path, which: Ca
     for name, value, expected in found:
         problems.add(name, value, expected)
     if settings is not None and which("pgbackrest") is None:
-        problems.add("PGSFS_BACKUP_REPO", settings.repo_path, "unset: pgbackrest is not installed in this image "
+        problems.add("PGSFS_BACKUP_REPO", settings.location, "unset: pgbackrest is not installed in this image "
                      "(the image built from docker/Dockerfile has it)")  # fmt: skip
     return settings
 

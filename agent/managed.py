@@ -151,7 +151,7 @@ class ManagedFiles(Part):
             wal_volume_mb=wal.written.volume_mb, wal_held_aside_mb=wal.held_mb or None, **wal.written.conf_values(),
             synchronous_standbys=(cfg.synchronous_standbys or None) if designated else None,
             upstream=upstream.rstrip(".") if standby and connect and upstream else None,
-            archive_repo=cfg.archive.repo_path if cfg.archive else None,
+            archive_repo=cfg.archive.location if cfg.archive else None,
         )  # fmt: skip
         if wal.problem is not None:
             self.log.warning(

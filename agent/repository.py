@@ -42,7 +42,7 @@ def state(config: Config, runner: Runner, stanza: str | None = None) -> archive.
         return archive.parse_info(out, stanza)
     except ValueError as exc:
         raise ArchiveConflict(
-            f"the backup repository {config.archive.repo_path} could not be read: {exc}",
+            f"the backup repository {config.archive.location} could not be read: {exc}",
             hint="check PGSFS_BACKUP_REPO (mounted, writable by uid 999) or unset it; nothing was touched",
         ) from exc
 
@@ -53,7 +53,7 @@ def check_before_init(config: Config, runner: Runner, log: Any, clock: Any) -> N
         return
     started = clock()
     found = state(config, runner)
-    problem = archive.init_problem(found, config.archive.stanza, config.archive.repo_path)
+    problem = archive.init_problem(found, config.archive.stanza, config.archive.location)
     if problem is not None:
         raise ArchiveConflict(
             problem,
@@ -63,7 +63,7 @@ def check_before_init(config: Config, runner: Runner, log: Any, clock: Any) -> N
             system_identifiers=[str(i) for i in found.system_identifiers] or None,
         )
     log.info("archive_repository_checked", duration_s=round(clock() - started, 3),
-             repo=config.archive.repo_path, stanza=config.archive.stanza, stanza_exists=False)  # fmt: skip
+             repo=config.archive.location, stanza=config.archive.stanza, stanza_exists=False)  # fmt: skip
 
 
 def ensure_stanza(config: Config, runner: Runner, log: Any, clock: Any) -> None:
@@ -81,7 +81,7 @@ def ensure_stanza(config: Config, runner: Runner, log: Any, clock: Any) -> None:
             "PGSFS_BACKUP_STANZA at this cluster's own archive (a new name starts a new one), or unset "
             "PGSFS_BACKUP_REPO; the data is untouched",
         )
-    log.info("archive_stanza_ready", duration_s=round(clock() - started, 3), repo=config.archive.repo_path,
+    log.info("archive_stanza_ready", duration_s=round(clock() - started, 3), repo=config.archive.location,
              stanza=config.archive.stanza)  # fmt: skip
 
 
@@ -90,7 +90,7 @@ def check_restorable(config: Config, runner: Runner) -> archive.RepositoryState:
     assert config.archive is not None and config.archive.restore_from is not None
     source = config.archive.restore_from
     found = state(config, runner, source)
-    problem = archive.restore_problem(found, source, config.archive.repo_path)
+    problem = archive.restore_problem(found, source, config.archive.location)
     if problem is not None:
         raise ArchiveConflict(problem, hint="check PGSFS_RESTORE_FROM and PGSFS_BACKUP_REPO (`pgbackrest info` lists "
                               "the stanzas); nothing was touched")  # fmt: skip
@@ -180,7 +180,7 @@ def report_backlog(config: Config, pgdata: Path, log: Any, now: float) -> None:
         return
     found = archive.backlog(ready, now)
     if found is not None:
-        log.warning("archive_backlog", **found, repo=config.archive.repo_path,
+        log.warning("archive_backlog", **found, repo=config.archive.location,
                     hint="archive_command has not archived these yet: read postgres' log (\"archive command "
                     "failed\") and pg_stat_archiver; they stay in pg_wal until archived, so the volume fills if this "
                     "goes on")  # fmt: skip

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import stat
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +249,71 @@ def test_a_failing_archive_is_named_at_the_primarys_next_start(volume_root: Path
         [line] = [line for line in server.agent_log() if line["event"] == "archive_backlog"]
         assert line["segments"] >= 5 and line["level"] == "warning", line
         _archived(conn)
+
+
+@pytest.fixture
+def s3(volume_root: Path) -> Iterator[dict[str, str]]:
+    """An S3-compatible server with a bucket, and the agent's S3 settings for it: moto's server mode (from
+    PyPI: S3's real HTTP API, signatures checked, in this test's private network namespace on its
+    loopback) behind stunnel for TLS, with a certificate made here that pgBackRest verifies."""
+    if reason := _pgbackrest_skip():
+        pytest.skip(reason)
+    pytest.importorskip("moto", reason="moto[server] is not installed (the s3test extra)")
+    if shutil.which("stunnel") is None:
+        pytest.skip("stunnel is not installed (make deps installs it)")
+    import boto3
+
+    tls = volume_root / "tls"
+    tls.mkdir()
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                           "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout", str(tls / "key.pem"),
+                           "-out", str(tls / "cert.pem")], capture_output=True, text=True, check=False)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    os.chmod(tls, 0o755)
+    os.chmod(tls / "cert.pem", 0o644)
+    port, plain = free_port(), free_port()
+    # moto serves plain HTTP; stunnel is the TLS side pgBackRest talks to. moto's own TLS (werkzeug's)
+    # closes connections without TLS close_notify, which OpenSSL 3 clients refuse as a truncation.
+    (tls / "stunnel.conf").write_text(f"foreground = yes\npid =\n[s3]\naccept = 127.0.0.1:{port}\n"
+                                      f"connect = 127.0.0.1:{plain}\ncert = {tls / 'cert.pem'}\n"
+                                      f"key = {tls / 'key.pem'}\n")  # fmt: skip
+    log = open(volume_root / "s3.log", "w")  # noqa: SIM115 - the servers', closed below
+    servers = [
+        subprocess.Popen([sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1", "-p",
+                          str(plain)], stdout=log, stderr=log),
+        subprocess.Popen(["stunnel", str(tls / "stunnel.conf")], stdout=log, stderr=log),
+    ]  # fmt: skip
+    try:
+        client = boto3.client("s3", endpoint_url=f"https://localhost:{port}", region_name="us-east-1",
+                              aws_access_key_id="test-key-id", aws_secret_access_key="test-secret-key",
+                              verify=str(tls / "cert.pem"))  # fmt: skip
+        wait_for(lambda: client.create_bucket(Bucket="pg-backups"), 30, "the S3 server to take a bucket")
+        yield {"PGSFS_BACKUP_REPO": "s3://pg-backups/cluster", "PGSFS_BACKUP_S3_ENDPOINT": f"localhost:{port}",
+               "PGSFS_BACKUP_S3_URI_STYLE": "path", "PGSFS_BACKUP_S3_CA_FILE": str(tls / "cert.pem"),
+               "PGSFS_BACKUP_S3_KEY": "test-key-id", "PGSFS_BACKUP_S3_KEY_SECRET": "test-secret-key"}
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=10)
+        log.close()
+
+
+def test_an_s3_repository_archives_backs_up_and_restores(volume_root: Path, s3: dict[str, str]) -> None:
+    env = pod_env(volume_root, 0, free_port(), **s3)
+    with agent_postgres(env, volume_root / "agent.log") as server, connect(server.port) as conn:
+        conn.execute("CREATE TABLE t AS SELECT 1 AS id")
+        done = run_agent(env, "backup")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert json.loads(done.stdout)["repo"] == "s3://pg-backups/cluster"
+        conn.execute("INSERT INTO t VALUES (2)")
+        _archived(conn)
+    # The credentials are only in the 0600 pgBackRest file, never in the logs or postgres' settings.
+    conf = volume_root / ".pg-sfs-agent" / "pgbackrest.conf"
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600 and "test-secret-key" in conf.read_text()
+    for path in (volume_root / "agent.log", volume_root / "pgdata" / "pg-sfs-agent.conf"):
+        assert "test-secret-key" not in path.read_text(), path
+    shutil.rmtree(volume_root / "pgdata")
+    restoring = {**env, "PGSFS_RESTORE_FROM": "postgresql-sfs", "PGSFS_RESTORE_CONTINUE_ARCHIVE": "true"}
+    with agent_postgres(restoring, volume_root / "restored.log") as server, connect(server.port) as conn:
+        wait_for(lambda: not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0], 60, "the promotion")
+        assert conn.execute("SELECT array_agg(id ORDER BY id) FROM t").fetchone() == ([1, 2],)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -234,3 +234,47 @@ def test_a_backlog_is_reported_only_past_a_normal_moment() -> None:
     many = [*few, ("000000010000000000000009", 50.0)]
     assert archive.backlog(many, 200.0) == {"segments": 5, "oldest": "000000010000000000000009",
                                             "oldest_age_s": 150.0}
+
+
+# -- S3 repositories -------------------------------------------------------------------------------
+
+S3_ENV = {"PGSFS_BACKUP_REPO": "s3://pg-backups/prod/cluster-a", "PGSFS_BACKUP_S3_ENDPOINT": "minio.backup:9000",
+          "PGSFS_BACKUP_S3_KEY": "AKIAEXAMPLEKEY", "PGSFS_BACKUP_S3_KEY_SECRET": "secret/with+chars="}  # fmt: skip
+
+
+def test_an_s3_repository_and_its_config_file() -> None:
+    settings, problems = read(**S3_ENV, PGSFS_BACKUP_S3_URI_STYLE="path", PGSFS_BACKUP_S3_CA_FILE="/etc/ca.pem")
+    assert problems == [] and settings is not None and settings.s3 is not None
+    assert settings.repo_path == "/prod/cluster-a" and settings.location == "s3://pg-backups/prod/cluster-a"
+    assert repr(settings.s3.key) == "Secret('***')" and "secret/with" not in repr(settings)
+    text = archive.config_text(settings, pgdata="/d", port=5432, superuser="postgres", work_dir="/w")
+    for line in ("repo1-type=s3", "repo1-s3-bucket=pg-backups", "repo1-s3-endpoint=minio.backup",
+                 "repo1-storage-port=9000", "repo1-s3-region=us-east-1", "repo1-s3-uri-style=path",
+                 "repo1-storage-ca-file=/etc/ca.pem", "repo1-s3-key=AKIAEXAMPLEKEY",
+                 "repo1-s3-key-secret=secret/with+chars=", "repo1-path=/prod/cluster-a"):  # fmt: skip
+        assert f"\n{line}\n" in text, line
+
+
+def test_s3_credentials_come_from_files_and_are_never_echoed(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("AKIAFROMFILE\n")
+    (tmp_path / "secret").write_text("from-file-secret\n")
+    env = {**S3_ENV, "PGSFS_BACKUP_S3_KEY": "", "PGSFS_BACKUP_S3_KEY_SECRET": "",
+           "PGSFS_BACKUP_S3_KEY_FILE": str(tmp_path / "key"),
+           "PGSFS_BACKUP_S3_KEY_SECRET_FILE": str(tmp_path / "secret")}
+    settings, problems = read(**env)
+    assert problems == [] and settings is not None and settings.s3 is not None
+    assert settings.s3.key.reveal() == "AKIAFROMFILE" and settings.s3.key_secret.reveal() == "from-file-secret"
+    _, problems = read(**{**S3_ENV, "PGSFS_BACKUP_S3_KEY_SECRET": "two\nlines"})
+    assert problems == [("PGSFS_BACKUP_S3_KEY_SECRET", "(hidden)",
+                         "a non-empty credential on one line (from the repository's Secret)")]  # fmt: skip
+
+
+def test_s3_problems_are_all_reported() -> None:
+    _, problems = read(PGSFS_BACKUP_REPO="s3://Bad_Bucket/x", PGSFS_BACKUP_S3_ENDPOINT="http://minio",
+                       PGSFS_BACKUP_S3_REGION="EU WEST", PGSFS_BACKUP_S3_URI_STYLE="virtual",
+                       PGSFS_BACKUP_S3_CA_FILE="ca.pem")  # fmt: skip
+    assert [p[0] for p in problems] == ["PGSFS_BACKUP_REPO", "PGSFS_BACKUP_S3_ENDPOINT", "PGSFS_BACKUP_S3_REGION",
+                                        "PGSFS_BACKUP_S3_URI_STYLE", "PGSFS_BACKUP_S3_CA_FILE", "PGSFS_BACKUP_S3_KEY",
+                                        "PGSFS_BACKUP_S3_KEY_SECRET"]  # fmt: skip
+    _, problems = read(PGSFS_BACKUP_REPO="/backups", PGSFS_BACKUP_S3_ENDPOINT="minio")
+    assert [p[0] for p in problems] == ["PGSFS_BACKUP_S3_ENDPOINT"] and "s3://" in problems[0][2]
