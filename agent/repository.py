@@ -4,6 +4,7 @@ at a primary's start, so archive_command always has somewhere to archive."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,8 +26,17 @@ def command(config: Config, *args: str, stanza: str | None = None) -> list[str]:
             f"--stanza={stanza or config.archive.stanza}", *args]  # fmt: skip
 
 
+# What _output reports for a pgBackRest run that did not end within TIMEOUT_S (as timeout(1) does).
+NO_ANSWER = 124
+
+
 def _output(config: Config, runner: Runner, *args: str, stanza: str | None = None) -> tuple[int, str, str]:
-    done = runner.run(command(config, *args, stanza=stanza), env=child_env(), timeout=TIMEOUT_S)
+    """(exit code, stdout, stderr) of one pgBackRest run; a repository that does not answer (an S3
+    endpoint that hangs) is NO_ANSWER after TIMEOUT_S, like any other failure, never an exception."""
+    try:
+        done = runner.run(command(config, *args, stanza=stanza), env=child_env(), timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return NO_ANSWER, "", f"pgbackrest gave no answer within {TIMEOUT_S:.0f} s"
     return done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
 
 
@@ -68,12 +78,20 @@ def check_before_init(config: Config, runner: Runner, log: Any, clock: Any) -> N
 
 def ensure_stanza(config: Config, runner: Runner, log: Any, clock: Any) -> None:
     """Create this cluster's stanza if it is not there yet (it is read from pg_control: no server
-    needed); refuse when the repository holds another cluster under that name."""
+    needed); refuse when the repository holds another cluster under that name. A repository that
+    cannot be reached is only logged: its outage must not keep the primary down (archiving then
+    fails where postgres and `archive_backlog` say so, and the next start tries again)."""
     if config.archive is None:
         return
     started = clock()
     code, _, err = _output(config, runner, "stanza-create", "--no-online")
     problem = archive.stanza_create_problem(code, err)
+    if problem is not None and code != archive.STANZA_MISMATCH_CODE:
+        log.warning("archive_stanza_unchecked", duration_s=round(clock() - started, 3), error=problem,
+                    repo=config.archive.location, stanza=config.archive.stanza,
+                    hint="archive_command fails until the repository answers: check its mount, permissions "
+                    "(uid 999) or endpoint and credentials")  # fmt: skip
+        return
     if problem is not None:
         raise ArchiveConflict(
             problem,
@@ -150,11 +168,10 @@ def push_ready(config: Config, runner: Runner, pgdata: Path, log: Any, clock: An
     pushed: list[str] = []
     for name in ready:
         beat()
-        done = runner.run(command(config, "archive-push", str(pgdata / "pg_wal" / name)), env=child_env(),
-                          timeout=TIMEOUT_S)  # fmt: skip
-        if done.returncode != 0:
+        code, _, err = _output(config, runner, "archive-push", str(pgdata / "pg_wal" / name))
+        if code != 0:
             log.warning("archive_push_failed", segment=name, pushed=len(pushed), left=len(ready) - len(pushed),
-                        error=" ".join(done.stderr.decode(errors="replace").split()) or f"exit code {done.returncode}",
+                        error=" ".join(err.split()) or f"exit code {code}",
                         hint="these segments are not in the archive, and recovery removes them: a restore past them "
                         "will stop there; fix the repository, then take a new backup")  # fmt: skip
             return

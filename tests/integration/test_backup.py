@@ -317,3 +317,21 @@ def test_an_s3_repository_archives_backs_up_and_restores(volume_root: Path, s3: 
     with agent_postgres(restoring, volume_root / "restored.log") as server, connect(server.port) as conn:
         wait_for(lambda: not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0], 60, "the promotion")
         assert conn.execute("SELECT array_agg(id ORDER BY id) FROM t").fetchone() == ([1, 2],)
+
+
+def test_a_repository_that_cannot_be_reached_never_keeps_the_primary_down(volume_root: Path, repo: Path) -> None:
+    env = pod_env(volume_root, 0, free_port(), PGSFS_BACKUP_REPO=str(repo))
+    with agent_postgres(env, volume_root / "agent.log"):
+        pass
+    # The repository's volume is there but unreadable by postgres (a remount gone wrong, an S3 outage
+    # alike): the restart says so and starts; once it is back, the archive goes on.
+    os.chmod(repo, 0)
+    try:
+        with agent_postgres(env, volume_root / "again.log") as server:
+            [line] = [line for line in server.agent_log() if line["event"] == "archive_stanza_unchecked"]
+            assert line["level"] == "warning" and "Permission denied" in line["error"], line
+    finally:
+        os.chmod(repo, 0o750)
+    with agent_postgres(env, volume_root / "later.log") as server, connect(server.port) as conn:
+        assert any(line["event"] == "archive_stanza_ready" for line in server.agent_log())
+        _archived(conn)
