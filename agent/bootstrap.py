@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agent import initdbd, repository, secretsrecord, walbudget
+from agent import initdbd, majors, repository, secretsrecord, walbudget
 from agent.buildarea import BuildArea
 from agent.config import Config
 from agent.context import Context, World
@@ -44,7 +44,7 @@ def observe_and_plan(
     scripts = _has_initdb_scripts(config.initdb_dir) if not state.initialised else False
     plan = make_plan(
         config, state, server_major=major, passwords=passwords, euid=os.geteuid(), wal_observed=wal,
-        initdb_scripts=scripts,
+        initdb_scripts=scripts, carried=majors.available(config.majors_dir),
     )  # fmt: skip
     return plan, state
 

@@ -98,6 +98,8 @@ class Config:
     volume_size: int | None = None
     # WAL archiving and backups with pgBackRest (PGSFS_BACKUP_REPO and the settings beside it); None: off.
     archive: ArchiveSettings | None = None
+    # Where the programs of each major the image carries live, one <major>/bin each.
+    majors_dir: Path = Path("/usr/lib/postgresql")
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -449,6 +451,9 @@ def load_config(
     if not state_dir.is_absolute() or (inside and state_dir != pgdata / STATE_DIR_INSIDE):
         problems.add("PGSFS_STATE_DIR", state_raw, f"an absolute path outside PGDATA (or $PGDATA/{STATE_DIR_INSIDE})")
     initdb_dir = Path(env.get("PGSFS_INITDB_DIR", "/docker-entrypoint-initdb.d"))
+    majors_raw = env.get("PGSFS_MAJORS_DIR") or "/usr/lib/postgresql"
+    if not Path(majors_raw).is_absolute():
+        problems.add("PGSFS_MAJORS_DIR", majors_raw, "an absolute path holding one <major>/bin directory per major")
 
     superuser = _name(env, "POSTGRES_USER", "postgres", "a role name", problems)
     database = _name(env, "POSTGRES_DB", superuser, "a database name", problems)
@@ -578,6 +583,7 @@ def load_config(
         pod_uid=env.get("POD_UID", "").strip()[:64],
         volume_size=volume_size,
         archive=archiving,
+        majors_dir=Path(majors_raw),
         short_secrets=tuple(
             name
             for name, secret in (

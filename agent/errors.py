@@ -135,6 +135,14 @@ class BackupFailed(AgentError):
     event = "backup_failed"
 
 
+class UpgradeRefused(AgentError):
+    """A major upgrade cannot be done (an extension missing in the new major, no room, a setting the new
+    major rejects, pg_upgrade's own check): refused with the old cluster as it was."""
+
+    exit_code = 18
+    event = "upgrade_refused"
+
+
 class Interrupted(BaseException):
     """SIGINT or SIGTERM arrived; carries the exit code 128 + signum (130, 143)."""
 

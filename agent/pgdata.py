@@ -44,6 +44,8 @@ class DataDirState:
     owner_uid: int | None
     mode: int | None
     leftover: Leftover | None
+    # pg_wal is a link to a directory elsewhere (initdb --waldir, POSTGRES_INITDB_WALDIR)
+    wal_linked: bool = False
 
     @property
     def initialised(self) -> bool:
@@ -231,4 +233,5 @@ def inspect(pgdata: Path) -> DataDirState:
         owner_uid=st.st_uid if st else None,
         mode=(st.st_mode & 0o7777) if st else None,
         leftover=read_leftover(pgdata),
+        wal_linked=pg_version is not None and os.path.islink(pgdata / "pg_wal"),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ from agent.identity import PRIMARY
 from agent.pgdata import DataDirState
 from agent.render import CONF_NAME
 from agent.secretsrecord import RECORD_NAME, PasswordChange
+from agent.upgrade import MajorChoice, MajorDecision, decide_major
 from agent.walbudget import WalDecision, WalObservation, decide
 
 INIT = "init"
@@ -58,6 +60,8 @@ class Plan:
     # Decisions that need what other members answer: made at run time by pure functions, listed here
     # with their outcomes, since `plan` asks nobody.
     remote_decisions: tuple[str, ...] = ()
+    # The programs to run when they are not the image's own: an older major the data holds.
+    binaries: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view (lists instead of tuples)."""
@@ -77,7 +81,7 @@ def _major(version: str | None) -> int | None:
         return None
 
 
-def _refusal(state: DataDirState, config: Config, server_major: int | None, euid: int) -> Refusal | None:
+def _refusal(state: DataDirState, major: MajorDecision | None, euid: int) -> Refusal | None:
     """The contradiction in PGDATA that makes starting unsafe, if any."""
     pgdata = state.path
     code, event = DataDirConflict.exit_code, DataDirConflict.event
@@ -101,13 +105,8 @@ def _refusal(state: DataDirState, config: Config, server_major: int | None, euid
             "the agent never deletes data it does not own: inspect it, move it away, then restart the pod",
         )
     if state.initialised:
-        data_major = _major(state.pg_version)
-        if server_major is not None and data_major != server_major:
-            return refuse(
-                f"PGDATA {pgdata} was made by PostgreSQL {state.pg_version} but this image runs "
-                f"PostgreSQL {server_major}",
-                "run an image of the data's major version, or upgrade the data with pg_upgrade first",
-            )
+        if major is not None and major.choice is MajorChoice.REFUSE:
+            return refuse(major.message, major.hint)
         return None
     if state.leftover is not None and not state.leftover.ours:
         return refuse(
@@ -175,10 +174,12 @@ def make_plan(
     euid: int = 0,
     wal_observed: WalObservation | None = None,
     initdb_scripts: bool = False,
+    carried: Mapping[int, str] | None = None,
 ) -> Plan:
     """Decide what to do; pure, so `plan` and `postgres` always agree for the same inputs.
 
-    `initdb_scripts`: the initdb.d directory holds scripts (they need a temporary server).
+    `initdb_scripts`: the initdb.d directory holds scripts (they need a temporary server);
+    `carried`: the majors whose programs the image carries (major -> bin directory).
     """
     ident = config.identity
     is_primary = ident.role == PRIMARY
@@ -191,7 +192,10 @@ def make_plan(
     standby_files = (*conf_files, f"{state.path}/standby.signal", passfile)
     secrets_state = str(config.state_dir / RECORD_NAME)
     leftover = state.leftover.path if state.leftover is not None and state.leftover.ours else None
-    refusal = _refusal(state, config, server_major, euid)
+    major = _major_decision(state, config, server_major, carried or {})
+    refusal = _refusal(state, major, euid)
+    upgrading = major is not None and major.choice is MajorChoice.UPGRADE
+    older = major is not None and major.choice is MajorChoice.OLDER
     primary = None if is_primary else config.primary_fqdn
     slot = None if is_primary else ident.slot_name
 
@@ -223,8 +227,14 @@ def make_plan(
             change = passwords or PasswordChange(roles=(), adopt=True)
             rotate = () if not change.needed else ("adopt_passwords",) if change.adopt else ("apply_passwords",)
             guard = () if config.standalone else ("check_no_other_primary",)
-            steps = (*guard, "write_config", *rotate, "fix_ownership", "exec_postgres")
+            upgrade = ("upgrade_major",) if upgrading else ()
+            steps = (*guard, *upgrade, "write_config", *rotate, "fix_ownership", "exec_postgres")
             files = (*conf_files, secrets_state) if rotate else conf_files
+            if upgrading:
+                reason = (
+                    f"PGDATA holds a primary's cluster of PostgreSQL {state.pg_version}: upgrade it to {server_major} "
+                    "in place (pg_upgrade --link, built beside PGDATA, the old cluster kept aside), then start"
+                )
         elif state.standby_signal:
             reason = "PGDATA holds a standby: refresh the managed files, check the primary briefly, start"
             steps = ("check_primary", "write_config", "fix_ownership", "exec_postgres")
@@ -293,6 +303,12 @@ def make_plan(
             "exec_postgres",
         )
         files = standby_files
+    if older and major is not None:
+        steps = (f"use_major_{_major(state.pg_version)}", *steps)
+        reason += (
+            f"; with PostgreSQL {state.pg_version}'s programs (the data's major, carried by this image), until "
+            "its primary has upgraded"
+        )
     if leftover is not None:
         steps = ("remove_leftover", *steps)
     decisions_key = "restore" if "restore_backup" in steps else _decisions_key(action, is_primary, state.standby_signal)
@@ -315,4 +331,24 @@ def make_plan(
         if config.standalone
         else REMOTE_DECISIONS.get(decisions_key, ()),
         wal=decide(config.wal_configured(), wal_observed) if wal_observed is not None and refusal is None else None,
+        binaries=major.bindir if older and major is not None else None,
     )
+
+
+def _major_decision(
+    state: DataDirState, config: Config, server_major: int | None, carried: Mapping[int, str]
+) -> MajorDecision | None:
+    data_major = _major(state.pg_version)
+    if not state.initialised or server_major is None:
+        return None
+    if data_major is None:
+        return MajorDecision(
+            MajorChoice.REFUSE,
+            message=f"PGDATA {state.path} has a PG_VERSION that names no major version: {state.pg_version}",
+            hint="inspect PGDATA; the agent does not start a cluster whose major it cannot tell",
+        )
+    return decide_major(
+        state.path, data_major, server_major, carried,
+        writable_primary=config.identity.role == PRIMARY and not state.standby_signal and not state.recovery_signal,
+        mount_point=state.is_mountpoint, archiving=config.archive is not None, external_wal=state.wal_linked,
+    )  # fmt: skip

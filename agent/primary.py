@@ -37,6 +37,7 @@ from agent.render import (
 )
 from agent.secretsrecord import RECORD_NAME, REPLICATION, SUPERUSER, pending
 from agent.switchover import PrimaryGuard, give_back
+from agent.upgrader import Upgrader
 
 # A long initdb.d script (a restore) says it still runs this often.
 SCRIPT_PROGRESS_INTERVAL = 60.0
@@ -340,6 +341,8 @@ class Primary(Part):
         give_back(self.pgdata, self.log)  # a handoff killed half-way, the ordinal moved back since
         if "check_no_other_primary" in self.plan.steps:
             PrimaryGuard(self.ctx).check()
+        if "upgrade_major" in self.plan.steps:
+            Upgrader(self.ctx, self._temporary_server).run()
         self.files.write_config(self.pgdata, standby=False)
         repository.ensure_stanza(self.config, self.world.runner, self.log, self.world.clock)
         repository.report_backlog(self.config, self.pgdata, self.log, time.time())
