@@ -29,6 +29,7 @@ class World:
     timeline_history: Callable[[replication.Endpoint, int], str] = replication.timeline_history
     segment_kept: Callable[[replication.Endpoint, str], bool] = replication.segment_kept
     template_view: Callable[[replication.Endpoint], tuple[int | None, float | None]] = replication.template_view
+    upgrade_origin: Callable[[replication.Endpoint], str | None] = replication.upgrade_origin
     clock: Clock = time.monotonic
     sleep: Sleep = time.sleep
     heartbeat: Heartbeat | None = None

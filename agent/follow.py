@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity import wait_fixed
 
-from agent import history, historycheck, replication, switchover, walend
+from agent import history, historycheck, majors, replication, switchover, upgrade, walend
 from agent.context import Part
 from agent.errors import (
     AgentError,
@@ -30,6 +30,7 @@ START = "start"
 CREATE_SLOT = "create_slot"
 RECLONE_LOST_SLOT = "reclone_lost_slot"
 REFUSE_OTHER_CLUSTER = "refuse_other_cluster"
+RECLONE_UPGRADED = "reclone_upgraded"
 REFUSE_DIVERGED = "refuse_diverged"
 RECLONE_DIVERGED = "reclone_diverged"
 REJOIN = "rejoin"
@@ -45,6 +46,7 @@ def decide_restart(
     former_primary: bool = False,
     clean: bool = True,
     wal_kept: bool | None = None,
+    upgraded_from_here: bool = False,
 ) -> str:
     """What a restarting replica does once it has seen the primary: every branch, no effects.
 
@@ -55,9 +57,11 @@ def decide_restart(
     otherwise it is rewound (pg_rewind finds the exact fork, even after a crash). `wal_kept` says
     whether the primary still has the WAL from this member's position (None: not known): with no
     slot and that WAL gone, a new slot would stream nothing, ever, so it clones again (review M6).
+    `upgraded_from_here`: the primary's cluster is a major upgrade of this standby's, which holds
+    nothing the old one did not (upgrade.upgraded_from_here): it clones the new one, its data aside.
     """
     if local_system_identifier is not None and local_system_identifier != primary_system_identifier:
-        return REFUSE_OTHER_CLUSTER
+        return RECLONE_UPGRADED if upgraded_from_here and not former_primary else REFUSE_OTHER_CLUSTER
     if verdict is not None and verdict.outcome == history.NEWER_TIMELINE:
         # It went on after a promotion the primary never saw: its writes are the newest. Never rewound
         # onto the older timeline nor moved aside for it, whatever PGSFS_ON_DIVERGENCE says.
@@ -167,9 +171,10 @@ class FollowCheck(Part):
         status = self._slot_status(endpoint) if verdict is not None and verdict.may_follow else None
         kept = self._wal_kept(address, position, control) if status in (None, replication.LOST) and verdict and \
             verdict.may_follow else None  # fmt: skip
+        from_here = not same_cluster and not former and self._upgraded_from_here(address, local)
         action = decide_restart(local, info.system_identifier, verdict, status, cfg.on_divergence,
                                 former_primary=former, clean=position.clean if position else True,
-                                wal_kept=kept)  # fmt: skip
+                                wal_kept=kept, upgraded_from_here=from_here)  # fmt: skip
         self._phase(
             "primary_check", started, system_identifier=str(info.system_identifier), decision=action,
             history=verdict.outcome if verdict else None, timeline=verdict.local_timeline if verdict else None,
@@ -184,6 +189,16 @@ class FollowCheck(Part):
             return False
         if action == REWIND:
             return self.makeway.rewind(address)
+        if action == RECLONE_UPGRADED:
+            if self.plan.binaries is not None:
+                majors.forget(self.plan.binaries)  # the clone and its postgres are the image's major
+            self.makeway.move_aside_and_clone(
+                "pre-upgrade", "clone_after_upgrade",
+                f"the primary runs PostgreSQL {info.server_version // 10000}, upgraded from this replica's cluster "
+                f"{local}, of which this replica holds nothing more",
+                primary_system_identifier=str(info.system_identifier),
+            )  # fmt: skip
+            return True
         if action == REFUSE_OTHER_CLUSTER:
             raise SystemIdentifierMismatch(
                 f"this replica's data belongs to cluster {local} but the primary "
@@ -204,6 +219,22 @@ class FollowCheck(Part):
         if action == CREATE_SLOT:
             self.replica.ensure_slot(address)
         return False
+
+    def _upgraded_from_here(self, address: str, local: int | None) -> bool:
+        """Is the primary's cluster an upgrade of this standby's, which holds nothing more? Unknown is no."""
+        try:
+            origin = upgrade.parse_origin(self.world.upgrade_origin(self._superuser_endpoint(address)))
+            if origin is None:
+                return False
+            control = controldata(self.world.runner, self.pgdata)
+            position = self._through_local_wal(history.parse_controldata(control), control)
+        except Exception as exc:  # psycopg.Error or CommandFailed: not known, so refused as another cluster
+            self.log.warning("upgrade_origin_unknown", detail=" ".join(str(exc).split()))
+            return False
+        same = upgrade.upgraded_from_here(local, position.timeline, position.lsn, origin)
+        self.log.info("upgrade_origin", primary_upgraded_from=origin.setting(), local_timeline=position.timeline,
+                      local_end=history.format_lsn(position.lsn), clone=same)  # fmt: skip
+        return same
 
     def _until_upstream_has(self, endpoint: replication.Endpoint, info: replication.SystemInfo,
                             lsn: int) -> replication.SystemInfo:  # fmt: skip

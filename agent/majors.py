@@ -10,7 +10,7 @@ from pathlib import Path
 
 DEFAULT_DIR = Path("/usr/lib/postgresql")
 # What pg_upgrade needs of an old major's binaries (it runs them) besides postgres itself.
-NEEDED = ("postgres", "pg_ctl", "pg_controldata", "initdb", "pg_upgrade", "pg_config")
+NEEDED = ("postgres", "pg_ctl", "pg_controldata", "initdb", "pg_upgrade", "pg_config", "pg_waldump")
 
 
 def available(root: Path) -> dict[int, str]:
@@ -33,6 +33,12 @@ def image_bindir() -> str | None:
     """The directory of the `postgres` on PATH: the image's own major."""
     found = shutil.which("postgres")
     return str(Path(os.path.realpath(found)).parent) if found else None
+
+
+def forget(bindir: str) -> None:
+    """Back to the image's own programs: `bindir` off PATH (a member that clones its upgraded primary)."""
+    parts = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p != bindir]
+    os.environ["PATH"] = os.pathsep.join(parts)
 
 
 def use(bindir: str) -> None:

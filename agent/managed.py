@@ -6,10 +6,11 @@ import os
 import time
 from pathlib import Path
 
-from agent import archive, walbudget
+from agent import archive, upgrade, walbudget
 from agent.context import Part
-from agent.files import fix_tree_ownership, write_atomic
+from agent.files import fix_tree_ownership, read_limited, write_atomic
 from agent.identity import PRIMARY
+from agent.pgdata import read_system_identifier
 from agent.plan import PASSFILE_NAME
 from agent.podbirth import TEMPLATE_BORN, TEMPLATE_ORDINAL, pod_born
 from agent.render import (
@@ -82,11 +83,20 @@ class ManagedFiles(Part):
         members = [ident.peer_pod(n) for n in range(cfg.max_replication_slots + 1) if n != ident.ordinal]
         return synchronous_standby_names(cfg.synchronous_standbys, members)
 
-    def template_settings(self) -> dict[str, str]:
+    def template_settings(self, datadir: Path) -> dict[str, str]:
         """pgsfs.primary_ordinal and, with a POD_UID, pgsfs.pod_born: what a former primary asks its
-        successor before a handoff, to tell whose pod template is current (review M3)."""
+        successor before a handoff, to tell whose pod template is current (review M3); and, on a
+        cluster made by an upgrade, pgsfs.upgraded_from: what a member of the old cluster checks
+        before it clones it (agent/upgrade.py)."""
         cfg = self.config
         out = {TEMPLATE_ORDINAL: str(cfg.identity.primary_ordinal)}
+        try:
+            provenance = read_limited(cfg.state_dir / upgrade.PROVENANCE).decode("utf-8", "replace")
+        except OSError:
+            provenance = ""
+        origin = upgrade.origin_for(provenance, read_system_identifier(datadir)) if provenance else None
+        if origin is not None:
+            out[upgrade.ORIGIN_SETTING] = origin.setting()
         born = pod_born(cfg.state_dir, cfg.pod_uid, time.time(), owner=self.owner)
         if born is not None:
             out[TEMPLATE_BORN] = f"{born:.3f}"
@@ -126,7 +136,7 @@ class ManagedFiles(Part):
             # The primary ordinal still a standby gets it too: it applies from the promotion on. So does
             # a member kept primary on a replica ordinal (a stale pod template, review M3).
             synchronous_standby_names=self.synchronous_names() if designated or not standby else "",
-            template=self.template_settings(),
+            template=self.template_settings(datadir),
             archive={**self.write_archive_config(), **({} if standby else self.recovery_settings(datadir))},
         )
         write_atomic(datadir / CONF_NAME, settings, mode=0o600, owner=self.owner)

@@ -130,7 +130,9 @@ REMOTE_DECISIONS = {
     ),
     "restart_replica": (
         "primary_check (follow.decide_restart): start | create_slot | reclone_lost_slot | "
-        "refuse_other_cluster (exit 7) | refuse_diverged (exit 12) | reclone_diverged | rejoin | rewind "
+        "refuse_other_cluster (exit 7) | reclone_upgraded (the primary's cluster is a major upgrade of this "
+        "standby's, which holds nothing more: pgsfs.upgraded_from) | refuse_diverged (exit 12) | reclone_diverged | "
+        "rejoin | rewind "
         "(the last two for a former primary); skipped while the primary does not answer within "
         "PGSFS_RESTART_CHECK_TIMEOUT, except for a former primary, which then refuses (exit 6), or hands off "
         "if its successor's postgres runs but takes no connection yet",

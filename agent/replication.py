@@ -241,6 +241,15 @@ def template_view(endpoint: Endpoint, timeout: float = 5.0) -> tuple[int | None,
     return int(named) if named is not None else None, _number(born, float)
 
 
+def upgrade_origin(endpoint: Endpoint, timeout: float = 5.0) -> str | None:
+    """The primary's pgsfs.upgraded_from (agent/upgrade.py), or None when it was not made by an upgrade."""
+    import psycopg
+
+    with psycopg.connect(**_sql_kwargs(endpoint, timeout)) as conn:
+        row = conn.execute("SELECT current_setting('pgsfs.upgraded_from', true)").fetchone()
+    return str(row[0]) if row and row[0] else None
+
+
 def _number(text: str | None, kind: Callable[[str], float]) -> float | None:
     """`text` as a number of `kind`, or None when it is missing or not one."""
     try:

@@ -207,6 +207,63 @@ def decide_resume(
     return Resume.UNKNOWN
 
 
+PROVENANCE = "upgraded-from.json"
+ORIGIN_SETTING = "pgsfs.upgraded_from"
+
+
+@dataclass(frozen=True)
+class UpgradeOrigin:
+    """The cluster an upgraded primary was made from: its identifier, timeline and the end of its
+    WAL once it was shut down for the upgrade (no member can hold more of it)."""
+
+    system_identifier: int
+    timeline: int
+    wal_end: int
+
+    def setting(self) -> str:
+        """The value of pgsfs.upgraded_from in the primary's settings file."""
+        return f"{self.system_identifier}:{self.timeline}:{self.wal_end:X}"
+
+
+def parse_origin(text: str | None) -> UpgradeOrigin | None:
+    """pgsfs.upgraded_from's value, or None when unset or not one."""
+    parts = (text or "").split(":")
+    if len(parts) != 3:
+        return None
+    try:
+        return UpgradeOrigin(int(parts[0]), int(parts[1]), int(parts[2], 16))
+    except ValueError:
+        return None
+
+
+def provenance_text(origin: UpgradeOrigin, new_system_identifier: int | None) -> str:
+    """The state directory's record of the upgrade that made the cluster `new_system_identifier`."""
+    return json.dumps({"origin": origin.setting(), "system_identifier": new_system_identifier})
+
+
+def origin_for(provenance: str, system_identifier: int | None) -> UpgradeOrigin | None:
+    """The origin the record names, if it is the record of the cluster in PGDATA (not of an earlier one)."""
+    try:
+        data = json.loads(provenance)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or system_identifier is None or data.get("system_identifier") != system_identifier:
+        return None
+    return parse_origin(str(data.get("origin")))
+
+
+def upgraded_from_here(local_system_identifier: int | None, local_timeline: int | None, local_wal_end: int | None,
+                       origin: UpgradeOrigin | None) -> bool:  # fmt: skip
+    """A standby's data is a copy of the cluster its primary was upgraded from, holding nothing more:
+    the same cluster, the same timeline, its WAL ending at or before where the old cluster's ended.
+    Only then is cloning the upgraded primary over it (moved aside) a loss of nothing."""
+    if origin is None or None in (local_system_identifier, local_timeline, local_wal_end):
+        return False
+    assert local_wal_end is not None
+    return (local_system_identifier == origin.system_identifier and local_timeline == origin.timeline
+            and local_wal_end <= origin.wal_end)  # fmt: skip
+
+
 def build_dir_for(pgdata: Path) -> Path:
     """Where the new cluster is built, beside PGDATA on its volume."""
     return pgdata.with_name(pgdata.name + BUILD_SUFFIX)

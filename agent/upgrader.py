@@ -7,13 +7,13 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import majors, upgrade
+from agent import majors, upgrade, walend
 from agent.context import Part
 from agent.errors import CommandFailed, DataDirConflict, UpgradeRefused
 from agent.files import fsync_dir, read_limited, tree_size, write_atomic
 from agent.pgdata import read_pg_version, read_system_identifier
 from agent.postgres import _tail, child_env, controldata
-from agent.upgrade import BUILDING, UPGRADED, OldCluster, Resume, UpgradeRecord
+from agent.upgrade import BUILDING, UPGRADED, OldCluster, Resume, UpgradeOrigin, UpgradeRecord
 
 # The old cluster's configuration travels with it; the agent's own include is rewritten at the start.
 CARRIED_FILES = ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf")
@@ -112,7 +112,7 @@ class Upgrader(Part):
         assert from_major is not None and to_major is not None and new_bindir is not None
         old_bindir = carried[from_major]
         self._roll_back_unfinished()
-        old = self._read_old(old_bindir)
+        old, origin = self._read_old(old_bindir)
         problems = upgrade.upgrade_problems(old, _extensions_of(new_bindir, self.world.runner), _free(self.pgdata))
         if problems:
             raise UpgradeRefused(
@@ -142,6 +142,11 @@ class Upgrader(Part):
             self._roll_back_unfinished()
             raise
         self._phase("pg_upgrade_done", step, mode="link")
+        # Before the record says upgraded: whenever the new cluster is the truth, its origin is known, and
+        # the members still holding copies of the old cluster may clone it (agent/follow.py).
+        write_atomic(self.config.state_dir / upgrade.PROVENANCE,
+                     upgrade.provenance_text(origin, read_system_identifier(new)), mode=0o600, owner=self.owner)
+        fsync_dir(self.config.state_dir)
         self._write_record(UpgradeRecord(**{**record.__dict__, "phase": UPGRADED}))
         _swap(self.pgdata, self.build, Path(record.aside))
         _discard(self.build)
@@ -168,7 +173,7 @@ class Upgrader(Part):
                     note="an upgrade stopped before pg_upgrade finished: the old cluster is the truth; "
                     "starting over")  # fmt: skip
 
-    def _read_old(self, old_bindir: str) -> OldCluster:
+    def _read_old(self, old_bindir: str) -> tuple[OldCluster, UpgradeOrigin]:
         """Run the old cluster on its own major on a private socket (which also finishes a crash
         recovery, so pg_upgrade finds it shut down cleanly), and read what the new one must match."""
         import psycopg
@@ -195,6 +200,9 @@ class Upgrader(Part):
                         row = conn.execute(OLD_CLUSTER_SQL["catalog_bytes"]).fetchone()
                         catalog += int(row[0]) if row else 0
                         extensions += [(name, str(r[0])) for r in conn.execute(OLD_CLUSTER_SQL["extensions"])]
+            # Shut down cleanly now, with no TCP since its last start: no member holds WAL past this end.
+            after = controldata(self.world.runner, self.pgdata)
+            end = walend.local_wal_end(self.world.runner, self.pgdata, after)
         finally:
             os.environ["PATH"] = path
         xact = sum(tree_size(self.pgdata / d) for d in ("pg_xact", "pg_multixact"))
@@ -204,8 +212,10 @@ class Upgrader(Part):
             wal_segment_mb=segment_mb, extensions=tuple(e for e in extensions if e[1] != "plpgsql"),
             catalog_bytes=catalog, xact_bytes=xact,
         )  # fmt: skip
-        self._phase("upgrade_old_cluster_read", started, databases=len(names), catalog_mb=catalog >> 20)
-        return old
+        origin = UpgradeOrigin(read_system_identifier(self.pgdata) or 0, walend.layout(after).timeline, end)
+        self._phase("upgrade_old_cluster_read", started, databases=len(names), catalog_mb=catalog >> 20,
+                    origin=origin.setting())  # fmt: skip
+        return old, origin
 
     def _write_record(self, record: UpgradeRecord) -> None:
         write_atomic(self.build / upgrade.RECORD, record.to_json(), mode=0o600, owner=self.owner)

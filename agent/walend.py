@@ -9,6 +9,7 @@ opens at the checkpoint's redo, long before the end), so it never stands in for 
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,10 @@ from pathlib import Path
 from agent.errors import CommandFailed
 from agent.history import controldata_values, format_lsn, parse_lsn
 from agent.postgres import child_env
+from agent.replication import segment_name_suffix
 from agent.runner import Runner
+
+_SEGMENT = re.compile(r"[0-9A-F]{24}")
 
 # pg_waldump's record line: "rmgr: Heap len (rec/tot): 54/ 54, tx: 7, lsn: 0/0151E890, prev ...".
 _RECORD = re.compile(rb"len \(rec/tot\):\s*\d+/\s*(\d+), tx:\s*\d+, lsn: ([0-9A-Fa-f]+/[0-9A-Fa-f]+)")
@@ -79,6 +83,18 @@ def end_from_dump(last_line: bytes, wal: WalLayout) -> int | None:
     return record_end(record[0], record[1], wal.page_size, wal.segment_size)
 
 
+def _segment_range(waldir: Path, wal: WalLayout) -> list[str]:
+    """The redo point's segment and the timeline's last one in pg_wal: named, the first is where
+    pg_waldump learns the segment size; unnamed, it takes any segment in pg_wal, and PostgreSQL 14's
+    fails on a zero-filled one ("header specifies 0 bytes"). Empty when the first is not there."""
+    first = f"{wal.timeline:08X}{segment_name_suffix(wal.redo, wal.segment_size)}"
+    try:
+        names = [n for n in os.listdir(waldir) if _SEGMENT.fullmatch(n) and n.startswith(first[:8]) and n >= first]
+    except OSError:
+        return []
+    return [first, max(names)] if first in names else []
+
+
 def local_wal_end(runner: Runner, pgdata: Path, controldata_text: str, timeout: float = 600.0) -> int:
     """Read this PGDATA's WAL from the latest checkpoint's redo point to its last valid record; its end.
 
@@ -88,6 +104,7 @@ def local_wal_end(runner: Runner, pgdata: Path, controldata_text: str, timeout: 
     wal = layout(controldata_text)
     argv = ["pg_waldump", "--path", str(pgdata / "pg_wal"), "--timeline", str(wal.timeline),
             "--start", format_lsn(wal.redo)]  # fmt: skip
+    argv += _segment_range(pgdata / "pg_wal", wal)
     last_line, stderr = runner.run_last_line(argv, env=child_env({"LC_ALL": "C", "LANG": "C"}), timeout=timeout)
     end = end_from_dump(last_line, wal)
     if end is None:

@@ -242,7 +242,7 @@ def test_a_setting_the_new_major_no_longer_knows_is_refused_with_its_name(volume
     _assert_refused_untouched(volume, _env(volume, PG_BIN), "stats_temp_directory")
 
 
-def test_a_replica_of_the_old_major_keeps_running_it_on_the_new_image(
+def test_a_replica_keeps_its_old_major_then_clones_its_upgraded_primary(
     volume: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # In-process, as the other replica tests: one loopback, so the replica's postgres gets a port of its own.
@@ -250,37 +250,70 @@ def test_a_replica_of_the_old_major_keeps_running_it_on_the_new_image(
     from tests.integration.test_replica import bootstrap_replica, start_postgres, stop_postgres
 
     path = os.environ["PATH"]
-    with sized_volume("pgsfs-upgrade-replica-") as replica_volume, \
-            agent_postgres(_env(volume, OLD_BIN), volume / "primary.log") as primary:  # fmt: skip
+    primary_port = free_port()
+    old_primary = _env(volume, OLD_BIN, port=primary_port)
+    with sized_volume("pgsfs-upgrade-replica-") as replica_volume:
         majors_dir = str(volume / "majors")
-        monkeypatch.setenv("PATH", f"{OLD_BIN}:{path}")
-        _, plan = bootstrap_replica(replica_volume, primary.port, PGSFS_MAJORS_DIR=majors_dir)
-        assert plan.action == "clone" and plan.server_major == OLD_MAJOR
+        replica_pgdata = replica_volume / "pgdata"
+        with agent_postgres(old_primary, volume / "primary.log") as primary:
+            monkeypatch.setenv("PATH", f"{OLD_BIN}:{path}")
+            _, plan = bootstrap_replica(replica_volume, primary.port, PGSFS_MAJORS_DIR=majors_dir)
+            assert plan.action == "clone" and plan.server_major == OLD_MAJOR
 
-        # The new image: its own major first on PATH; the replica's data is still the old major's.
+            # The rollout restarts the replica first, on the new image: its data is still the old major's.
+            monkeypatch.setenv("PATH", f"{PG_BIN}:{path}")
+            new_image = pod_env(replica_volume, 1, primary.port, PGSFS_MAJORS_DIR=majors_dir)
+            shown = json.loads(run_agent(new_image, "plan").stdout)
+            assert shown["steps"][0] == f"use_major_{OLD_MAJOR}", shown["steps"]
+            assert shown["binaries"] and (shown["data_major"], shown["server_major"]) == (OLD_MAJOR, NEW_MAJOR)
+            _, plan = bootstrap_replica(replica_volume, primary.port, PGSFS_MAJORS_DIR=majors_dir)
+            assert plan.binaries == shown["binaries"] and plan.action == "start"
+            majors.use(plan.binaries)  # as `pg-sfs-agent postgres` does before it execs postgres
+            port = free_port()
+            proc = start_postgres(replica_pgdata, port)
+            try:
+                with connect(primary.port) as conn:
+                    conn.execute("CREATE TABLE before_upgrade AS SELECT g AS v FROM generate_series(1, 1000) g")
+                wait_for(lambda: _has(port, "before_upgrade", OLD_MAJOR), 60,
+                         "the replica on the new image to stream its old major's WAL")  # fmt: skip
+            finally:
+                stop_postgres(proc)
+
+        # Then the primary ordinal restarts on the new image and upgrades.
         monkeypatch.setenv("PATH", f"{PG_BIN}:{path}")
-        new_image = pod_env(replica_volume, 1, primary.port, PGSFS_MAJORS_DIR=majors_dir)
-        shown = json.loads(run_agent(new_image, "plan").stdout)
-        assert shown["steps"][0] == f"use_major_{OLD_MAJOR}", shown["steps"]
-        assert shown["binaries"] and (shown["data_major"], shown["server_major"]) == (OLD_MAJOR, NEW_MAJOR)
-        _, plan = bootstrap_replica(replica_volume, primary.port, PGSFS_MAJORS_DIR=majors_dir)
-        assert plan.binaries == shown["binaries"] and plan.action == "start"
-        majors.use(plan.binaries)  # as `pg-sfs-agent postgres` does before it execs postgres
-        port = free_port()
-        proc = start_postgres(replica_volume / "pgdata", port)
-        try:
+        with agent_postgres(_env(volume, PG_BIN, port=primary_port), volume / "upgrade.log",
+                            ready_timeout=180) as primary:  # fmt: skip
             with connect(primary.port) as conn:
-                conn.execute("CREATE TABLE after_bump AS SELECT 1 AS v")
+                conn.execute("CREATE TABLE after_upgrade AS SELECT 1 AS v")
+                origin = conn.execute("SELECT current_setting('pgsfs.upgraded_from', true)").fetchone()
+            # What the members of the old cluster check: the cluster it was, its timeline and WAL end.
+            parsed = upgrade.parse_origin(origin[0] if origin else None)
+            assert parsed is not None and parsed.timeline == 1, origin
+            # The replica's restart (liveness restarts it once it cannot stream from the new cluster).
+            log, plan = bootstrap_replica(replica_volume, primary.port, PGSFS_MAJORS_DIR=majors_dir)
+            assert plan.binaries is not None
+            names = log.names()
+            assert "upgrade_origin" in names and "clone_after_upgrade" in names, names
+            check = next(e for e in log.events if e["event"] == "primary_check")
+            assert check["decision"] == "reclone_upgraded", check
+            assert OLD_BIN.as_posix() not in os.environ["PATH"].split(":"), "back to the image's programs"
+            assert (replica_pgdata / "PG_VERSION").read_text().strip() == str(NEW_MAJOR)
+            kept = [p for p in replica_volume.iterdir() if ".pre-upgrade-" in p.name]
+            assert len(kept) == 1 and (kept[0] / "PG_VERSION").read_text().strip() == str(OLD_MAJOR)
+            port = free_port()
+            proc = start_postgres(replica_pgdata, port)
+            try:
+                wait_for(lambda: _has(port, "after_upgrade", NEW_MAJOR), 60, "the re-cloned replica to stream")
+                assert _has(port, "before_upgrade", NEW_MAJOR)
+            finally:
+                stop_postgres(proc)
 
-            def replicated() -> bool:
-                try:
-                    with connect(port) as conn:
-                        version = conn.execute("SELECT current_setting('server_version_num')::int / 10000")
-                        assert version.fetchone() == (OLD_MAJOR,)
-                        return conn.execute("SELECT to_regclass('after_bump') IS NOT NULL").fetchone() == (True,)
-                except psycopg.OperationalError:
-                    return False
 
-            wait_for(replicated, 60, "the replica on the new image to stream its old major's WAL")
-        finally:
-            stop_postgres(proc)
+def _has(port: int, table: str, major: int) -> bool:
+    try:
+        with connect(port) as conn:
+            version = conn.execute("SELECT current_setting('server_version_num')::int / 10000").fetchone()
+            assert version == (major,), version
+            return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone() == (True,)
+    except psycopg.OperationalError:
+        return False

@@ -199,3 +199,45 @@ def test_the_plan_refuses_a_downgrade_and_an_upgrade_it_cannot_do(make_config, t
     archiving = make_config(POD_NAME="postgresql-sfs-0", PGSFS_BACKUP_REPO=str(tmp_path / "repo"))
     refused = make_plan(archiving, cluster(pg_version="14"), server_major=17, carried=CARRIED)
     assert refused.action == REFUSE and refused.refusal is not None and "stanza-upgrade" in refused.refusal.message
+
+
+# -- members of the old cluster, once the primary is upgraded ---------------------------------------
+
+
+def test_the_origin_round_trips_through_the_setting_and_the_record() -> None:
+    origin = upgrade.UpgradeOrigin(system_identifier=7301, timeline=3, wal_end=0x3000028)
+    assert upgrade.parse_origin(origin.setting()) == origin and origin.setting() == "7301:3:3000028"
+    for text in (None, "", "7301:3", "a:b:c", "1:2:3:4"):
+        assert upgrade.parse_origin(text) is None
+    record = upgrade.provenance_text(origin, 9999)
+    assert upgrade.origin_for(record, 9999) == origin
+    assert upgrade.origin_for(record, 1234) is None, "the record of an earlier cluster names nothing"
+    assert upgrade.origin_for("not json", 9999) is None and upgrade.origin_for(record, None) is None
+
+
+@given(local_sysid=st.sampled_from([7301, 7302]), timeline=st.integers(1, 4), end=st.integers(0, 1 << 40),
+       origin_end=st.integers(0, 1 << 40))  # fmt: skip
+def test_only_a_copy_holding_nothing_more_clones_the_upgraded_primary(
+    local_sysid: int, timeline: int, end: int, origin_end: int
+) -> None:
+    origin = upgrade.UpgradeOrigin(system_identifier=7301, timeline=2, wal_end=origin_end)
+    clones = upgrade.upgraded_from_here(local_sysid, timeline, end, origin)
+    assert clones == (local_sysid == 7301 and timeline == 2 and end <= origin_end)
+    assert not upgrade.upgraded_from_here(local_sysid, timeline, end, None)
+    assert not upgrade.upgraded_from_here(None, timeline, end, origin)
+
+
+@given(former=st.booleans(), from_here=st.booleans(), same=st.booleans())
+def test_a_restarting_replica_clones_an_upgraded_primary_only_when_it_is_its_origin(
+    former: bool, from_here: bool, same: bool
+) -> None:
+    from agent import follow
+
+    action = follow.decide_restart(7301, 7301 if same else 9999, None, "reserved", "refuse", former_primary=former,
+                                   upgraded_from_here=from_here)  # fmt: skip
+    if same:
+        assert action != follow.RECLONE_UPGRADED
+    elif from_here and not former:
+        assert action == follow.RECLONE_UPGRADED
+    else:
+        assert action == follow.REFUSE_OTHER_CLUSTER, "a former primary, or no proof: refused, untouched"
