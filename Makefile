@@ -72,6 +72,7 @@ test-integration: deps $(VENV)/.done ## the agent against real PostgreSQL 15 (ro
 	$(VENV)/bin/python -m pytest tests/integration -q
 
 test-e2e: deps $(VENV)/.done $(VENV39)/.done ## the emulated StatefulSet: real BIND, namespaces, PostgreSQL (root)
+	$(VENV)/bin/python -m tests.integration.other_majors install $(PG_MAJORS_DIR) 14 >/dev/null
 	$(VENV)/bin/python -m pytest tests/e2e -q
 
 test-container: deps $(VENV)/.done image ## the built image on the emulated StatefulSet, with podman (root)
