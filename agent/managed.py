@@ -8,9 +8,8 @@ from pathlib import Path
 
 from agent import archive, upgrade, walbudget
 from agent.context import Part
-from agent.files import fix_tree_ownership, read_limited, write_atomic
+from agent.files import fix_tree_ownership, write_atomic
 from agent.identity import PRIMARY
-from agent.pgdata import read_system_identifier
 from agent.plan import PASSFILE_NAME
 from agent.podbirth import TEMPLATE_BORN, TEMPLATE_ORDINAL, pod_born
 from agent.render import (
@@ -90,11 +89,7 @@ class ManagedFiles(Part):
         before it clones it (agent/upgrade.py)."""
         cfg = self.config
         out = {TEMPLATE_ORDINAL: str(cfg.identity.primary_ordinal)}
-        try:
-            provenance = read_limited(cfg.state_dir / upgrade.PROVENANCE).decode("utf-8", "replace")
-        except OSError:
-            provenance = ""
-        origin = upgrade.origin_for(provenance, read_system_identifier(datadir)) if provenance else None
+        origin = upgrade.recorded_origin(cfg.state_dir, datadir)
         if origin is not None:
             out[upgrade.ORIGIN_SETTING] = origin.setting()
         born = pod_born(cfg.state_dir, cfg.pod_uid, time.time(), owner=self.owner)

@@ -342,6 +342,7 @@ class Primary(Part):
         if "check_no_other_primary" in self.plan.steps:
             PrimaryGuard(self.ctx).check()
         if "upgrade_major" in self.plan.steps:
+            self.files.write_archive_config()  # the old cluster's last WAL is pushed before pg_upgrade
             Upgrader(self.ctx, self._temporary_server).run()
         self.files.write_config(self.pgdata, standby=False)
         repository.ensure_stanza(self.config, self.world.runner, self.log, self.world.clock)

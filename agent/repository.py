@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import archive
+from agent import archive, upgrade
 from agent.config import Config
 from agent.errors import ArchiveConflict, CommandFailed
 from agent.files import fsync_dir
@@ -86,6 +86,8 @@ def ensure_stanza(config: Config, runner: Runner, log: Any, clock: Any) -> None:
     started = clock()
     code, _, err = _output(config, runner, "stanza-create", "--no-online")
     problem = archive.stanza_create_problem(code, err)
+    if code == archive.STANZA_MISMATCH_CODE and _upgrade_stanza(config, runner, log, clock, started):
+        return
     if problem is not None and code != archive.STANZA_MISMATCH_CODE:
         log.warning("archive_stanza_unchecked", duration_s=round(clock() - started, 3), error=problem,
                     repo=config.archive.location, stanza=config.archive.stanza,
@@ -101,6 +103,34 @@ def ensure_stanza(config: Config, runner: Runner, log: Any, clock: Any) -> None:
         )
     log.info("archive_stanza_ready", duration_s=round(clock() - started, 3), repo=config.archive.location,
              stanza=config.archive.stanza)  # fmt: skip
+
+
+def _upgrade_stanza(config: Config, runner: Runner, log: Any, clock: Any, started: float) -> bool:
+    """The stanza holds the cluster this one was upgraded from (agent/upgrade.py): `stanza-upgrade`,
+    so the archive goes on under the new major. True when that was the case (upgraded, or logged when
+    pgBackRest failed: the start goes on, as for an unreachable repository); False for a stanza of
+    any other cluster, which stays a refusal."""
+    assert config.archive is not None
+    origin = upgrade.recorded_origin(config.state_dir, config.pgdata)
+    if origin is None:
+        return False
+    try:
+        found = state(config, runner)
+    except ArchiveConflict:
+        return False
+    if origin.system_identifier not in found.system_identifiers:
+        return False
+    code, _, err = _output(config, runner, "stanza-upgrade", "--no-online")
+    fields = {"duration_s": round(clock() - started, 3), "repo": config.archive.location,
+              "stanza": config.archive.stanza, "upgraded_from": str(origin.system_identifier)}  # fmt: skip
+    if code != 0:
+        log.warning("archive_stanza_unchecked", **fields, error=" ".join(err.split()) or f"exit code {code}",
+                    hint="the stanza still names the cluster before the major upgrade: archive_command fails until "
+                    "`pgbackrest stanza-upgrade` succeeds (the next start tries again)")  # fmt: skip
+        return True
+    log.info("archive_stanza_upgraded", **fields,
+             note="the archive goes on under the new major; take a full backup (pg-sfs-agent backup --type full)")
+    return True
 
 
 def check_restorable(config: Config, runner: Runner) -> archive.RepositoryState:

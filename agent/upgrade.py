@@ -17,6 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from agent.files import read_limited
+from agent.pgdata import read_system_identifier
+
 BUILD_SUFFIX = ".pgsfs-upgrade"
 RECORD = "pg-sfs-upgrade.json"
 BUILDING = "building"
@@ -52,7 +55,6 @@ def decide_major(
     *,
     writable_primary: bool,
     mount_point: bool,
-    archiving: bool,
     external_wal: bool,
 ) -> MajorDecision:
     """Same major: start. Newer data: refuse (no downgrade). Older data: the writable primary upgrades,
@@ -83,8 +85,6 @@ def decide_major(
     blockers = [
         (mount_point, f"PGDATA {pgdata} is its volume's mount point: the upgrade is built beside PGDATA",
          "set PGDATA to a subdirectory of the volume, as k8s/ does (move the data there on the old image)"),
-        (archiving, "WAL archiving is on (PGSFS_BACKUP_REPO): the stanza would need `pgbackrest stanza-upgrade`, "
-         "which this version does not run", "unset PGSFS_BACKUP_REPO for the upgrade, take a new full backup after"),
         (external_wal, f"{pgdata}/pg_wal is a link to another directory (POSTGRES_INITDB_WALDIR): not handled by "
          "the upgrade yet", "run an image of the data's major and upgrade by hand (pg_upgrade)"),
     ]  # fmt: skip
@@ -262,6 +262,15 @@ def upgraded_from_here(local_system_identifier: int | None, local_timeline: int 
     assert local_wal_end is not None
     return (local_system_identifier == origin.system_identifier and local_timeline == origin.timeline
             and local_wal_end <= origin.wal_end)  # fmt: skip
+
+
+def recorded_origin(state_dir: Path, pgdata: Path) -> UpgradeOrigin | None:
+    """The origin the state directory records for the cluster now in `pgdata` (None for any other)."""
+    try:
+        text = read_limited(state_dir / PROVENANCE).decode("utf-8", "replace")
+    except OSError:
+        return None
+    return origin_for(text, read_system_identifier(pgdata))
 
 
 def build_dir_for(pgdata: Path) -> Path:

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import majors, upgrade, walend
+from agent import majors, repository, upgrade, walend
 from agent.context import Part
 from agent.errors import CommandFailed, DataDirConflict, UpgradeRefused
 from agent.files import fsync_dir, read_limited, tree_size, write_atomic
@@ -200,11 +200,17 @@ class Upgrader(Part):
                         row = conn.execute(OLD_CLUSTER_SQL["catalog_bytes"]).fetchone()
                         catalog += int(row[0]) if row else 0
                         extensions += [(name, str(r[0])) for r in conn.execute(OLD_CLUSTER_SQL["extensions"])]
+                if self.config.archive is not None:
+                    # The segment holding the last commits is completed, so it is archived below, before
+                    # pg_upgrade: the old major's archive ends where its cluster did.
+                    with psycopg.connect(**server.conninfo("template1"), autocommit=True) as conn:
+                        conn.execute("SELECT pg_switch_wal()")
             # Shut down cleanly now, with no TCP since its last start: no member holds WAL past this end.
             after = controldata(self.world.runner, self.pgdata)
             end = walend.local_wal_end(self.world.runner, self.pgdata, after)
         finally:
             os.environ["PATH"] = path
+        repository.push_ready(self.config, self.world.runner, self.pgdata, self.log, self.world.clock, self.world.beat)
         xact = sum(tree_size(self.pgdata / d) for d in ("pg_xact", "pg_multixact"))
         old = OldCluster(
             install_user=install_user, encoding=str(locale[0]), locale_provider=str(locale[1]), collate=str(locale[2]),

@@ -24,6 +24,7 @@ class Member:
     host: Host
     volume: Path
     proc: subprocess.Popen[Any] | None = None
+    log: Path | None = None  # the output of its latest start
 
     @property
     def pgdata(self) -> Path:
@@ -53,22 +54,24 @@ class Member:
             self.proc = None
 
 
-def start(sb: Sandbox, ctx: Ctx, member: Member, primary: Member | None = None) -> float:
-    """`pg-sfs-agent postgres` for the member; returns once it serves (or streams, for a replica)."""
+def start(sb: Sandbox, ctx: Ctx, member: Member, primary: Member | None = None, args: tuple[str, ...] = (),
+          timeout: float = START_TIMEOUT) -> float:  # fmt: skip
+    """`pg-sfs-agent postgres ARGS` for the member; returns once it serves (or streams, for a replica)."""
     log = ctx.logdir / f"{member.pod}-{int(time.time() * 1000)}.log"
+    member.log = log
     t0 = time.time()
-    proc = sb.spawn(member.host, [str(AGENT), "postgres"], member.env(), log)
+    proc = sb.spawn(member.host, [str(AGENT), "postgres", *args], member.env(), log)
     member.proc = proc
     try:
         if primary is None:
             sb.call(
-                replication_ready, member.host.ip, t0 + START_TIMEOUT, lambda: proc.poll() is None,
-                timeout=START_TIMEOUT + 10,
+                replication_ready, member.host.ip, t0 + timeout, lambda: proc.poll() is None,
+                timeout=timeout + 10,
             )  # fmt: skip
         else:
             sb.call(
-                streaming_since, primary.host.ip, SUPERUSER_PASSWORD, {member.pod}, t0 + START_TIMEOUT,
-                timeout=START_TIMEOUT + 10,
+                streaming_since, primary.host.ip, SUPERUSER_PASSWORD, {member.pod}, t0 + timeout,
+                timeout=timeout + 10,
             )  # fmt: skip
     except BaseException as exc:
         raise RuntimeError(f"{member.pod} did not come up: {exc}\n{log.read_text(errors='replace')[-2000:]}") from exc

@@ -22,15 +22,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import backup, clone, cold, dnswait, image, primary, probes, report, restart, startup, switchover
+from bench import backup, clone, cold, dnswait, image, primary, probes, report, restart, startup, switchover, upgrade
 from bench.common import AGENT, PG_BIN, REPO, RESULTS, TIME, Section
 from bench.context import Ctx, OutOfTime
 from bench.members import Member, new_member
 from bench.members import start as start_member
 from bench.sandbox import Sandbox
 
-FULL = {"runs": 5, "dns_trials": 20, "scale": 50, "budget": 870.0}
-QUICK = {"runs": 3, "dns_trials": 6, "scale": 10, "budget": 420.0}
+FULL = {"runs": 5, "dns_trials": 20, "scale": 50, "budget": 1320.0}
+QUICK = {"runs": 3, "dns_trials": 6, "scale": 10, "budget": 480.0}
 
 
 def _prerequisites() -> list[str]:
@@ -112,6 +112,8 @@ def main_sandbox(run: Runner, ctx: Ctx, only: set[str]) -> None:
             clone_primary(run, sb, ctx, pg0, rest if "restart" in only else None)
         if "backup" in only:
             run.section(backup.run, sb, ctx, key="backup")
+        if "upgrade" in only:
+            run.section(upgrade.run, sb, ctx, key="upgrade")
 
 
 def members_tests(
@@ -173,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, help="runs per measurement (default 5; --quick 3)")
     parser.add_argument("--dns-trials", type=int, help="DNS trials per set-up (default 20; --quick 6)")
     parser.add_argument("--scale", type=int, help="pgbench scale of the clone benchmark (default 50; --quick 10)")
-    parser.add_argument("--budget", type=float, help="seconds for the whole run (default 870; --quick 420)")
-    sections = "startup,primary,image,cold,probes,restart,dns,clone,backup,switchover"
+    parser.add_argument("--budget", type=float, help="seconds for the whole run (default 1320; --quick 480)")
+    sections = "startup,primary,image,cold,probes,restart,dns,clone,backup,upgrade,switchover"
     parser.add_argument("--only", default=sections, help=f"comma-separated subset of: {sections}")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory (default bench/results)")
     args = parser.parse_args(argv)
@@ -216,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx.say(f"bench aborted: {type(exc).__name__}: {exc}")
         traceback.print_exc(file=sys.stderr)
     order = ["startup", "primary_first_start", "image_first_start", "cold_start", "dns", "clone", "restart", "probes",
-             "backup", "switchover"]
+             "backup", "upgrade", "switchover"]
     sections = sorted(run.sections, key=lambda s: order.index(s.key) if s.key in order else 99)
     meta = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),

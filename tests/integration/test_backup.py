@@ -40,9 +40,14 @@ def _pgbackrest_skip() -> str:
 @pytest.fixture
 def repo(volume_root: Path) -> Path:
     """A backup repository beside the data (a volume of its own in the manifest), owned by postgres."""
+    return make_repo(volume_root)
+
+
+def make_repo(root: Path) -> Path:
+    """`root`/backups for pgBackRest, owned by postgres; the test is skipped where pgBackRest cannot run."""
     if reason := _pgbackrest_skip():
         pytest.skip(reason)
-    path = volume_root / "backups"
+    path = root / "backups"
     path.mkdir()
     shutil.chown(path, "postgres", "postgres")
     return path

@@ -317,3 +317,37 @@ def _has(port: int, table: str, major: int) -> bool:
             return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone() == (True,)
     except psycopg.OperationalError:
         return False
+
+
+def test_with_archiving_on_the_archive_goes_on_under_the_new_major(volume: Path) -> None:
+    from tests.integration.test_backup import _archived, make_repo
+
+    repo = make_repo(volume)
+    port = free_port()
+    old_env = dict(_env(volume, OLD_BIN, port=port), PGSFS_BACKUP_REPO=str(repo))
+    with agent_postgres(old_env, volume / "old.log") as server, connect(server.port) as conn:
+        conn.execute("CREATE TABLE kept (id int PRIMARY KEY, v text)")
+        conn.execute("INSERT INTO kept SELECT g, md5(g::text) FROM generate_series(1, 20000) g")
+        _archived(conn)
+        done = run_agent(old_env, "backup")
+        assert done.returncode == 0, done.stderr[-2000:]
+        # The last commits on 14 sit in a segment nothing has completed yet.
+        conn.execute("INSERT INTO kept VALUES (20001, 'the last row on 14')")
+        last = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+
+    new_env = dict(_env(volume, PG_BIN, port=port), PGSFS_BACKUP_REPO=str(repo))
+    with agent_postgres(new_env, volume / "new.log", ready_timeout=180) as server:
+        events = [line["event"] for line in server.agent_log()]
+        assert "archive_backlog_pushed" in events and "archive_stanza_upgraded" in events, events
+        with connect(server.port) as conn:
+            assert conn.execute("SELECT count(*) FROM kept").fetchone() == (20001,)
+            _archived(conn)  # archive_command works on the new major
+        done = run_agent(new_env, "backup")
+        assert done.returncode == 0, done.stderr[-2000:]
+    info = subprocess.run(["pgbackrest", f"--config={volume / '.pg-sfs-agent' / 'pgbackrest.conf'}", "info",
+                           "--output=json"], capture_output=True, text=True, check=True, user="postgres")  # fmt: skip
+    stanza = json.loads(info.stdout)[0]
+    versions = [db["version"] for db in stanza["db"]]
+    assert versions == [str(OLD_MAJOR), str(NEW_MAJOR)], versions
+    old_archive = next(a for a in stanza["archive"] if a["database"]["id"] == 1)
+    assert old_archive["max"] >= last, f"the segment of 14's last commit {last} is archived: {old_archive}"

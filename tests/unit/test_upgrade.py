@@ -16,7 +16,7 @@ from agent.upgrade import BUILDING, UPGRADED, MajorChoice, OldCluster, Resume, U
 from tests.unit.test_plan import cluster
 
 CARRIED = {14: "/usr/lib/postgresql/14/bin", 17: "/usr/lib/postgresql/17/bin"}
-FLAGS = {"writable_primary": False, "mount_point": False, "archiving": False, "external_wal": False}
+FLAGS = {"writable_primary": False, "mount_point": False, "external_wal": False}
 
 
 def _decide(data: int, image: int = 17, carried: dict[int, str] = CARRIED, **flags: bool) -> upgrade.MajorDecision:
@@ -25,7 +25,7 @@ def _decide(data: int, image: int = 17, carried: dict[int, str] = CARRIED, **fla
 
 def test_the_same_major_just_starts() -> None:
     assert _decide(17).choice is MajorChoice.IMAGE
-    assert _decide(17, writable_primary=True, mount_point=True, archiving=True).choice is MajorChoice.IMAGE
+    assert _decide(17, writable_primary=True, mount_point=True, external_wal=True).choice is MajorChoice.IMAGE
 
 
 def test_newer_data_is_a_downgrade_and_refused() -> None:
@@ -47,7 +47,7 @@ def test_the_writable_primary_upgrades_and_every_other_member_runs_its_old_major
     assert _decide(14) == upgrade.MajorDecision(MajorChoice.OLDER, bindir=CARRIED[14])
 
 
-@pytest.mark.parametrize(("flag", "says"), [("mount_point", "mount point"), ("archiving", "stanza-upgrade"),
+@pytest.mark.parametrize(("flag", "says"), [("mount_point", "mount point"),
                                             ("external_wal", "POSTGRES_INITDB_WALDIR")])  # fmt: skip
 def test_what_the_upgrade_cannot_handle_yet_is_refused_before_it_starts(flag: str, says: str) -> None:
     decision = _decide(14, writable_primary=True, **{flag: True})
@@ -58,7 +58,7 @@ def test_what_the_upgrade_cannot_handle_yet_is_refused_before_it_starts(flag: st
 @given(data=st.integers(12, 19), image=st.integers(12, 19), carried=st.sets(st.integers(12, 19)),
        writable=st.booleans(), blocked=st.booleans())  # fmt: skip
 def test_major_decisions(data: int, image: int, carried: set[int], writable: bool, blocked: bool) -> None:
-    decision = _decide(data, image, {m: f"/m/{m}" for m in carried}, writable_primary=writable, archiving=blocked)
+    decision = _decide(data, image, {m: f"/m/{m}" for m in carried}, writable_primary=writable, mount_point=blocked)
     if decision.choice in (MajorChoice.UPGRADE, MajorChoice.OLDER):
         # Only ever from an older major, with its own programs.
         assert data < image and data in carried and decision.bindir == f"/m/{data}"
@@ -196,9 +196,11 @@ def test_the_plan_runs_a_standby_on_its_old_major(make_config, who: str) -> None
 def test_the_plan_refuses_a_downgrade_and_an_upgrade_it_cannot_do(make_config, tmp_path: Path) -> None:
     primary = make_config(POD_NAME="postgresql-sfs-0")
     assert make_plan(primary, cluster(pg_version="18"), server_major=17, carried=CARRIED).action == REFUSE
+    mounted = make_plan(primary, cluster(pg_version="14", is_mountpoint=True), server_major=17, carried=CARRIED)
+    assert mounted.action == REFUSE and mounted.refusal is not None and "mount point" in mounted.refusal.message
+    # With archiving on, the stanza is upgraded at the start (agent/repository.py): no refusal.
     archiving = make_config(POD_NAME="postgresql-sfs-0", PGSFS_BACKUP_REPO=str(tmp_path / "repo"))
-    refused = make_plan(archiving, cluster(pg_version="14"), server_major=17, carried=CARRIED)
-    assert refused.action == REFUSE and refused.refusal is not None and "stanza-upgrade" in refused.refusal.message
+    assert "upgrade_major" in make_plan(archiving, cluster(pg_version="14"), server_major=17, carried=CARRIED).steps
 
 
 # -- members of the old cluster, once the primary is upgraded ---------------------------------------
