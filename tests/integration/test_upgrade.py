@@ -351,3 +351,19 @@ def test_with_archiving_on_the_archive_goes_on_under_the_new_major(volume: Path)
     assert versions == [str(OLD_MAJOR), str(NEW_MAJOR)], versions
     old_archive = next(a for a in stanza["archive"] if a["database"]["id"] == 1)
     assert old_archive["max"] >= last, f"the segment of 14's last commit {last} is archived: {old_archive}"
+
+
+def test_a_volume_without_room_for_the_new_catalogs_is_refused_before_anything_changes() -> None:
+    with sized_volume("pgsfs-upgrade-small-", size=160 * 1024 * 1024) as small:
+        carried = small / "majors"
+        for major, bindir in ((OLD_MAJOR, OLD_BIN), (NEW_MAJOR, PG_BIN)):
+            (carried / str(major)).mkdir(parents=True)
+            (carried / str(major) / "bin").symlink_to(bindir)
+        env = _env(small, OLD_BIN)
+        with agent_postgres(env, small / "old.log") as server, connect(server.port) as conn:
+            conn.execute("CREATE TABLE kept AS SELECT g AS id FROM generate_series(1, 20000) g")
+            # Most of what is left is taken, as by data grown since the volume was sized.
+            free = os.statvfs(small).f_bavail * os.statvfs(small).f_frsize
+            conn.execute(f"CREATE TABLE filler AS SELECT repeat('x', 1000) AS v FROM generate_series(1, "
+                         f"{max(1, (free - 90 * 1024 * 1024) // 1100)})")  # fmt: skip
+        _assert_refused_untouched(small, _env(small, PG_BIN), "MiB free", "the upgrade needs about")
