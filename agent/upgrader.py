@@ -28,7 +28,10 @@ OLD_CLUSTER_SQL = {
 
 
 def _major_of(path: Path) -> int | None:
-    version = read_pg_version(path) if (path / "PG_VERSION").exists() else None
+    try:
+        version = read_pg_version(path) if (path / "PG_VERSION").exists() else None
+    except OSError:  # not ours to read (a PGDATA of another user, seen by a non-root agent): not known
+        return None
     return int(version) if version and version.isdigit() else None
 
 
@@ -56,7 +59,9 @@ def _discard(build: Path) -> int:
 def resume_state(pgdata: Path) -> tuple[upgrade.UpgradeRecord | None, Resume]:
     """What an earlier start left of an upgrade beside `pgdata`, and what to do with it."""
     build = upgrade.build_dir_for(pgdata)
-    record = _read_record(build) if build.is_dir() else None
+    record = _read_record(build)
+    if record is None:  # the usual case: no upgrade was ever interrupted here; PGDATA is not looked at
+        return None, Resume.NOTHING
     aside_exists = record is not None and Path(record.aside).exists()
     decision = upgrade.decide_resume(
         record, pgdata_major=_major_of(pgdata), built_major=_major_of(build / "data"), aside_exists=aside_exists
