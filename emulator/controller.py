@@ -327,7 +327,7 @@ class Cluster:
             pod_dir=self.run_dir / "pods" / name, log_path=self.run_dir / "logs" / f"{name}.log",
             stop_signal=self.sts.stop_signal, grace_period=self.sts.termination_grace_period,
             agent_bin_dir=self.agent_bin_dir, security=self.sts.security,
-            empty_dirs=self.sts.empty_dirs, image=self.image,
+            empty_dirs=self.sts.empty_dirs, image=self.image, service_account=self.sts.service_account,
             shared_mounts=tuple((self.shared_claim_dir(c.claim_name), c.mount_path) for c in self.sts.shared_claims),
         )  # fmt: skip
         pod = Pod(template, register_pid=lambda pid: self.network.register_pid(pid, host))
@@ -772,7 +772,22 @@ class Cluster:
         try:
             wait_until(ready, timeout, 0.1, f"pods {names} Ready")
         except TimeoutError as exc:
-            raise TimeoutError(f"{exc}\n{self.describe()}") from None
+            tails = self._log_tails(n for n in names if not self.is_ready(n))
+            raise TimeoutError(f"{exc}\n{self.describe()}\n{tails}") from None
+
+    def _log_tails(self, pods: Iterable[str], lines: int = 12) -> str:
+        """The last lines of each pod's previous and current container output (postgres' FATAL, the
+        agent's error): what a crash loop says."""
+        out = []
+        for name in pods:
+            for previous in (True, False):
+                try:
+                    tail = self.logs(name, previous=previous).splitlines()[-lines:]
+                except (KeyError, OSError):
+                    continue
+                which = "previous" if previous else "current"
+                out += [f"{name}, {which} container, last {len(tail)} lines:", *(f"  {line[:300]}" for line in tail)]
+        return "\n".join(out)
 
     def describe(self, events: int = 25) -> str:
         """Status table and the latest controller events, for failure messages."""

@@ -168,6 +168,8 @@ class StatefulSetSpec:
     shared_claims: tuple[SharedClaim, ...] = ()
     # The volumeClaimTemplate's spec.resources.requests.storage (None: the manifest asks none).
     volume_size_bytes: int | None = None
+    # spec.template.spec.automountServiceAccountToken (Kubernetes' default: true).
+    service_account: bool = True
 
     def pod_name(self, ordinal: int) -> str:
         """Name of the pod with this ordinal."""
@@ -449,6 +451,7 @@ def spec_from_documents(docs: list[dict[str, Any]], image: ImageConfig,
         empty_dirs=empty_dirs,
         shared_claims=shared_claims,
         volume_size_bytes=_claim_size(claim_template),
+        service_account=bool(pod.get("automountServiceAccountToken", True)),
     )
     svc_spec = ServiceSpec(
         name=svc["metadata"]["name"],

@@ -145,9 +145,11 @@ def _container_init(plan: dict[str, Any]) -> None:
     if not read_only:
         # The image's /var/run/postgresql (2775, postgres): writable only while the root is.
         _mount("tmpfs", SOCKET_DIR, "tmpfs", MS_NOSUID | MS_NODEV, plan["socket_dir_opts"])
-    os.makedirs(SA_DIR)
-    Path(SA_DIR, "namespace").write_text(plan["namespace"])
-    os.chmod(SA_DIR, 0o755)
+    if plan.get("service_account", True):
+        # The service account's files (only the namespace here: nothing in the pod talks to the API).
+        os.makedirs(SA_DIR)
+        Path(SA_DIR, "namespace").write_text(plan["namespace"])
+        os.chmod(SA_DIR, 0o755)
     if read_only:
         _mount("/run", "/run", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     for target, opts in plan.get("empty_dirs", []):
@@ -341,6 +343,8 @@ class PodTemplate:
     shared_mounts: tuple[tuple[Path, str], ...] = ()
     # A container image to run with podman instead of the host's agent (see emulator/podman.py).
     image: str | None = None
+    # automountServiceAccountToken: the service account's directory is mounted (its namespace file).
+    service_account: bool = True
 
     @property
     def fqdn(self) -> str:
@@ -519,6 +523,7 @@ class Pod:
             "state_file": str(state_file),
             "hostname": t.name,
             "namespace": t.namespace,
+            "service_account": t.service_account,
             "volume_dir": str(t.volume_dir),
             "mount_path": str(mount_path),
             "files": [[str(t.pod_dir / "resolv.conf"), "/etc/resolv.conf"],
@@ -614,13 +619,14 @@ class Pod:
         env_file = t.pod_dir / f"container-{restart}.env"
         # The image's own PATH, HOME and HOSTNAME apply: only the manifest's variables are passed.
         podman.write_env_file(env_file, t.env)
-        namespace_file = t.pod_dir / "namespace"
-        namespace_file.write_text(t.namespace)
+        files = [(t.pod_dir / "resolv.conf", "/etc/resolv.conf"), (t.pod_dir / "hosts", "/etc/hosts")]
+        if t.service_account:
+            namespace_file = t.pod_dir / "namespace"
+            namespace_file.write_text(t.namespace)
+            files.append((namespace_file, f"{SA_DIR}/namespace"))
         argv = podman.run_argv(
             name=name, image=t.image, netns=t.netns, hostname=t.name, command=t.command,
-            env_file=env_file, volume_dir=t.volume_dir, mount_path=t.mount_path,
-            files=[(t.pod_dir / "resolv.conf", "/etc/resolv.conf"), (t.pod_dir / "hosts", "/etc/hosts"),
-                   (namespace_file, f"{SA_DIR}/namespace")],
+            env_file=env_file, volume_dir=t.volume_dir, mount_path=t.mount_path, files=files,
             security=t.security, empty_dirs=t.empty_dirs, stop_signal=int(t.stop_signal),
             grace=t.grace_period, shared=t.shared_mounts,
         )

@@ -131,6 +131,13 @@ def test_the_root_filesystem_is_read_only(cluster: Cluster) -> None:
     assert "Read-only file system" in res.stdout and "tmp-ok" in res.stdout, res.stdout
 
 
+def test_dev_shm_is_the_manifests_and_no_service_account_is_mounted(cluster: Cluster) -> None:
+    shm = cluster.exec_in_pod(PRIMARY, ["df", "-B1", "--output=size", "/dev/shm"]).stdout.split()
+    assert int(shm[-1]) == 256 * 1024 * 1024, shm  # not podman's 64 MiB
+    sa = cluster.exec_in_pod(PRIMARY, ["ls", "/var/run/secrets/kubernetes.io/serviceaccount"])
+    assert sa.returncode != 0, sa.stdout
+
+
 def test_stop_signal_stops_cleanly_and_restart_reuses_the_data(cluster: Cluster) -> None:
     cluster.psql(PRIMARY, "create table restart_check(v int); insert into restart_check values (42)")
     for name in (pod(1), PRIMARY):

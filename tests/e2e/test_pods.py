@@ -130,14 +130,18 @@ def test_pod_is_a_container(cluster: Cluster) -> None:
     ]
     hosts = cluster.exec_in_pod(pod, ["cat", "/etc/hosts"]).stdout
     assert f"{ip}\t{pod}.{SVC}\t{pod}" in hosts
-    ns = cluster.exec_in_pod(pod, ["cat", "/var/run/secrets/kubernetes.io/serviceaccount/namespace"])
-    assert ns.stdout == "pg"
+    # automountServiceAccountToken: false in the manifest: no service account's files at all.
+    ns = cluster.exec_in_pod(pod, ["ls", "/var/run/secrets/kubernetes.io/serviceaccount"])
+    assert ns.returncode != 0 and "No such file" in ns.stderr
     mounts = cluster.exec_in_pod(pod, ["findmnt", "-rn", "-o", "TARGET,SOURCE,FSTYPE"]).stdout
     targets = {line.split()[0]: line for line in mounts.splitlines()}
     # The volume is the claim's own filesystem (its loop device), not a directory of the node's.
     volume = volumes.mount_at(cluster.volume_dir(pod))
     assert volume is not None and targets[VOL].split()[1:] == [volume.source, "ext4"], targets[VOL]
     assert "tmpfs" in targets["/run/postgresql"]
+    # /dev/shm is the manifest's memory emptyDir, of its sizeLimit, not the runtime's 64 MiB.
+    shm = cluster.exec_in_pod(pod, ["df", "-B1", "--output=size", "/dev/shm"]).stdout.split()
+    assert "tmpfs" in targets["/dev/shm"] and int(shm[-1]) == 256 * 1024 * 1024, shm
     # The manifest's read-only root gives postgres' socket directory an emptyDir: 0777 (with the
     # setgid bit and fsGroup as its group, as the kubelet makes it).
     mode = cluster.exec_in_pod(pod, ["stat", "-c", "%a %g", "/var/run/postgresql"]).stdout.split()

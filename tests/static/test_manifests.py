@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from agent.quantity import parse_quantity
+
 pytestmark = pytest.mark.static
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -387,3 +389,77 @@ def test_the_backup_component_mounts_one_repository_in_every_member() -> None:
     [mount] = [m for m in container["volumeMounts"] if m["name"] == "backups"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["PGSFS_BACKUP_REPO"].startswith(mount["mountPath"] + "/")
+
+
+def test_a_node_loss_takes_one_member_and_the_pod_holds_no_token(sts: Obj, container: Obj) -> None:
+    pod = sts["spec"]["template"]["spec"]
+    members = sts["spec"]["selector"]["matchLabels"]
+    assert pod["automountServiceAccountToken"] is False  # the namespace comes from the downward API
+    [term] = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == members
+    [spread] = pod["topologySpreadConstraints"]
+    assert (spread["topologyKey"], spread["whenUnsatisfiable"]) == ("topology.kubernetes.io/zone", "ScheduleAnyway")
+    assert spread["labelSelector"]["matchLabels"] == members
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    shm = volumes[{m["mountPath"]: m["name"] for m in container["volumeMounts"]}["/dev/shm"]]["emptyDir"]
+    limit = parse_quantity(container["resources"]["limits"]["memory"])
+    assert shm["medium"] == "Memory" and parse_quantity(shm["sizeLimit"]) <= limit // 2
+
+
+# Pod Security Standards (kubernetes.io/docs/concepts/security/pod-security-standards), the fields
+# these manifests could touch: the baseline profile's, then the restricted profile's on top.
+BASELINE_CAPABILITIES = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+                         "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}  # fmt: skip
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}  # fmt: skip
+
+
+def pod_security_level(pod: Obj) -> str:
+    """"restricted", "baseline" or "privileged": the strictest profile the pod spec meets."""
+    containers = [*pod.get("initContainers", []), *pod["containers"]]
+    pod_sc = pod.get("securityContext") or {}
+
+    def effective(c: Obj, key: str) -> Any:
+        return (c.get("securityContext") or {}).get(key, pod_sc.get(key))
+
+    baseline = not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")) and all(
+        not (c.get("securityContext") or {}).get("privileged")
+        and set(((c.get("securityContext") or {}).get("capabilities") or {}).get("add", [])) <= BASELINE_CAPABILITIES
+        and not any(p.get("hostPort") for p in c.get("ports", []))
+        and (effective(c, "seccompProfile") or {}).get("type") != "Unconfined"
+        for c in containers
+    ) and not any("hostPath" in v for v in pod.get("volumes", []))
+    if not baseline:
+        return "privileged"
+    restricted = all(
+        effective(c, "runAsNonRoot") is True
+        and effective(c, "runAsUser") != 0
+        and (c.get("securityContext") or {}).get("allowPrivilegeEscalation") is False
+        and (effective(c, "seccompProfile") or {}).get("type") in ("RuntimeDefault", "Localhost")
+        and ((c.get("securityContext") or {}).get("capabilities") or {}).get("drop") == ["ALL"]
+        and set(((c.get("securityContext") or {}).get("capabilities") or {}).get("add", [])) <= {"NET_BIND_SERVICE"}
+        for c in containers
+    ) and all(set(v) - {"name"} <= RESTRICTED_VOLUMES for v in pod.get("volumes", []))
+    return "restricted" if restricted else "baseline"
+
+
+@pytest.mark.parametrize(("overlay", "level"), [(None, "baseline"), ("non-root", "restricted"),
+                                                ("openshift", "restricted")])  # fmt: skip
+def test_pod_security_standards(overlay: str | None, level: str) -> None:
+    # The default stays at baseline only for starting as root with five capabilities, as the official
+    # image's entrypoint does, to fix PGDATA's owner (README, "Security context"); the overlays that
+    # start as postgres are restricted.
+    objects = kustomize(ROOT / "k8s-overlays" / overlay) if overlay else kustomize(ROOT / "k8s")
+    [sts] = [o for o in objects if o["kind"] == "StatefulSet"]
+    assert pod_security_level(sts["spec"]["template"]["spec"]) == level
+
+
+def test_the_pod_security_check_can_fail() -> None:
+    pod: Obj = {"containers": [{"name": "c", "securityContext": {"privileged": True}}]}
+    assert pod_security_level(pod) == "privileged"
+    pod = {"containers": [{"name": "c"}], "volumes": [{"name": "h", "hostPath": {"path": "/"}}]}
+    assert pod_security_level(pod) == "privileged"
+    pod = {"containers": [{"name": "c", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}]}
+    assert pod_security_level(pod) == "privileged"
