@@ -107,7 +107,7 @@ test: install lint test-unit test-static test-integration test-py39 test-lower-b
 soak: deps $(VENV)/.done ## 30 random pod kills/deletions under a write load: no acknowledged write lost (root)
 	PGSFS_SOAK_KILLS=30 $(VENV)/bin/python -m pytest tests/e2e/test_soak.py -q
 
-bench: deps $(VENV)/.done image ## performance against PostgreSQL's own commands and the official entrypoint (root, ~7 min; not part of make test)
+bench: deps $(VENV)/.done image ## performance against PostgreSQL's own commands and the official entrypoint (root, ~10 min; not part of make test)
 	$(VENV)/bin/python -m bench $(BENCH_ARGS)
 
 bench-quick: deps $(VENV)/.done ## smoke run of the benchmarks (~3.5 min)
