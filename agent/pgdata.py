@@ -94,16 +94,24 @@ def tombstone_for(pgdata: Path) -> Path:
 
 
 def _ours_inside(pgdata: Path, name: str) -> bool:
-    """Entries of a mount-point PGDATA that are not data: lost+found, the agent's build names and its
-    state directory."""
-    return builds_inside(pgdata) and name in (LOST_FOUND, WORK_SUFFIX, STAGING_SUFFIX, TOMBSTONE_SUFFIX,
-                                              STATE_DIR_INSIDE)  # fmt: skip
+    """Entries of a mount-point PGDATA that are not data: lost+found, the agent's build names, its
+    state directory, and a major upgrade's build and the old cluster it kept (agent/upgrade.py)."""
+    return builds_inside(pgdata) and (name in (LOST_FOUND, WORK_SUFFIX, STAGING_SUFFIX, TOMBSTONE_SUFFIX,
+                                               STATE_DIR_INSIDE) or name.startswith(UPGRADE_INSIDE_PREFIX))  # fmt: skip
+
+
+def data_entries(pgdata: Path) -> list[str]:
+    """PGDATA's entries that are data: what is not lost+found or the agent's own (see _ours_inside)."""
+    return sorted(e for e in os.listdir(pgdata) if not _ours_inside(pgdata, e))
 
 
 # The agent's state directory inside a mount-point PGDATA (review F-L11): on the volume, not the
 # container's filesystem. PostgreSQL's temporary-file prefix keeps it out of every base backup (a
 # replica never gets the primary's passfile or applied secrets); pg_rewind and postgres leave it.
 STATE_DIR_INSIDE = "pgsql_tmp.pg-sfs-agent"
+# A major upgrade inside a mount-point PGDATA: its build and the old cluster kept aside, under the same
+# prefix, so base backups, pg_rewind and postgres leave them alone too.
+UPGRADE_INSIDE_PREFIX = "pgsql_tmp.pgsfs-"
 STATE_DIR_BESIDE = ".pg-sfs-agent"
 
 

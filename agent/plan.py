@@ -352,5 +352,5 @@ def _major_decision(
     return decide_major(
         state.path, data_major, server_major, carried,
         writable_primary=config.identity.role == PRIMARY and not state.standby_signal and not state.recovery_signal,
-        mount_point=state.is_mountpoint, external_wal=state.wal_linked,
+        external_wal=state.wal_linked,
     )  # fmt: skip

@@ -1,12 +1,16 @@
 """Major versions: which major a member runs, whether the primary upgrades its data in place, and how
 an interrupted upgrade goes on. Pure decisions over plain data; agent/upgrader.py carries them out.
 
-The upgrade is pg_upgrade --link into a build directory beside PGDATA, recorded in a file there:
+The upgrade is pg_upgrade --link into a build directory beside PGDATA (inside it, under PostgreSQL's
+temporary-file prefix, when PGDATA is its volume's mount point), recorded in a file there:
 - phase "building": the old cluster in PGDATA is the truth. pg_upgrade may have renamed its
   global/pg_control to pg_control.old (its link step); putting it back makes the old cluster
   startable again (pg_upgrade's documented way back: the new cluster never served anything).
 - phase "upgraded" (written only after pg_upgrade exited 0): the new cluster is the truth. PGDATA is
   renamed aside, then the new cluster renamed to PGDATA; a restart in between finishes the swap.
+  Inside a mount point, the old cluster's entries (listed in the record) move into a directory
+  aside, PG_VERSION first; then phase "moving_in", and the new cluster's entries move up, PG_VERSION
+  last: a restart goes on from the phase, moving only what is still where it was.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from agent.files import read_limited
-from agent.pgdata import read_system_identifier
+from agent.pgdata import UPGRADE_INSIDE_PREFIX, read_system_identifier
 
 BUILD_SUFFIX = ".pgsfs-upgrade"
 RECORD = "pg-sfs-upgrade.json"
 BUILDING = "building"
 UPGRADED = "upgraded"
+MOVING_IN = "moving_in"
+INSIDE_BUILD = f"{UPGRADE_INSIDE_PREFIX}upgrade"
 # What pg_upgrade --link needs beside the catalogs it rebuilds: initdb's new cluster and a margin.
 FIXED_ROOM = 128 * 1024 * 1024
 
@@ -54,7 +60,6 @@ def decide_major(
     carried: Mapping[int, str],
     *,
     writable_primary: bool,
-    mount_point: bool,
     external_wal: bool,
 ) -> MajorDecision:
     """Same major: start. Newer data: refuse (no downgrade). Older data: the writable primary upgrades,
@@ -83,8 +88,6 @@ def decide_major(
     if not writable_primary:
         return MajorDecision(MajorChoice.OLDER, bindir=bindir)
     blockers = [
-        (mount_point, f"PGDATA {pgdata} is its volume's mount point: the upgrade is built beside PGDATA",
-         "set PGDATA to a subdirectory of the volume, as k8s/ does (move the data there on the old image)"),
         (external_wal, f"{pgdata}/pg_wal is a link to another directory (POSTGRES_INITDB_WALDIR): not handled by "
          "the upgrade yet", "run an image of the data's major and upgrade by hand (pg_upgrade)"),
     ]  # fmt: skip
@@ -174,6 +177,8 @@ class UpgradeRecord:
     phase: str
     aside: str
     old_system_identifier: int | None
+    inside: bool = False  # built inside a mount-point PGDATA
+    entries: tuple[str, ...] = ()  # inside: the old cluster's entries in PGDATA, to move aside
 
     def to_json(self) -> str:
         """The record as written."""
@@ -184,10 +189,10 @@ def parse_record(text: str) -> UpgradeRecord | None:
     """The record, or None when it is not one (a partial write never is: it is written atomically)."""
     try:
         data = json.loads(text)
-        record = UpgradeRecord(**data)
-    except (ValueError, TypeError):
+        record = UpgradeRecord(**{**data, "entries": tuple(str(e) for e in data.get("entries", ()))})
+    except (ValueError, TypeError, AttributeError):
         return None
-    return record if record.phase in (BUILDING, UPGRADED) else None
+    return record if record.phase in (BUILDING, UPGRADED, MOVING_IN) else None
 
 
 def decide_resume(
@@ -196,6 +201,8 @@ def decide_resume(
     """From the record and the majors found in PGDATA and in the build: roll back, finish, clean up."""
     if record is None:
         return Resume.NOTHING
+    if record.inside:
+        return _resume_inside(record, pgdata_major, built_major)
     if record.phase == BUILDING:
         return Resume.ROLL_BACK if pgdata_major == record.from_major else Resume.UNKNOWN
     if pgdata_major == record.to_major and built_major is None:
@@ -273,16 +280,30 @@ def recorded_origin(state_dir: Path, pgdata: Path) -> UpgradeOrigin | None:
     return origin_for(text, read_system_identifier(pgdata))
 
 
-def build_dir_for(pgdata: Path) -> Path:
-    """Where the new cluster is built, beside PGDATA on its volume."""
-    return pgdata.with_name(pgdata.name + BUILD_SUFFIX)
+def _resume_inside(record: UpgradeRecord, pgdata_major: int | None, built_major: int | None) -> Resume:
+    """decide_resume inside a mount-point PGDATA: PG_VERSION leaves first and arrives last, so it tells
+    whose PGDATA is there; the phase tells which way the entries were moving."""
+    if record.phase == BUILDING:
+        return Resume.ROLL_BACK if pgdata_major == record.from_major else Resume.UNKNOWN
+    if pgdata_major == record.to_major and built_major is None:
+        return Resume.CLEAN_UP if record.phase == MOVING_IN else Resume.UNKNOWN
+    if built_major == record.to_major and pgdata_major in (record.from_major, None):
+        # UPGRADED: old entries may be half moved aside; MOVING_IN: new ones half moved up.
+        return Resume.FINISH_SWAP if record.phase == UPGRADED or pgdata_major is None else Resume.UNKNOWN
+    return Resume.UNKNOWN
 
 
-def aside_for(pgdata: Path, major: int, taken: Sequence[str]) -> Path:
-    """A name, not yet taken, for the old cluster once the new one is in place."""
-    base = f"{pgdata.name}.pgsfs-major{major}"
+def build_dir_for(pgdata: Path, inside: bool = False) -> Path:
+    """Where the new cluster is built: beside PGDATA on its volume, or inside a mount-point PGDATA."""
+    return pgdata / INSIDE_BUILD if inside else pgdata.with_name(pgdata.name + BUILD_SUFFIX)
+
+
+def aside_for(pgdata: Path, major: int, taken: Sequence[str], inside: bool = False) -> Path:
+    """A name, not yet taken, for the old cluster once the new one is in place (beside PGDATA, or
+    inside a mount-point PGDATA)."""
+    base = f"{UPGRADE_INSIDE_PREFIX}major{major}" if inside else f"{pgdata.name}.pgsfs-major{major}"
     name, n = base, 1
     while name in taken:
         n += 1
         name = f"{base}-{n}"
-    return pgdata.with_name(name)
+    return pgdata / name if inside else pgdata.with_name(name)

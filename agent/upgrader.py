@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,9 +12,9 @@ from agent import majors, repository, upgrade, walend
 from agent.context import Part
 from agent.errors import CommandFailed, DataDirConflict, UpgradeRefused
 from agent.files import fsync_dir, read_limited, tree_size, write_atomic
-from agent.pgdata import read_pg_version, read_system_identifier
+from agent.pgdata import builds_inside, data_entries, read_pg_version, read_system_identifier, volume_dir
 from agent.postgres import _tail, child_env, controldata
-from agent.upgrade import BUILDING, UPGRADED, OldCluster, Resume, UpgradeOrigin, UpgradeRecord
+from agent.upgrade import BUILDING, MOVING_IN, UPGRADED, OldCluster, Resume, UpgradeOrigin, UpgradeRecord
 
 # The old cluster's configuration travels with it; the agent's own include is rewritten at the start.
 CARRIED_FILES = ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf")
@@ -56,9 +57,13 @@ def _discard(build: Path) -> int:
     return size
 
 
+def _build_of(pgdata: Path) -> Path:
+    return upgrade.build_dir_for(pgdata, builds_inside(pgdata))
+
+
 def resume_state(pgdata: Path) -> tuple[upgrade.UpgradeRecord | None, Resume]:
-    """What an earlier start left of an upgrade beside `pgdata`, and what to do with it."""
-    build = upgrade.build_dir_for(pgdata)
+    """What an earlier start left of an upgrade of `pgdata`, and what to do with it."""
+    build = _build_of(pgdata)
     record = _read_record(build)
     if record is None:  # the usual case: no upgrade was ever interrupted here; PGDATA is not looked at
         return None, Resume.NOTHING
@@ -75,9 +80,9 @@ def finish_interrupted(pgdata: Path, log: Any) -> None:
     record, decision = resume_state(pgdata)
     if record is None:
         return
-    build = upgrade.build_dir_for(pgdata)
+    build = _build_of(pgdata)
     if decision is Resume.FINISH_SWAP:
-        _swap(pgdata, build, Path(record.aside))
+        swap(pgdata, build, record)
         log.info("upgrade_swap_finished", pgdata=str(pgdata), old_data=record.aside, to_major=record.to_major)
     if decision in (Resume.FINISH_SWAP, Resume.CLEAN_UP):
         _discard(build)
@@ -89,14 +94,37 @@ def finish_interrupted(pgdata: Path, log: Any) -> None:
         )
 
 
-def _swap(pgdata: Path, build: Path, aside: Path) -> None:
-    """The old cluster aside, the new one into PGDATA: two renames, each made durable; a restart
-    between them finds PGDATA missing and the old one aside, and does the second."""
-    if pgdata.exists():
-        os.rename(pgdata, aside)
+def swap(pgdata: Path, build: Path, record: UpgradeRecord) -> None:
+    """The old cluster aside, the new one into PGDATA, from wherever an earlier start stopped.
+
+    Beside PGDATA: two renames, each made durable; a restart between them finds PGDATA missing and
+    the old one aside, and does the second. Inside a mount-point PGDATA: the old entries the record
+    lists move aside (PG_VERSION first), the phase becomes moving_in, the new entries move up
+    (PG_VERSION last); each step only moves what is still where it was."""
+    if not record.inside:
+        if pgdata.exists():
+            os.rename(pgdata, record.aside)
+            fsync_dir(pgdata.parent)
+        os.rename(build / "data", pgdata)
         fsync_dir(pgdata.parent)
-    os.rename(build / "data", pgdata)
-    fsync_dir(pgdata.parent)
+        return
+    aside = Path(record.aside)
+    if record.phase == UPGRADED:
+        st = os.stat(build)  # the agent may be root here (a finish before the plan): postgres keeps it
+        aside.mkdir(mode=0o700, exist_ok=True)
+        os.chown(aside, st.st_uid, st.st_gid)
+        for name in sorted(record.entries, key=lambda n: (n != "PG_VERSION", n)):
+            if os.path.lexists(pgdata / name):
+                os.rename(pgdata / name, aside / name)
+        fsync_dir(aside)
+        fsync_dir(pgdata)
+        moving = replace(record, phase=MOVING_IN)
+        write_atomic(build / upgrade.RECORD, moving.to_json(), mode=0o600, owner=(st.st_uid, st.st_gid))
+        fsync_dir(build)
+    new = build / "data"
+    for name in sorted(os.listdir(new), key=lambda n: (n == "PG_VERSION", n)):
+        os.rename(new / name, pgdata / name)
+    fsync_dir(pgdata)
 
 
 class Upgrader(Part):
@@ -105,7 +133,8 @@ class Upgrader(Part):
     def __init__(self, ctx: Any, temporary_server: Callable[[Path, Path], Any]) -> None:
         super().__init__(ctx)
         self.temporary_server = temporary_server
-        self.build = upgrade.build_dir_for(self.pgdata)
+        self.inside = builds_inside(self.pgdata)
+        self.build = upgrade.build_dir_for(self.pgdata, self.inside)
 
     def run(self) -> None:
         """Check, build, pg_upgrade, swap; the old cluster stays startable until pg_upgrade is done."""
@@ -128,11 +157,11 @@ class Upgrader(Part):
         self._phase("upgrade_checked", started, from_major=from_major, to_major=to_major,
                     extensions=sorted({e for _db, e in old.extensions}),
                     room_needed_mb=upgrade.room_needed(old) >> 20)  # fmt: skip
-        taken = os.listdir(self.pgdata.parent)
+        taken = os.listdir(self.pgdata if self.inside else self.pgdata.parent)
         record = UpgradeRecord(
             pgdata=str(self.pgdata), from_major=from_major, to_major=to_major, phase=BUILDING,
-            aside=str(upgrade.aside_for(self.pgdata, from_major, taken)),
-            old_system_identifier=read_system_identifier(self.pgdata),
+            aside=str(upgrade.aside_for(self.pgdata, from_major, taken, self.inside)),
+            old_system_identifier=read_system_identifier(self.pgdata), inside=self.inside,
         )  # fmt: skip
         try:
             new = self._build_new(record, old, new_bindir)
@@ -152,8 +181,10 @@ class Upgrader(Part):
         write_atomic(self.config.state_dir / upgrade.PROVENANCE,
                      upgrade.provenance_text(origin, read_system_identifier(new)), mode=0o600, owner=self.owner)
         fsync_dir(self.config.state_dir)
-        self._write_record(UpgradeRecord(**{**record.__dict__, "phase": UPGRADED}))
-        _swap(self.pgdata, self.build, Path(record.aside))
+        # Inside a mount point, the record lists what is the old cluster's, before anything moves.
+        upgraded = replace(record, phase=UPGRADED, entries=tuple(data_entries(self.pgdata)) if self.inside else ())
+        self._write_record(upgraded)
+        swap(self.pgdata, self.build, upgraded)
         _discard(self.build)
         self._phase(
             "upgraded", started, from_major=from_major, to_major=to_major, old_data=record.aside,
@@ -314,9 +345,9 @@ def _extensions_of(bindir: str, runner: Any) -> frozenset[str]:
         return frozenset()
 
 
-def _free(path: Path) -> int | None:
+def _free(pgdata: Path) -> int | None:
     try:
-        st = os.statvfs(path.parent)
+        st = os.statvfs(volume_dir(pgdata))
     except OSError:
         return None
     return st.f_bavail * st.f_frsize

@@ -367,3 +367,70 @@ def test_a_volume_without_room_for_the_new_catalogs_is_refused_before_anything_c
             conn.execute(f"CREATE TABLE filler AS SELECT repeat('x', 1000) AS v FROM generate_series(1, "
                          f"{max(1, (free - 90 * 1024 * 1024) // 1100)})")  # fmt: skip
         _assert_refused_untouched(small, _env(small, PG_BIN), "MiB free", "the upgrade needs about")
+
+
+def _reconstruct_inside(root: Path, moment: str) -> None:
+    """From an upgrade finished inside a mount-point PGDATA, the state a kill left in the middle of
+    its swap: `old_half_aside` (the old cluster's PG_VERSION and base moved aside, the new cluster
+    still built), or `new_half_in` (all of the old aside, the new one's entries half moved up)."""
+    aside, build = root / f"pgsql_tmp.pgsfs-major{OLD_MAJOR}", root / "pgsql_tmp.pgsfs-upgrade"
+    owner = (root.stat().st_uid, root.stat().st_gid)
+    (build / "data").mkdir(parents=True, mode=0o700)
+    for path in (build, build / "data"):
+        os.chown(path, *owner)
+    new_entries = [e for e in os.listdir(root) if not e.startswith("pgsql_tmp.")]
+    for name in new_entries:
+        os.rename(root / name, build / "data" / name)
+    old_entries = sorted(os.listdir(aside))
+    phase = upgrade.UPGRADED
+    if moment == "old_half_aside":
+        for name in old_entries:
+            if name not in ("PG_VERSION", "base"):
+                os.rename(aside / name, root / name)
+    else:
+        phase = upgrade.MOVING_IN
+        for name in sorted(new_entries)[: len(new_entries) // 2]:
+            if name != "PG_VERSION":
+                os.rename(build / "data" / name, root / name)
+    record = upgrade.UpgradeRecord(pgdata=str(root), from_major=OLD_MAJOR, to_major=NEW_MAJOR, phase=phase,
+                                   aside=str(aside), old_system_identifier=None, inside=True,
+                                   entries=tuple(old_entries))  # fmt: skip
+    (build / upgrade.RECORD).write_text(record.to_json())
+    os.chown(build / upgrade.RECORD, *owner)
+
+
+@pytest.mark.parametrize("moment", ["uninterrupted", "old_half_aside", "new_half_in"])
+def test_a_mount_point_pgdata_upgrades_inside_itself(volume: Path, moment: str) -> None:
+    # The official image's layout: PGDATA is the volume's mount point. `volume` holds the majors and logs.
+    with sized_volume("pgsfs-upgrade-mount-") as root:
+        port = free_port()
+        old_env = dict(_env(volume, OLD_BIN, port=port), PGDATA=str(root))
+        with agent_postgres(old_env, volume / "old.log") as server, connect(server.port) as conn:
+            conn.execute("CREATE TABLE kept AS SELECT g AS id FROM generate_series(1, 20000) g")
+        new_env = dict(_env(volume, PG_BIN, port=port), PGDATA=str(root))
+        with agent_postgres(new_env, volume / "new.log", ready_timeout=180) as server:
+            events = [line["event"] for line in server.agent_log()]
+        assert "upgraded" in events, events
+        if moment != "uninterrupted":
+            _reconstruct_inside(root, moment)
+        with agent_postgres(new_env, volume / "again.log", ready_timeout=180) as server:
+            with connect(server.port) as conn:
+                assert conn.execute("SELECT current_setting('server_version_num')::int / 10000").fetchone() == (
+                    NEW_MAJOR,
+                )
+                assert conn.execute("SELECT count(*) FROM kept").fetchone() == (20000,)
+            if moment != "uninterrupted":
+                assert "upgrade_swap_finished" in [line["event"] for line in server.agent_log()]
+            # A base backup (a replica's clone) leaves the old cluster out: PostgreSQL's temporary-file prefix.
+            copy = volume / "basebackup"
+            done = subprocess.run([str(PG_BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(port), "-U",
+                                   "replicator", "-D", str(copy), "-X", "none", "--no-sync"],
+                                  env=dict(os.environ, PGPASSWORD=REPLICATION_PASSWORD), capture_output=True,
+                                  text=True, timeout=120, check=False)  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            assert (copy / "PG_VERSION").exists() and not list(copy.glob("pgsql_tmp.pgsfs-*")), os.listdir(copy)
+        assert (root / "PG_VERSION").read_text().strip() == str(NEW_MAJOR)
+        aside = root / f"pgsql_tmp.pgsfs-major{OLD_MAJOR}"
+        assert (aside / "PG_VERSION").read_text().strip() == str(OLD_MAJOR), "the old cluster kept inside, aside"
+        assert not (root / "pgsql_tmp.pgsfs-upgrade").exists()
+        assert sorted(os.listdir(aside / "base")), "the old cluster's table files are there"

@@ -16,7 +16,7 @@ from agent.upgrade import BUILDING, UPGRADED, MajorChoice, OldCluster, Resume, U
 from tests.unit.test_plan import cluster
 
 CARRIED = {14: "/usr/lib/postgresql/14/bin", 17: "/usr/lib/postgresql/17/bin"}
-FLAGS = {"writable_primary": False, "mount_point": False, "external_wal": False}
+FLAGS = {"writable_primary": False, "external_wal": False}
 
 
 def _decide(data: int, image: int = 17, carried: dict[int, str] = CARRIED, **flags: bool) -> upgrade.MajorDecision:
@@ -25,7 +25,7 @@ def _decide(data: int, image: int = 17, carried: dict[int, str] = CARRIED, **fla
 
 def test_the_same_major_just_starts() -> None:
     assert _decide(17).choice is MajorChoice.IMAGE
-    assert _decide(17, writable_primary=True, mount_point=True, external_wal=True).choice is MajorChoice.IMAGE
+    assert _decide(17, writable_primary=True, external_wal=True).choice is MajorChoice.IMAGE
 
 
 def test_newer_data_is_a_downgrade_and_refused() -> None:
@@ -47,8 +47,7 @@ def test_the_writable_primary_upgrades_and_every_other_member_runs_its_old_major
     assert _decide(14) == upgrade.MajorDecision(MajorChoice.OLDER, bindir=CARRIED[14])
 
 
-@pytest.mark.parametrize(("flag", "says"), [("mount_point", "mount point"),
-                                            ("external_wal", "POSTGRES_INITDB_WALDIR")])  # fmt: skip
+@pytest.mark.parametrize(("flag", "says"), [("external_wal", "POSTGRES_INITDB_WALDIR")])
 def test_what_the_upgrade_cannot_handle_yet_is_refused_before_it_starts(flag: str, says: str) -> None:
     decision = _decide(14, writable_primary=True, **{flag: True})
     assert decision.choice is MajorChoice.REFUSE and says in decision.message and decision.hint
@@ -58,7 +57,7 @@ def test_what_the_upgrade_cannot_handle_yet_is_refused_before_it_starts(flag: st
 @given(data=st.integers(12, 19), image=st.integers(12, 19), carried=st.sets(st.integers(12, 19)),
        writable=st.booleans(), blocked=st.booleans())  # fmt: skip
 def test_major_decisions(data: int, image: int, carried: set[int], writable: bool, blocked: bool) -> None:
-    decision = _decide(data, image, {m: f"/m/{m}" for m in carried}, writable_primary=writable, mount_point=blocked)
+    decision = _decide(data, image, {m: f"/m/{m}" for m in carried}, writable_primary=writable, external_wal=blocked)
     if decision.choice in (MajorChoice.UPGRADE, MajorChoice.OLDER):
         # Only ever from an older major, with its own programs.
         assert data < image and data in carried and decision.bindir == f"/m/{data}"
@@ -115,7 +114,42 @@ def test_resume_never_goes_back_after_pg_upgrade_finished(phase: str, pgdata: in
         assert pgdata == 14, "a roll-back only ever keeps the old cluster in PGDATA"
 
 
+def _inside(phase: str) -> UpgradeRecord:
+    return UpgradeRecord(pgdata="/v", from_major=14, to_major=17, phase=phase, aside="/v/pgsql_tmp.pgsfs-major14",
+                         old_system_identifier=7, inside=True, entries=("PG_VERSION", "base", "global"))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("phase", "pgdata", "built", "expected"),
+    [
+        (BUILDING, 14, None, Resume.ROLL_BACK),
+        (BUILDING, 14, 17, Resume.ROLL_BACK),
+        (BUILDING, None, 17, Resume.UNKNOWN),
+        (UPGRADED, 14, 17, Resume.FINISH_SWAP),  # nothing moved yet
+        (UPGRADED, None, 17, Resume.FINISH_SWAP),  # PG_VERSION (first) and maybe more moved aside
+        (UPGRADED, 17, None, Resume.UNKNOWN),  # the new one is in before moving_in was written: not ours
+        (upgrade.MOVING_IN, None, 17, Resume.FINISH_SWAP),  # new entries half moved up, PG_VERSION last
+        (upgrade.MOVING_IN, 17, None, Resume.CLEAN_UP),
+        (upgrade.MOVING_IN, 14, 17, Resume.UNKNOWN),  # the old PG_VERSION is back: someone moved it
+    ],
+)
+def test_resuming_an_upgrade_inside_a_mount_point(phase: str, pgdata: int | None, built: int | None,
+                                                   expected: Resume) -> None:  # fmt: skip
+    decision = upgrade.decide_resume(_inside(phase), pgdata_major=pgdata, built_major=built, aside_exists=True)
+    assert decision is expected
+
+
+@given(phase=st.sampled_from([BUILDING, UPGRADED, upgrade.MOVING_IN]), pgdata=majors, built=majors)
+def test_inside_a_mount_point_too_nothing_goes_back_after_pg_upgrade(phase: str, pgdata: int | None,
+                                                                     built: int | None) -> None:  # fmt: skip
+    decision = upgrade.decide_resume(_inside(phase), pgdata_major=pgdata, built_major=built, aside_exists=True)
+    assert (decision is Resume.ROLL_BACK) == (phase == BUILDING and pgdata == 14)
+    if decision is Resume.FINISH_SWAP:
+        assert built == 17 and pgdata != 17
+
+
 def test_the_record_round_trips_and_garbage_is_no_record() -> None:
+    assert upgrade.parse_record(_inside(upgrade.MOVING_IN).to_json()) == _inside(upgrade.MOVING_IN)
     record = _record(UPGRADED)
     assert upgrade.parse_record(record.to_json()) == record
     for text in ("", "{", "[]", '{"phase": "upgraded"}', record.to_json().replace(UPGRADED, "halfway")):
@@ -158,6 +192,11 @@ def test_the_old_cluster_is_put_aside_under_a_name_not_taken() -> None:
         "/v/pgdata.pgsfs-major14-3"
     )
     assert upgrade.build_dir_for(pgdata) == Path("/v/pgdata.pgsfs-upgrade")
+    # Inside a mount-point PGDATA: under PostgreSQL's temporary-file prefix (no base backup copies it).
+    assert upgrade.build_dir_for(pgdata, inside=True) == Path("/v/pgdata/pgsql_tmp.pgsfs-upgrade")
+    assert upgrade.aside_for(pgdata, 14, ["pgsql_tmp.pgsfs-major14"], inside=True) == Path(
+        "/v/pgdata/pgsql_tmp.pgsfs-major14-2"
+    )
 
 
 def test_available_majors_are_the_complete_bin_directories(tmp_path: Path) -> None:
@@ -197,7 +236,9 @@ def test_the_plan_refuses_a_downgrade_and_an_upgrade_it_cannot_do(make_config, t
     primary = make_config(POD_NAME="postgresql-sfs-0")
     assert make_plan(primary, cluster(pg_version="18"), server_major=17, carried=CARRIED).action == REFUSE
     mounted = make_plan(primary, cluster(pg_version="14", is_mountpoint=True), server_major=17, carried=CARRIED)
-    assert mounted.action == REFUSE and mounted.refusal is not None and "mount point" in mounted.refusal.message
+    assert "upgrade_major" in mounted.steps, "a mount-point PGDATA upgrades inside itself"
+    linked = make_plan(primary, cluster(pg_version="14", wal_linked=True), server_major=17, carried=CARRIED)
+    assert linked.action == REFUSE and linked.refusal is not None and "POSTGRES_INITDB_WALDIR" in linked.refusal.message
     # With archiving on, the stanza is upgraded at the start (agent/repository.py): no refusal.
     archiving = make_config(POD_NAME="postgresql-sfs-0", PGSFS_BACKUP_REPO=str(tmp_path / "repo"))
     assert "upgrade_major" in make_plan(archiving, cluster(pg_version="14"), server_major=17, carried=CARRIED).steps
