@@ -176,11 +176,19 @@ def cmd_plan(args: list[str]) -> int:
         parse_plain("plan", "Print as JSON what `pg-sfs-agent postgres` would do here and why; touches nothing.", args)
         config, logger, runner = _prepare()
         plan, _ = observe_and_plan(config, runner)
+        from agent import upgrader
+
+        shown = plan.to_dict()
+        record, resume = upgrader.resume_state(config.pgdata)
+        if record is not None:
+            # `postgres` does this before it looks at PGDATA; the plan above is of PGDATA as it is now.
+            shown["upgrade_resume"] = {"phase": record.phase, "decision": resume.value,
+                                       "from_major": record.from_major, "to_major": record.to_major}  # fmt: skip
     except AgentError as exc:
         return _report(logger or _early_logging(), exc)
     except Exception as exc:
         return _unexpected(logger, exc, "plan")
-    print(json.dumps(plan.to_dict(), indent=2, sort_keys=True))
+    print(json.dumps(shown, indent=2, sort_keys=True))
     return 0
 
 

@@ -189,6 +189,8 @@ def test_a_kill_at_any_step_of_the_upgrade_loses_nothing(volume: Path, moment: s
         with agent_postgres(env, volume / "first.log", ready_timeout=180):
             pass
         _unswap(volume, between_renames=moment == "between_the_renames")
+        shown = json.loads(run_agent(env, "plan").stdout)["upgrade_resume"]
+        assert (shown["phase"], shown["decision"]) == ("upgraded", "finish_swap"), shown
     with agent_postgres(env, volume / "again.log", ready_timeout=180) as server:
         _assert_upgraded(volume, volume / "again.log", server.port)
         events = [line["event"] for line in server.agent_log()]
