@@ -463,3 +463,20 @@ def test_the_pod_security_check_can_fail() -> None:
     assert pod_security_level(pod) == "privileged"
     pod = {"containers": [{"name": "c", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}]}
     assert pod_security_level(pod) == "privileged"
+
+
+def test_the_network_policy_component_lets_in_members_and_labelled_clients_only() -> None:
+    objects = kustomize(ROOT / "k8s-overlays" / "network-policy")
+    assert {(o["kind"], o["metadata"]["name"]) for o in objects} == {*EXPECTED, ("NetworkPolicy", "postgresql")}
+    [policy] = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    [sts] = [o for o in objects if o["kind"] == "StatefulSet"]
+    members = sts["spec"]["selector"]["matchLabels"]
+    assert policy["metadata"]["namespace"] == "pg" and policy["spec"]["podSelector"]["matchLabels"] == members
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = policy["spec"]["ingress"]
+    assert [p["podSelector"]["matchLabels"] for p in rule["from"]] == [members, {"pg-sfs-agent/client": "true"}]
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    [port] = rule["ports"]
+    assert port["port"] == container["ports"][0]["name"] and port["protocol"] == "TCP"
+    kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
+    kv.validate(policy, "1.30.0", strict=True)
