@@ -21,6 +21,7 @@ from agent.pgdata import STATE_DIR_INSIDE, default_state_dir
 from agent.quantity import QuantityError, parse_quantity
 from agent.secret import Secret
 
+DEFAULT_CONF_DIR = "/etc/postgresql/conf.d"
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 RESOLV_CONF = Path("/etc/resolv.conf")
 
@@ -100,6 +101,8 @@ class Config:
     archive: ArchiveSettings | None = None
     # Where the programs of each major the image carries live, one <major>/bin each.
     majors_dir: Path = Path("/usr/lib/postgresql")
+    # The user's postgresql.conf tuning (*.conf files, a mounted ConfigMap), included when it exists.
+    conf_dir: Path = Path("/etc/postgresql/conf.d")
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -451,6 +454,9 @@ def load_config(
     if not state_dir.is_absolute() or (inside and state_dir != pgdata / STATE_DIR_INSIDE):
         problems.add("PGSFS_STATE_DIR", state_raw, f"an absolute path outside PGDATA (or $PGDATA/{STATE_DIR_INSIDE})")
     initdb_dir = Path(env.get("PGSFS_INITDB_DIR", "/docker-entrypoint-initdb.d"))
+    conf_dir_raw = env.get("PGSFS_CONF_DIR") or DEFAULT_CONF_DIR
+    if not Path(conf_dir_raw).is_absolute() or "'" in conf_dir_raw or "\n" in conf_dir_raw:
+        problems.add("PGSFS_CONF_DIR", conf_dir_raw, "an absolute path (a directory of *.conf files, e.g. a ConfigMap)")
     majors_raw = env.get("PGSFS_MAJORS_DIR") or "/usr/lib/postgresql"
     if not Path(majors_raw).is_absolute():
         problems.add("PGSFS_MAJORS_DIR", majors_raw, "an absolute path holding one <major>/bin directory per major")
@@ -584,6 +590,7 @@ def load_config(
         volume_size=volume_size,
         archive=archiving,
         majors_dir=Path(majors_raw),
+        conf_dir=Path(conf_dir_raw),
         short_secrets=tuple(
             name
             for name, secret in (

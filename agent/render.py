@@ -130,13 +130,17 @@ def settings_file(
     template: dict[str, str] | None = None,
     synchronous_standby_names: str = "",
     archive: dict[str, str] | None = None,
+    conf_dir: str | None = None,
 ) -> str:
     """The agent's settings file; `wal` holds the WAL sizes, `standby` adds primary_conninfo and slot,
     `template` the pgsfs.* placeholders that say which pod template this member runs (agent/podbirth.py),
-    `archive` the archive_* settings (agent/archive.py)."""
+    `archive` the archive_* settings (agent/archive.py), `conf_dir` the user's tuning directory (read
+    first: the settings below win over it, ALTER SYSTEM over both)."""
     lines = [
         "# Managed by pg-sfs-agent and rewritten at every start: do not edit.",
         "# Override a setting with ALTER SYSTEM (postgresql.auto.conf is read after this file).",
+        *([f"include_dir = {quote_conf(conf_dir)}\t# PGSFS_CONF_DIR: your tuning (*.conf), before the agent's own"]
+          if conf_dir else []),
         "listen_addresses = '*'",
         f"port = {port}",
         "wal_level = replica",

@@ -480,3 +480,26 @@ def test_the_network_policy_component_lets_in_members_and_labelled_clients_only(
     assert port["port"] == container["ports"][0]["name"] and port["protocol"] == "TCP"
     kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
     kv.validate(policy, "1.30.0", strict=True)
+
+
+def test_the_tuning_component_mounts_a_configmap_where_the_agent_includes_it() -> None:
+    from agent.config import DEFAULT_CONF_DIR
+    from agent.quantity import parse_quantity as quantity
+
+    objects = kustomize(ROOT / "k8s-overlays" / "tuning")
+    [config_map] = [o for o in objects
+                    if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("postgresql-tuning")]
+    # A hash in the name: a changed file is a changed pod template, so applying it rolls the members.
+    assert config_map["metadata"]["name"] != "postgresql-tuning"
+    [sts] = [o for o in objects if o["kind"] == "StatefulSet"]
+    pod = sts["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "tuning"]
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    container = pod["containers"][0]
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "tuning"]
+    assert mount["mountPath"] == DEFAULT_CONF_DIR and mount["readOnly"] is True
+    # The example's shared_buffers is a quarter of the memory limit.
+    settings = dict(line.split(" = ") for line in config_map["data"]["tuning.conf"].splitlines()
+                    if line and not line.startswith("#"))  # fmt: skip
+    limit = quantity(container["resources"]["limits"]["memory"])
+    assert quantity(settings["shared_buffers"].strip("'").replace("MB", "Mi")) * 4 == limit
