@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -74,13 +75,32 @@ def resume_state(pgdata: Path) -> tuple[upgrade.UpgradeRecord | None, Resume]:
     return record, decision
 
 
+def roll_back(pgdata: Path, build: Path, log: Any, clock: Any = time.monotonic) -> None:
+    """An upgrade that stopped before pg_upgrade finished: give the old cluster its pg_control back
+    (pg_upgrade's link step renamed it) and discard the new one. Whatever image runs next, the old
+    cluster starts: this one upgrades again, the old major's starts it as it was."""
+    started = clock()
+    control, renamed = pgdata / "global" / "pg_control", pgdata / "global" / "pg_control.old"
+    restored = not control.exists() and renamed.exists()
+    if restored:
+        os.rename(renamed, control)
+        fsync_dir(control.parent)
+    size = _discard(build)
+    log.info("upgrade_rolled_back", duration_s=round(clock() - started, 3), pg_control_restored=restored,
+             discarded_mb=size >> 20, note="an upgrade stopped before pg_upgrade finished: the old cluster is "
+             "the truth, as it was")  # fmt: skip
+
+
 def finish_interrupted(pgdata: Path, log: Any) -> None:
-    """Before anything looks at PGDATA: finish the swap of an upgrade that pg_upgrade completed, or
-    clean up after one that was swapped. A roll-back waits for the upgrade step (it runs as postgres)."""
+    """Before anything looks at PGDATA: roll back an upgrade that pg_upgrade did not finish, finish
+    the swap of one it completed, or clean up after one that was swapped."""
     record, decision = resume_state(pgdata)
     if record is None:
         return
     build = _build_of(pgdata)
+    if decision is Resume.ROLL_BACK:
+        roll_back(pgdata, build, log)
+        return
     if decision is Resume.FINISH_SWAP:
         swap(pgdata, build, record)
         log.info("upgrade_swap_finished", pgdata=str(pgdata), old_data=record.aside, to_major=record.to_major)
@@ -196,18 +216,8 @@ class Upgrader(Part):
         """An upgrade that stopped before pg_upgrade finished: give the old cluster its pg_control back
         (pg_upgrade's link step renamed it) and discard the new one, then start over."""
         _, decision = resume_state(self.pgdata)
-        if decision is not Resume.ROLL_BACK:
-            return
-        started = self.world.clock()
-        control, renamed = self.pgdata / "global" / "pg_control", self.pgdata / "global" / "pg_control.old"
-        restored = not control.exists() and renamed.exists()
-        if restored:
-            os.rename(renamed, control)
-            fsync_dir(control.parent)
-        size = _discard(self.build)
-        self._phase("upgrade_rolled_back", started, pg_control_restored=restored, discarded_mb=size >> 20,
-                    note="an upgrade stopped before pg_upgrade finished: the old cluster is the truth; "
-                    "starting over")  # fmt: skip
+        if decision is Resume.ROLL_BACK:
+            roll_back(self.pgdata, self.build, self.log, self.world.clock)
 
     def _read_old(self, old_bindir: str) -> tuple[OldCluster, UpgradeOrigin]:
         """Run the old cluster on its own major on a private socket (which also finishes a crash

@@ -436,3 +436,19 @@ def test_a_mount_point_pgdata_upgrades_inside_itself(volume: Path, moment: str) 
         assert (aside / "PG_VERSION").read_text().strip() == str(OLD_MAJOR), "the old cluster kept inside, aside"
         assert not (root / "pgsql_tmp.pgsfs-upgrade").exists()
         assert sorted(os.listdir(aside / "base")), "the old cluster's table files are there"
+
+
+def test_after_a_killed_upgrade_the_old_image_starts_the_old_cluster_as_it_was(volume: Path) -> None:
+    # The user rolls the template back to the old image after the primary's upgrade was killed during
+    # pg_upgrade's link step: the old cluster must start, not fail on the pg_control pg_upgrade renamed.
+    old_env = _make_old_cluster(volume)
+    port = int(old_env["PGPORT"])
+    pgdata = volume / "pgdata"
+    _kill_when(_env(volume, PG_BIN, port=port), volume / "killed.log",
+               (pgdata / "global" / "pg_control.old").exists, "pg_upgrade to begin linking")  # fmt: skip
+    with agent_postgres(old_env, volume / "back.log") as server:
+        assert "upgrade_rolled_back" in [line["event"] for line in server.agent_log()]
+        with connect(server.port) as conn:
+            assert conn.execute("SELECT current_setting('server_version_num')::int / 10000").fetchone() == (OLD_MAJOR,)
+            assert conn.execute("SELECT count(*) FROM kept").fetchone() == (20000,)
+    assert not upgrade.build_dir_for(pgdata).exists()
