@@ -11,7 +11,7 @@ from agent.buildarea import BuildArea
 from agent.config import Config
 from agent.context import Context, World
 from agent.managed import ManagedFiles
-from agent.pgdata import DataDirState, inspect
+from agent.pgdata import DataDirState, inspect, read_pg_version
 from agent.plan import CLONE, INIT, REFUSE, START, Plan, make_plan
 from agent.postgres import child_env, server_major
 from agent.primary import Primary
@@ -77,6 +77,23 @@ class Bootstrap:
         else:
             with self.replica.announcing():
                 self._carry_out(self.replica.clone, self.replica.restart)
+            if plan.action == CLONE:
+                self._run_the_cloned_major()
+
+    def _run_the_cloned_major(self) -> None:
+        """A clone of a primary that still runs an older major (a new pod during an upgrade's roll)
+        holds that major's data: postgres must be that major's too, which the image carries."""
+        ctx = self.ctx
+        version = read_pg_version(ctx.config.pgdata)
+        cloned = int(version) if version.isdigit() else None
+        if cloned is None or cloned == ctx.plan.server_major:
+            return
+        bindir = majors.available(ctx.config.majors_dir).get(cloned)
+        if bindir is not None:
+            majors.use(bindir)
+            ctx.log.info("older_major", data_major=cloned, image_major=ctx.plan.server_major, binaries=bindir,
+                         note="cloned from a primary of an older major: this member runs that major until its "
+                         "primary has upgraded, then clones it again")  # fmt: skip
 
     def _starts_writable(self) -> bool:
         """The primary ordinal with a primary's PGDATA: its postgres archives on by itself."""

@@ -452,3 +452,27 @@ def test_after_a_killed_upgrade_the_old_image_starts_the_old_cluster_as_it_was(v
             assert conn.execute("SELECT current_setting('server_version_num')::int / 10000").fetchone() == (OLD_MAJOR,)
             assert conn.execute("SELECT count(*) FROM kept").fetchone() == (20000,)
     assert not upgrade.build_dir_for(pgdata).exists()
+
+
+def test_a_new_member_cloned_from_an_old_major_primary_runs_that_major(
+    volume: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pod created during the roll (or a replica whose volume was lost) on the new image, while the
+    # primary still runs the old major: its clone is the old major's data.
+    from tests.integration.test_replica import bootstrap_replica, start_postgres, stop_postgres
+
+    with sized_volume("pgsfs-upgrade-new-member-") as replica_volume, \
+            agent_postgres(_env(volume, OLD_BIN), volume / "primary.log") as primary:  # fmt: skip
+        monkeypatch.setenv("PATH", f"{PG_BIN}:{os.environ['PATH']}")  # the new image
+        log, plan = bootstrap_replica(replica_volume, primary.port, PGSFS_MAJORS_DIR=str(volume / "majors"))
+        assert plan.action == "clone" and plan.server_major == NEW_MAJOR and plan.binaries is None
+        assert (replica_volume / "pgdata" / "PG_VERSION").read_text().strip() == str(OLD_MAJOR)
+        assert "older_major" in log.names(), log.names()
+        port = free_port()
+        proc = start_postgres(replica_volume / "pgdata", port)  # `postgres` from PATH, as the exec
+        try:
+            with connect(primary.port) as conn:
+                conn.execute("CREATE TABLE after_clone AS SELECT 1 AS v")
+            wait_for(lambda: _has(port, "after_clone", OLD_MAJOR), 60, "the new member to stream on the old major")
+        finally:
+            stop_postgres(proc)
