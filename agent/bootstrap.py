@@ -11,7 +11,7 @@ from agent.buildarea import BuildArea
 from agent.config import Config
 from agent.context import Context, World
 from agent.managed import ManagedFiles
-from agent.pgdata import DataDirState, inspect, read_pg_version
+from agent.pgdata import DataDirState, inspect, read_major
 from agent.plan import CLONE, INIT, REFUSE, START, Plan, make_plan
 from agent.postgres import child_env, server_major
 from agent.primary import Primary
@@ -67,6 +67,8 @@ class Bootstrap:
             assert plan.refusal is not None
             raise plan.refusal.to_error()
         self.files._mkdir_owned(ctx.config.state_dir)
+        if plan.binaries is not None and plan.data_major is not None:
+            self._run_major(plan.data_major, plan.binaries)
         ctx.world.beat(plan.action)
         if plan.action == START and not self._starts_writable():
             # Its postgres recovers: WAL it marked ready would never be archived (agent/repository.py).
@@ -78,22 +80,20 @@ class Bootstrap:
             with self.replica.announcing():
                 self._carry_out(self.replica.clone, self.replica.restart)
             if plan.action == CLONE:
-                self._run_the_cloned_major()
+                # A clone of a primary that still runs an older major (a new pod during an upgrade's roll)
+                # holds that major's data: its postgres must be that major's too, which the image carries.
+                cloned = read_major(ctx.config.pgdata)
+                bindir = majors.available(ctx.config.majors_dir).get(cloned) if cloned is not None else None
+                if cloned is not None and cloned != plan.server_major and bindir is not None:
+                    self._run_major(cloned, bindir)
 
-    def _run_the_cloned_major(self) -> None:
-        """A clone of a primary that still runs an older major (a new pod during an upgrade's roll)
-        holds that major's data: postgres must be that major's too, which the image carries."""
-        ctx = self.ctx
-        version = read_pg_version(ctx.config.pgdata)
-        cloned = int(version) if version.isdigit() else None
-        if cloned is None or cloned == ctx.plan.server_major:
-            return
-        bindir = majors.available(ctx.config.majors_dir).get(cloned)
-        if bindir is not None:
-            majors.use(bindir)
-            ctx.log.info("older_major", data_major=cloned, image_major=ctx.plan.server_major, binaries=bindir,
-                         note="cloned from a primary of an older major: this member runs that major until its "
-                         "primary has upgraded, then clones it again")  # fmt: skip
+    def _run_major(self, data_major: int, bindir: str) -> None:
+        """From here on (the programs the agent runs, and the postgres it becomes) `bindir`'s major: the
+        data's, older than the image's, until the primary has upgraded and this member clones it."""
+        majors.use(bindir)
+        self.ctx.log.info("older_major", data_major=data_major, image_major=self.ctx.plan.server_major,
+                          binaries=bindir, note="this member runs its data's major until its primary has "
+                          "upgraded, then clones from it")  # fmt: skip
 
     def _starts_writable(self) -> bool:
         """The primary ordinal with a primary's PGDATA: its postgres archives on by itself."""

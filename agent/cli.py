@@ -284,7 +284,7 @@ def cmd_postgres(args: list[str]) -> int:
                 "ordinary text, so it is not looked for in command lines and logs: use 8 or more",
             )
         phase = "privileges"
-        from agent import majors, upgrader
+        from agent import upgrader
 
         # An upgrade whose pg_upgrade finished may have left PGDATA renamed aside: finish it first.
         upgrader.finish_interrupted(config.pgdata, logger)
@@ -296,11 +296,6 @@ def cmd_postgres(args: list[str]) -> int:
         # Again after the drop: ownership may have changed, and the plan checks it for this uid.
         plan, _ = observe_and_plan(config, runner, major, tuple(args))
         logger.info("plan", **plan.to_dict())
-        if plan.binaries is not None:
-            majors.use(plan.binaries)
-            logger.info("older_major", data_major=plan.data_major, image_major=plan.server_major,
-                        binaries=plan.binaries, note="this member runs its data's major until its primary has "
-                        "upgraded, then clones from it")  # fmt: skip
         phase = plan.action
         world = World(runner=runner, lookup=make_lookup(), heartbeat=heartbeat)
         Bootstrap(config, plan, world, logger).run()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from agent import archive, serverargs, walbudget
+from agent import archive, majors, serverargs, walbudget
 from agent.archive import ArchiveSettings
 from agent.errors import ConfigError
 from agent.identity import Identity, parse_pod_name
@@ -100,9 +100,9 @@ class Config:
     # WAL archiving and backups with pgBackRest (PGSFS_BACKUP_REPO and the settings beside it); None: off.
     archive: ArchiveSettings | None = None
     # Where the programs of each major the image carries live, one <major>/bin each.
-    majors_dir: Path = Path("/usr/lib/postgresql")
+    majors_dir: Path = majors.DEFAULT_DIR
     # The user's postgresql.conf tuning (*.conf files, a mounted ConfigMap), included when it exists.
-    conf_dir: Path = Path("/etc/postgresql/conf.d")
+    conf_dir: Path = Path(DEFAULT_CONF_DIR)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -457,7 +457,7 @@ def load_config(
     conf_dir_raw = env.get("PGSFS_CONF_DIR") or DEFAULT_CONF_DIR
     if not Path(conf_dir_raw).is_absolute() or "'" in conf_dir_raw or "\n" in conf_dir_raw:
         problems.add("PGSFS_CONF_DIR", conf_dir_raw, "an absolute path (a directory of *.conf files, e.g. a ConfigMap)")
-    majors_raw = env.get("PGSFS_MAJORS_DIR") or "/usr/lib/postgresql"
+    majors_raw = env.get("PGSFS_MAJORS_DIR") or str(majors.DEFAULT_DIR)
     if not Path(majors_raw).is_absolute():
         problems.add("PGSFS_MAJORS_DIR", majors_raw, "an absolute path holding one <major>/bin directory per major")
 

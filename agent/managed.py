@@ -13,7 +13,7 @@ from agent.files import fix_tree_ownership, write_atomic
 from agent.identity import PRIMARY
 from agent.plan import PASSFILE_NAME
 from agent.podbirth import TEMPLATE_BORN, TEMPLATE_ORDINAL, pod_born
-from agent.postgres import child_env
+from agent.postgres import config_problem
 from agent.render import (
     CONF_NAME,
     passfile_line,
@@ -122,6 +122,7 @@ class ManagedFiles(Part):
                 ),
                 "primary_slot_name": cfg.identity.slot_name,
             }
+        tuned = cfg.conf_dir.is_dir()  # the user's tuning directory (a ConfigMap) is mounted
         wal = self.plan.wal or walbudget.decide(cfg.wal_configured(),
                                                        walbudget.observe(datadir, (), (), cfg.volume_size))
         settings = settings_file(
@@ -135,7 +136,7 @@ class ManagedFiles(Part):
             synchronous_standby_names=self.synchronous_names() if designated or not standby else "",
             template=self.template_settings(datadir),
             archive={**self.write_archive_config(), **({} if standby else self.recovery_settings(datadir))},
-            conf_dir=str(cfg.conf_dir) if cfg.conf_dir.is_dir() else None,
+            conf_dir=str(cfg.conf_dir) if tuned else None,
         )
         write_atomic(datadir / CONF_NAME, settings, mode=0o600, owner=self.owner)
         conf = datadir / "postgresql.conf"
@@ -150,7 +151,7 @@ class ManagedFiles(Part):
         if standby:
             write_atomic(datadir / "standby.signal", "", mode=0o600, owner=self.owner)
             written.append("standby.signal")
-        if cfg.conf_dir.is_dir():
+        if tuned:
             self._check_conf_dir(datadir)
         # postgresql.auto.conf from a clone may carry the primary's ALTER SYSTEM settings; that is
         # wanted, but a primary_conninfo there (someone ran pg_basebackup -R) would win over ours.
@@ -188,10 +189,8 @@ class ManagedFiles(Part):
     def _check_conf_dir(self, datadir: Path) -> None:
         """postgres reads every configuration file (the user's tuning included) and says what it
         rejects: a bad setting stops the start here, named, instead of in a crash loop of postgres."""
-        done = self.world.runner.run(["postgres", "-D", str(datadir), "-C", "data_directory"],
-                                     env=child_env({"LC_MESSAGES": "C"}), timeout=60)  # fmt: skip
-        if done.returncode != 0:
-            said = " ".join(done.stderr.decode("utf-8", "replace").split())[-600:]
+        said = config_problem(self.world.runner, datadir)
+        if said is not None:
             raise ConfigError(
                 [f"PGSFS_CONF_DIR={self.config.conf_dir}: postgres rejects the configuration: {said}"],
                 hint="fix or remove that setting in the ConfigMap (postgresql.conf syntax, names of this "

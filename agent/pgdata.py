@@ -205,6 +205,12 @@ def read_pg_version(pgdata: Path) -> str:
     return text if _VERSION.match(text) else "(unreadable)"
 
 
+def read_major(pgdata: Path) -> int | None:
+    """PG_VERSION's major as a number; None when there is none or it is not one (nothing raised)."""
+    version = read_pg_version(pgdata)
+    return int(version) if version.isdigit() else None
+
+
 def inspect(pgdata: Path) -> DataDirState:
     """Look at PGDATA without changing anything."""
     try:

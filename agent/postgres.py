@@ -76,6 +76,14 @@ def server_major(runner: Runner) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def config_problem(runner: Runner, datadir: Path, postgres: str = "postgres") -> str | None:
+    """What `postgres` rejects in the configuration files `datadir` reads (all of them, includes too),
+    or None: `postgres -C` loads them and exits, as a start would, without starting anything."""
+    done = runner.run([postgres, "-D", str(datadir), "-C", "data_directory"], env=child_env({"LC_MESSAGES": "C"}),
+                      timeout=60)  # fmt: skip
+    return None if done.returncode == 0 else " ".join(done.stderr.decode("utf-8", "replace").split())[-600:]
+
+
 def controldata(runner: Runner, datadir: Path) -> str:
     """pg_controldata's report on `datadir`, in English whatever the locale (the labels are parsed)."""
     done = runner.run(["pg_controldata", str(datadir)], env=child_env({"LC_ALL": "C", "LANG": "C"}), timeout=60)

@@ -13,8 +13,8 @@ from agent import majors, repository, upgrade, walend
 from agent.context import Part
 from agent.errors import CommandFailed, DataDirConflict, UpgradeRefused
 from agent.files import fsync_dir, read_limited, tree_size, write_atomic
-from agent.pgdata import builds_inside, data_entries, read_pg_version, read_system_identifier, volume_dir
-from agent.postgres import _tail, child_env, controldata
+from agent.pgdata import builds_inside, data_entries, read_major, read_system_identifier, volume_dir
+from agent.postgres import _tail, child_env, config_problem, controldata
 from agent.upgrade import BUILDING, MOVING_IN, UPGRADED, OldCluster, Resume, UpgradeOrigin, UpgradeRecord
 
 # The old cluster's configuration travels with it; the agent's own include is rewritten at the start.
@@ -27,14 +27,6 @@ OLD_CLUSTER_SQL = {
     "WHERE relnamespace = 'pg_catalog'::regnamespace AND relkind IN ('r', 'm')",
     "extensions": "SELECT extname FROM pg_extension ORDER BY extname",
 }
-
-
-def _major_of(path: Path) -> int | None:
-    try:
-        version = read_pg_version(path) if (path / "PG_VERSION").exists() else None
-    except OSError:  # not ours to read (a PGDATA of another user, seen by a non-root agent): not known
-        return None
-    return int(version) if version and version.isdigit() else None
 
 
 def _read_record(build: Path) -> upgrade.UpgradeRecord | None:
@@ -70,7 +62,7 @@ def resume_state(pgdata: Path) -> tuple[upgrade.UpgradeRecord | None, Resume]:
         return None, Resume.NOTHING
     aside_exists = record is not None and Path(record.aside).exists()
     decision = upgrade.decide_resume(
-        record, pgdata_major=_major_of(pgdata), built_major=_major_of(build / "data"), aside_exists=aside_exists
+        record, pgdata_major=read_major(pgdata), built_major=read_major(build / "data"), aside_exists=aside_exists
     )
     return record, decision
 
@@ -159,7 +151,7 @@ class Upgrader(Part):
     def run(self) -> None:
         """Check, build, pg_upgrade, swap; the old cluster stays startable until pg_upgrade is done."""
         started = self.world.clock()
-        from_major = _major_of(self.pgdata)
+        from_major = read_major(self.pgdata)
         to_major = self.plan.server_major
         carried = majors.available(self.config.majors_dir)
         new_bindir = majors.image_bindir()
@@ -295,11 +287,10 @@ class Upgrader(Part):
                 if self.owner is not None:
                     os.chown(new / name, *self.owner)
         # The new postgres reads every carried file: a setting it no longer knows stops here, not at its start.
-        done = runner.run([f"{new_bindir}/postgres", "-D", str(new), "-C", "data_directory"],
-                          env=child_env({"LC_MESSAGES": "C"}))  # fmt: skip
-        if done.returncode != 0:
+        problem = config_problem(runner, new, f"{new_bindir}/postgres")
+        if problem is not None:
             raise UpgradeRefused(
-                f"PostgreSQL {record.to_major} rejects the old cluster's configuration: {_tail(done.stderr, 400)}",
+                f"PostgreSQL {record.to_major} rejects the old cluster's configuration: {problem}",
                 hint=f"on the PostgreSQL {record.from_major} image, remove or change that setting (ALTER SYSTEM RESET, "
                 "or postgresql.conf), then roll the new image again; the old cluster is as it was",
             )
