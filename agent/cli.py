@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 from agent import __version__
 from agent.errors import AgentError, ConfigError, Interrupted
 
-OWN_COMMANDS = ("plan", "probe", "logs", "version", "promote")
+OWN_COMMANDS = ("plan", "probe", "logs", "version", "promote", "prestop")
 # postgres arguments that only print something: no bootstrap, as in the official image.
 INFO_ARGS = frozenset({"--help", "-?", "-V", "--version", "-C", "--describe-config"})
 
@@ -222,6 +222,33 @@ def cmd_promote(args: list[str]) -> int:
         return _unexpected(logger, exc, "promote")
 
 
+def cmd_prestop(args: list[str]) -> int:
+    """`prestop`: the container's preStop hook (see agent/prestop.py); it logs into the container's log."""
+    from agent import log, prestop
+    from agent.usage import parse_plain
+
+    logger = None
+    try:
+        parse_plain("prestop", "The manifest's preStop hook: when a switchover's rollout deletes the primary's pod, "
+                    "hand the role over to the new primary ordinal before the pod goes; otherwise nothing.", args)
+        from agent import privileges
+
+        account = privileges.postgres_account()
+        if account is not None:
+            # As postgres' own user: only that user may signal it (the manifest leaves root no CAP_KILL).
+            privileges.drop_to(account, privileges.account_groups(account))
+        config, logger, _ = _prepare()
+        with prestop.report_stream(config.state_dir, sys.stderr) as stream:
+            log.configure("json", config.log_level, stream=stream)
+            from agent.discovery import make_lookup
+
+            return prestop.PreStop(config, make_lookup(), logger, time.monotonic, time.sleep).run()
+    except AgentError as exc:
+        return _report(logger or _early_logging(), exc)
+    except Exception as exc:
+        return _unexpected(logger, exc, "prestop")
+
+
 def cmd_backup(args: list[str]) -> int:
     """`backup [--type full|diff|incr]`: a base backup of this pod's primary (see agent/backup.py)."""
     logger = None
@@ -288,6 +315,10 @@ def cmd_postgres(args: list[str]) -> int:
 
         # An upgrade whose pg_upgrade finished may have left PGDATA renamed aside: finish it first.
         upgrader.finish_interrupted(config.pgdata, logger)
+        from agent import prestop
+
+        prestop.replay_report(config.state_dir, logger)  # the pod's last preStop hook, told here
+        prestop.lift_fence(config.pgdata, logger)  # a preStop hook killed half-way
         major = _become_postgres(config, runner, account, logger)
         # Beat at once: the kubelet's first startup probe may come before the plan is made.
         heartbeat = Heartbeat(config.state_dir)
@@ -371,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_promote(rest)
     if command == "backup":
         return cmd_backup(rest)
+    if command == "prestop":
+        return cmd_prestop(rest)
     if command == "postgres":
         if _wants_info(rest) and not _prints_a_setting_of_a_new_cluster(rest):
             from agent.bootstrap import exec_postgres

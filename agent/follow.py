@@ -47,6 +47,7 @@ def decide_restart(
     clean: bool = True,
     wal_kept: bool | None = None,
     upgraded_from_here: bool = False,
+    end_known: bool = False,
 ) -> str:
     """What a restarting replica does once it has seen the primary: every branch, no effects.
 
@@ -54,8 +55,11 @@ def decide_restart(
     timeline than the primary's is always refused (the data untouched), for a former primary too;
     `slot_status` is the slot's wal_status (None: no slot; `lost`: invalidated). A `former_primary`
     (no standby.signal) rejoins as it is only when it shut down cleanly on the primary's history;
-    otherwise it is rewound (pg_rewind finds the exact fork, even after a crash). `wal_kept` says
-    whether the primary still has the WAL from this member's position (None: not known): with no
+    otherwise it is rewound (pg_rewind finds the exact fork, even after a crash). `end_known`: the
+    position is where its WAL ends (read with pg_waldump), not its last checkpoint, so one that
+    stopped without a shutdown checkpoint (killed, or stopped at once after a preStop handoff) and is
+    on the primary's history rejoins too: its recovery as a standby replays that WAL, then follows.
+    `wal_kept` says whether the primary still has the WAL from this member's position (None: not known): with no
     slot and that WAL gone, a new slot would stream nothing, ever, so it clones again (review M6).
     `upgraded_from_here`: the primary's cluster is a major upgrade of this standby's, which holds
     nothing the old one did not (upgrade.upgraded_from_here): it clones the new one, its data aside.
@@ -67,7 +71,7 @@ def decide_restart(
         # onto the older timeline nor moved aside for it, whatever PGSFS_ON_DIVERGENCE says.
         return REFUSE_DIVERGED
     if former_primary:
-        if verdict is None or not verdict.may_follow or not clean:
+        if verdict is None or not verdict.may_follow or not (clean or end_known):
             return REWIND
         # Its slot was invalidated while it was away, or there is none, and the WAL is gone.
         return RECLONE_LOST_SLOT if _wal_gone(slot_status, wal_kept) else REJOIN
@@ -159,8 +163,11 @@ class FollowCheck(Part):
                 control = controldata(self.world.runner, self.pgdata)
                 position = history.parse_controldata(control)
         assert info is not None  # unreadable only for a former primary in its cluster: the handoff ran
+        end_known = False
         if position is not None and not former:
             position = self._through_local_wal(position, control, wal_end)
+        elif position is not None and not position.clean:
+            position, end_known = self._crashed_primary_end(position, control)
         verdict = self.compare_histories(endpoint, info, position) if position is not None else None
         if verdict is not None and position is not None and verdict.outcome == history.AHEAD_OF_PRIMARY and \
                 info.in_hot_standby:
@@ -174,7 +181,7 @@ class FollowCheck(Part):
         from_here = not same_cluster and not former and self._upgraded_from_here(address, local)
         action = decide_restart(local, info.system_identifier, verdict, status, cfg.on_divergence,
                                 former_primary=former, clean=position.clean if position else True,
-                                wal_kept=kept, upgraded_from_here=from_here)  # fmt: skip
+                                wal_kept=kept, upgraded_from_here=from_here, end_known=end_known)  # fmt: skip
         self._phase(
             "primary_check", started, system_identifier=str(info.system_identifier), decision=action,
             history=verdict.outcome if verdict else None, timeline=verdict.local_timeline if verdict else None,
@@ -219,6 +226,17 @@ class FollowCheck(Part):
         if action == CREATE_SLOT:
             self.replica.ensure_slot(address)
         return False
+
+    def _crashed_primary_end(self, position: history.LocalPosition,
+                             control: str) -> tuple[history.LocalPosition, bool]:  # fmt: skip
+        """A former primary that stopped without a shutdown checkpoint: its position through the end of
+        its WAL, and whether that end is known (else pg_control's position, and it is rewound)."""
+        try:
+            end = walend.local_wal_end(self.world.runner, self.pgdata, control)
+        except AgentError as exc:
+            self.log.warning("wal_end_unknown", detail=exc.message, note="this former primary is rewound")
+            return position, False
+        return self._through_local_wal(position, control, end), True
 
     def _upgraded_from_here(self, address: str, local: int | None) -> bool:
         """Is the primary's cluster an upgrade of this standby's, which holds nothing more? Unknown is no."""

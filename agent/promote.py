@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -122,6 +123,29 @@ def _ask(connect: Callable[..., Any], member: str, **where: Any) -> MemberView:
     return MemberView(member, True, bool(in_recovery), int(timeline), received, replayed, written)
 
 
+def each_member(config: Config, lookup: discovery.Lookup) -> Iterator[tuple[str, int | None, str]]:
+    """The other members the re-init guard would ask (SRV targets, then ordinals past the highest
+    found) that resolve: FQDN, ordinal when known, address."""
+    srv, _, _ = discovery.service_srv(lookup, config.srv_fqdn, config.service_fqdn)
+
+    def pod_fqdn(n: int) -> str:
+        return config.pod_fqdn(config.identity.peer_pod(n))
+
+    targets, own_fqdn = [r.fqdn for r in srv], config.pod_fqdn(config.identity.pod_name).lower()
+    found: set[int] = set()
+    asked: set[str] = set()
+    while pending := [n for n in survey.member_names(targets, pod_fqdn, found, own_fqdn) if n not in asked]:
+        for name in pending:
+            asked.add(name)
+            address, _ = survey.resolve(lookup, name)
+            if address is None:
+                continue
+            ordinal = survey.ordinal_of(name, pod_fqdn, found)
+            if ordinal is not None:
+                found.add(ordinal)
+            yield name, ordinal, address
+
+
 def observe(config: Config, lookup: discovery.Lookup) -> tuple[MemberView, list[MemberView]]:
     """This member (over its Unix socket) and every other member that resolves (over TCP)."""
     import psycopg
@@ -142,26 +166,8 @@ def observe(config: Config, lookup: discovery.Lookup) -> tuple[MemberView, list[
             local = MemberView(own, False, detail=str(exc))
         else:
             local = _ask(connect, own, host=os.path.dirname(socket_path), hostaddr="", port=config.port)
-    # The members the re-init guard would ask: SRV targets, then ordinals past the highest found.
-    srv, _, _ = discovery.service_srv(lookup, config.srv_fqdn, config.service_fqdn)
-
-    def pod_fqdn(n: int) -> str:
-        return config.pod_fqdn(config.identity.peer_pod(n))
-
-    targets, own_fqdn = [r.fqdn for r in srv], config.pod_fqdn(own).lower()
-    found: set[int] = set()
-    asked: set[str] = set()
-    others = []
-    while pending := [n for n in survey.member_names(targets, pod_fqdn, found, own_fqdn) if n not in asked]:
-        for name in pending:
-            asked.add(name)
-            address, _ = survey.resolve(lookup, name)
-            if address is None:
-                continue
-            ordinal = survey.ordinal_of(name, pod_fqdn, found)
-            if ordinal is not None:
-                found.add(ordinal)
-            others.append(_ask(connect, name.split(".")[0], host=name.rstrip("."), hostaddr=address, port=config.port))
+    others = [_ask(connect, name.split(".")[0], host=name.rstrip("."), hostaddr=address, port=config.port)
+              for name, _, address in each_member(config, lookup)]  # fmt: skip
     return local, others
 
 

@@ -14,6 +14,7 @@ INCLUDE_LINE = f"include_if_exists = '{CONF_NAME}'\t# pg-sfs-agent: its settings
 HBA_BEGIN = "# BEGIN pg-sfs-agent: managed block, rewritten at every start; add your rules below it"
 HBA_TAIL_BEGIN = "# BEGIN pg-sfs-agent: managed catch-all, rewritten at every start; add your rules above it"
 HBA_END = "# END pg-sfs-agent"
+HBA_FENCE_BEGIN = "# BEGIN pg-sfs-agent: switchover fence of a preStop hook, removed at the next start"
 SCRAM_ITERATIONS = 4096
 
 
@@ -227,6 +228,35 @@ def hba_tail(method: str = "scram-sha-256") -> str:
     return f"{HBA_TAIL_BEGIN}\n{_hba_rows(rows)}\n{HBA_END}\n"
 
 
+def fence_block(replication_user: str, successor_address: str) -> str:
+    """pg_hba rules that come before all others while a primary hands its role over (agent/prestop.py):
+    no new connection at all, local ones too, except the successor's WAL receiver reconnecting."""
+    prefix = 128 if ":" in successor_address else 32
+    rows = [
+        ("host", "replication", quote_hba(replication_user), f"{successor_address}/{prefix}", "scram-sha-256"),
+        ("local", "all", "all", "", "reject"),
+        ("host", "all", "all", "0.0.0.0/0", "reject"),
+        ("host", "all", "all", "::/0", "reject"),
+    ]
+    return f"{HBA_FENCE_BEGIN}\n{_hba_rows(rows)}\n{HBA_END}\n"
+
+
+def with_fence(pg_hba: str, replication_user: str, successor_address: str) -> str:
+    """pg_hba.conf with the fence first and everything else as it was."""
+    return fence_block(replication_user, successor_address) + without_fence(pg_hba)
+
+
+def without_fence(pg_hba: str) -> str:
+    """pg_hba.conf without a fence block (the rest byte for byte)."""
+    lines = pg_hba.splitlines(keepends=True)
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == HBA_FENCE_BEGIN)
+        end = next(i for i in range(start, len(lines)) if lines[i].strip() == HBA_END)
+    except StopIteration:
+        return pg_hba
+    return "".join(lines[:start] + lines[end + 1:])
+
+
 def with_hba_block(pg_hba: str, replication_user: str, method: str = "scram-sha-256") -> str:
     """pg_hba.conf with the replication block first, the catch-all block last (first match wins, so
     the user's own rules between them take effect: reject, hostssl, cert, network limits), and the
@@ -234,7 +264,7 @@ def with_hba_block(pg_hba: str, replication_user: str, method: str = "scram-sha-
     out: list[str] = []
     inside = False
     for line in pg_hba.splitlines():
-        if line.strip() in (HBA_BEGIN, HBA_TAIL_BEGIN):
+        if line.strip() in (HBA_BEGIN, HBA_TAIL_BEGIN, HBA_FENCE_BEGIN):
             inside = True
             continue
         if inside:

@@ -237,8 +237,8 @@ def template_view(endpoint: Endpoint, timeout: float = 5.0) -> tuple[int | None,
         row = conn.execute("SELECT current_setting('pgsfs.primary_ordinal', true), "
                            "current_setting('pgsfs.pod_born', true)").fetchone()  # fmt: skip
     ordinal, born = row if row else (None, None)
-    named = _number(ordinal, int)
-    return int(named) if named is not None else None, _number(born, float)
+    named = number(ordinal, int)
+    return int(named) if named is not None else None, number(born, float)
 
 
 def upgrade_origin(endpoint: Endpoint, timeout: float = 5.0) -> str | None:
@@ -250,7 +250,7 @@ def upgrade_origin(endpoint: Endpoint, timeout: float = 5.0) -> str | None:
     return str(row[0]) if row and row[0] else None
 
 
-def _number(text: str | None, kind: Callable[[str], float]) -> float | None:
+def number(text: str | None, kind: Callable[[str], float]) -> float | None:
     """`text` as a number of `kind`, or None when it is missing or not one."""
     try:
         return kind(text) if text else None

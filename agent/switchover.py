@@ -30,6 +30,7 @@ from agent.successor import promote_over_sql, redirect_successor, set_until_relo
 from agent.waits import poll_until
 
 if TYPE_CHECKING:
+    from agent.config import Config
     from agent.ownwal import OwnWalServer
 
 FOLLOW_WRITABLE = "follow_writable"
@@ -319,20 +320,6 @@ class Handoff(Part):
             own_wal.handed_over()
         return served
 
-    def _synchronous_from_the_first_commit(self, successor: str, address: str) -> None:
-        """With synchronous replication, the successor gets synchronous_standby_names before it is
-        promoted: it may not have been restarted under the new ordinal yet (a switch to a lower
-        ordinal), and its own files would leave it empty until then (review M4)."""
-        cfg = self.config
-        if not cfg.synchronous_standbys or cfg.standalone:
-            return
-        ident = cfg.identity
-        others = [ident.peer_pod(n) for n in range(cfg.max_replication_slots + 1) if n != ident.primary_ordinal]
-        names = synchronous_standby_names(cfg.synchronous_standbys, others)
-        shown = self.set_setting(successor, address, cfg.port, cfg.superuser, cfg.superuser_password.reveal(),
-                                 "synchronous_standby_names", names)  # fmt: skip
-        self.log.info("successor_synchronous", successor=successor, synchronous_standby_names=shown)
-
     def _point_successor(self, successor: str, address: str, *, here: bool) -> bool:
         cfg = self.config
         conninfo = primary_conninfo(
@@ -362,25 +349,7 @@ class Handoff(Part):
             return False
 
     def _promote(self, successor: str, address: str) -> bool:
-        cfg = self.config
-        try:
-            self._synchronous_from_the_first_commit(successor, address)
-            promoted = self.promote(successor, address, cfg.port, cfg.superuser, cfg.superuser_password.reveal(),
-                                    slot_name_for(successor.split(".", maxsplit=1)[0]))  # fmt: skip
-        except Exception as exc:  # psycopg.Error; kept broad so no traceback reaches the user
-            raise CommandFailed(
-                f"could not promote {successor}: {' '.join(str(exc).split())}",
-                hint="the successor must accept the superuser (POSTGRES_USER) over the network; the pod restarts "
-                f"and tries again, or promote it by hand: kubectl exec {successor.split('.', maxsplit=1)[0]} "
-                "-- pg-sfs-agent promote",
-            ) from exc
-        if promoted is None:
-            raise CommandFailed(
-                f"the server at {successor}'s address ({address}) is not {successor} (its primary_slot_name differs): "
-                "a stale DNS record? Nothing was promoted",
-                hint="the pod restarts and looks again; check the cluster DNS for the successor's record",
-            )
-        return promoted
+        return promote_successor(self.config, self.log, successor, address, self.promote, self.set_setting)
 
     def _blocked(self, decision: str, successor: str, wal_end: int, writable: list[str], newer: list[str],
                  served: bool, never_opened: bool = False) -> SwitchoverBlocked:  # fmt: skip
@@ -420,6 +389,46 @@ class Handoff(Part):
             f"switchover to {short} not done: {why}; {me}'s data was left untouched and {short} not promoted",
             hint=hint, decision=decision,
         )  # fmt: skip
+
+
+def promote_successor(cfg: Config, log: Any, successor: str, address: str,
+                      promote: Callable[..., bool | None] = promote_over_sql,
+                      set_setting: Callable[..., str] = set_until_reload) -> bool:  # fmt: skip
+    """Promote `successor` (the primary ordinal of `cfg`) at `address`, synchronous from its first commit
+    when replication is; CommandFailed when it could not be, or when that address is not that member."""
+    try:
+        _synchronous_from_the_first_commit(cfg, log, successor, address, set_setting)
+        promoted = promote(successor, address, cfg.port, cfg.superuser, cfg.superuser_password.reveal(),
+                           slot_name_for(successor.split(".", maxsplit=1)[0]))  # fmt: skip
+    except Exception as exc:  # psycopg.Error; kept broad so no traceback reaches the user
+        raise CommandFailed(
+            f"could not promote {successor}: {' '.join(str(exc).split())}",
+            hint="the successor must accept the superuser (POSTGRES_USER) over the network; the pod restarts "
+            f"and tries again, or promote it by hand: kubectl exec {successor.split('.', maxsplit=1)[0]} "
+            "-- pg-sfs-agent promote",
+        ) from exc
+    if promoted is None:
+        raise CommandFailed(
+            f"the server at {successor}'s address ({address}) is not {successor} (its primary_slot_name differs): "
+            "a stale DNS record? Nothing was promoted",
+            hint="the pod restarts and looks again; check the cluster DNS for the successor's record",
+        )
+    return promoted
+
+
+def _synchronous_from_the_first_commit(cfg: Config, log: Any, successor: str, address: str,
+                                       set_setting: Callable[..., str]) -> None:  # fmt: skip
+    """With synchronous replication, the successor gets synchronous_standby_names before it is
+    promoted: it may not have been restarted under the new ordinal yet (a switch to a lower
+    ordinal), and its own files would leave it empty until then (review M4)."""
+    if not cfg.synchronous_standbys or cfg.standalone:
+        return
+    ident = cfg.identity
+    others = [ident.peer_pod(n) for n in range(cfg.max_replication_slots + 1) if n != ident.primary_ordinal]
+    names = synchronous_standby_names(cfg.synchronous_standbys, others)
+    shown = set_setting(successor, address, cfg.port, cfg.superuser, cfg.superuser_password.reveal(),
+                        "synchronous_standby_names", names)  # fmt: skip
+    log.info("successor_synchronous", successor=successor, synchronous_standby_names=shown)
 
 
 def give_back(pgdata: Path, log: Any) -> bool:

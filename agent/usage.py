@@ -13,7 +13,7 @@ from agent.errors import ConfigError
 
 USAGE = """\
 usage: pg-sfs-agent [postgres] [POSTGRES-ARGS...]
-       pg-sfs-agent plan | promote [OPTIONS] | backup [OPTIONS] | probe startup|readiness|liveness
+       pg-sfs-agent plan | promote [OPTIONS] | backup [OPTIONS] | probe startup|readiness|liveness | prestop
        pg-sfs-agent logs [OPTIONS] | version | help
        pg-sfs-agent COMMAND [ARGS...]
 
@@ -27,6 +27,7 @@ commands:
   promote           in a replica's pod, after the primary is lost: promote this member
   backup            in the primary's pod: a base backup into PGSFS_BACKUP_REPO (pgBackRest)
   probe CHECK       the exec probes of the manifest (startup, readiness, liveness)
+  prestop           the manifest's preStop hook: a switchover's primary hands over before its pod goes
   logs              read `kubectl logs --prefix` output on stdin, print aligned lines
   version           the agent's version
   help              this text

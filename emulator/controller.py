@@ -258,7 +258,9 @@ class Cluster:
             recs = [r for r in self._pods.values() if not r.gone]
             for rec in recs:
                 if not rec.terminating:
-                    self._begin_delete(rec, None)
+                    # A teardown: no preStop hooks (nothing is observed after it, and each would ask
+                    # peers that are going too).
+                    self._begin_delete(rec, None, hook=False)
             threads = list(self._terminators)
         for t in threads:
             t.join(self.sts.termination_grace_period + 20)
@@ -328,6 +330,7 @@ class Cluster:
             stop_signal=self.sts.stop_signal, grace_period=self.sts.termination_grace_period,
             agent_bin_dir=self.agent_bin_dir, security=self.sts.security,
             empty_dirs=self.sts.empty_dirs, image=self.image, service_account=self.sts.service_account,
+            pre_stop=self.sts.pre_stop,
             shared_mounts=tuple((self.shared_claim_dir(c.claim_name), c.mount_path) for c in self.sts.shared_claims),
         )  # fmt: skip
         pod = Pod(template, register_pid=lambda pid: self.network.register_pid(pid, host))
@@ -441,7 +444,7 @@ class Cluster:
 
     # ------------------------------------------------------------------ deletion
 
-    def _begin_delete(self, rec: _PodRecord, grace: float | None) -> threading.Thread:
+    def _begin_delete(self, rec: _PodRecord, grace: float | None, hook: bool = True) -> threading.Thread:
         rec.terminating = True
         self._event(rec, "terminating")
 
@@ -449,7 +452,7 @@ class Cluster:
             try:
                 if rec.probes is not None:
                     rec.probes.stop.set()
-                graceful = rec.pod.stop(grace)
+                graceful = rec.pod.stop(grace, pre_stop=hook)
                 self._event(rec, "stopped" if graceful else "killed after grace period")
             finally:
                 with contextlib.suppress(KeyError, RuntimeError):
@@ -626,6 +629,12 @@ class Cluster:
             thread = self._begin_delete(rec, 0)
         thread.join(30)
         return revision
+
+    def updated(self, name: str) -> bool:
+        """True when pod `name` is of the current template (kubectl's UP-TO-DATE)."""
+        with self._lock:
+            rec = self._pods.get(name)
+            return rec is not None and not rec.terminating and rec.revision == self.revision
 
     def rolled_out(self) -> bool:
         """True when every pod is of the current template, running and Ready (rollout complete)."""

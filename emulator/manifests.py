@@ -170,6 +170,8 @@ class StatefulSetSpec:
     volume_size_bytes: int | None = None
     # spec.template.spec.automountServiceAccountToken (Kubernetes' default: true).
     service_account: bool = True
+    # The container's lifecycle.preStop exec command (None: no hook).
+    pre_stop: tuple[str, ...] | None = None
 
     def pod_name(self, ordinal: int) -> str:
         """Name of the pod with this ordinal."""
@@ -331,6 +333,15 @@ def _probe(raw: dict[str, Any] | None) -> Probe | None:
     )
 
 
+def _pre_stop(container: dict[str, Any]) -> tuple[str, ...] | None:
+    hook = ((container.get("lifecycle") or {}).get("preStop")) or None
+    if hook is None:
+        return None
+    if set(hook) != {"exec"}:
+        raise ManifestError(f"only exec preStop hooks are emulated, got {sorted(hook)}")
+    return tuple(hook["exec"]["command"])
+
+
 def _capabilities(raw: dict[str, Any] | None) -> tuple[str, ...]:
     """The container's capability set: the runtime's defaults, minus drop, plus add."""
     raw = raw or {}
@@ -452,6 +463,7 @@ def spec_from_documents(docs: list[dict[str, Any]], image: ImageConfig,
         shared_claims=shared_claims,
         volume_size_bytes=_claim_size(claim_template),
         service_account=bool(pod.get("automountServiceAccountToken", True)),
+        pre_stop=_pre_stop(container),
     )
     svc_spec = ServiceSpec(
         name=svc["metadata"]["name"],

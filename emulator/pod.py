@@ -345,6 +345,8 @@ class PodTemplate:
     image: str | None = None
     # automountServiceAccountToken: the service account's directory is mounted (its namespace file).
     service_account: bool = True
+    # lifecycle.preStop exec command, run before the stop signal within the grace period.
+    pre_stop: tuple[str, ...] | None = None
 
     @property
     def fqdn(self) -> str:
@@ -488,6 +490,8 @@ class Pod:
         self.t = template
         self.register_pid = register_pid or (lambda _pid: None)
         self.containers: list[Container] = []
+        # What the last preStop hook returned (None: none ran).
+        self.pre_stop_result: subprocess.CompletedProcess[str] | None = None
         self._prepare_sandbox()
 
     @property
@@ -639,13 +643,21 @@ class Pod:
         c = self.container
         return c is not None and c.running()
 
-    def stop(self, grace: float | None = None, sig: int | None = None) -> bool:
-        """Stop the container: STOPSIGNAL (or `sig`), grace period, SIGKILL. True if in time."""
+    def stop(self, grace: float | None = None, sig: int | None = None, pre_stop: bool = True) -> bool:
+        """Stop the container as the kubelet does: the preStop hook (bounded by the grace period),
+        then STOPSIGNAL (or `sig`), the rest of the grace period (at least 2 s, as the kubelet
+        grants a hook that ran over), SIGKILL. True if in time. A grace of 0 (a forced delete) skips
+        the hook, as `pre_stop=False` does."""
         c = self.container
         if c is None:
             return True
-        return c.stop(sig if sig is not None else self.t.stop_signal,
-                      self.t.grace_period if grace is None else grace)
+        grace = self.t.grace_period if grace is None else grace
+        if pre_stop and self.t.pre_stop and grace > 0 and c.running():
+            started = time.monotonic()
+            with contextlib.suppress(PodError):
+                self.pre_stop_result = self.exec(list(self.t.pre_stop), timeout=grace)
+            grace = max(2.0, grace - (time.monotonic() - started))
+        return c.stop(sig if sig is not None else self.t.stop_signal, grace)
 
     def kill(self, sig: int = signal.SIGKILL) -> bool:
         """Send one signal to the pod's PID 1 (no escalation); False if it is not running."""

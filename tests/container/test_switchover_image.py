@@ -45,9 +45,15 @@ def test_switchover_and_back_on_the_image() -> None:
                        f"{pod(old)} streaming from {pod(new)}")  # fmt: skip
             assert c.psql(pod(new), "select pg_is_in_recovery()") == "f"
             c.psql(pod(new), f"insert into acked values ({100 + new + 1})")
-        # Pod 1 handed back to pod 0 in its last start, then rejoined as a standby without a copy.
-        said = [e["event"] for e in log_events(c, pod(1))]
-        assert "switchover_promoted" in said and "rejoining" in said, said
+            # 0 -> 1: pod 1, rolled first, names the new ordinal, so pod 0 hands over in its preStop hook
+            # (as uid 999, postgres' own user: root has no CAP_KILL), and its next start tells it.
+            # 1 -> 0: pod 1 is rolled first, when no pod names ordinal 0 yet: its hook cannot tell a
+            # switchover, and its next start hands over. Either way it then rejoins without a copy.
+            events = log_events(c, pod(old))
+            said = [e["event"] for e in events]
+            hook = [e.get("said") for e in events if e["event"] == "prestop_hook"]
+            assert hook == (["prestop_fenced", "switchover_promoted"] if new == 1 else []), said
+            assert ("switchover_promoted" in said) == (new == 0) and "rejoining" in said, said
         assert c.psql(PRIMARY, "select timeline_id from pg_control_checkpoint()") == "3"
         wait_until(lambda: c.try_psql(pod(1), "select count(*) from acked").stdout.strip() == "102", 30, 0.2,
                    "pod 1 has every row")  # fmt: skip

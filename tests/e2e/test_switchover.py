@@ -29,6 +29,7 @@ from tests.e2e.fault_support import (
     primary_dies_ahead_of_its_replica,
     report,
     run_lines,
+    titled_pids,
     wait_exit,
     wait_line,
     wait_rolled_out,
@@ -82,10 +83,13 @@ def test_switchover_under_write_load_and_back() -> None:
             assert not lost, f"{len(lost)} acknowledged writes to {table} lost: {lost[:10]}"
             outages[table] = [round(outage(acked, to_one["started"], to_zero["started"]), 2),
                               round(outage(acked, to_zero["started"], time.time()), 2)]  # fmt: skip
-        # Each former primary handed over (promoted its successor), then rejoined without a copy.
+        # Each former primary handed over (promoted its successor) in its pod's preStop hook, while its
+        # pod and address still existed (its next start tells it), then rejoined without a copy.
         for former in (PRIMARY, pod(1)):
             said = [e.get("event") for e in _runs_of(c, former)]
-            assert "switchover_promoted" in said and "rejoining" in said, (former, said)
+            hook = [e for e in _runs_of(c, former) if e.get("event") == "prestop_hook"]
+            assert [e.get("said") for e in hook] == ["prestop_fenced", "switchover_promoted"], (former, hook)
+            assert "rejoining" in said and "rewound" not in said, (former, said)
         timeline = c.psql(PRIMARY, "select timeline_id from pg_control_checkpoint()")
         # The story of a start during a switchover: pod 2, restarted first, follows pod 1 (a standby
         # then); pod 0, restarted last, hands over.
@@ -94,7 +98,7 @@ def test_switchover_under_write_load_and_back() -> None:
             print(f"[switchover-log {name}]")
             for line in run:
                 print("   ", json.dumps({k: v for k, v in line.items() if k not in ("timestamp", "level", "pod")}))
-        handoff = named(_runs_of(c, PRIMARY), "switchover_promoted")
+        handoff = [e for e in _runs_of(c, PRIMARY) if e.get("said") == "switchover_promoted"]
         report("switchover", writes=len([x for x in client_lines["acked"] if "ack" in x]), samples=len(samples),
                two_writable=len(two), outage_multihost_s=outages["acked"], outage_rw_kept_s=outages["acked_rw"],
                outage_rw_new_connections_s=outages["acked_rw_new"], rollout_to_1_s=to_one["rollout_s"],
@@ -403,9 +407,9 @@ def test_a_member_handed_the_role_and_restarted_before_the_rollout_reached_it_ke
         c.psql(pod(1), "create table acked (n int primary key); insert into acked select generate_series(1, 100)")
         c.set_partition(1)
         c.update_template({"PGSFS_PRIMARY_ORDINAL": "0"})
-        wait_line(c, pod(1), "switchover_promoted", 120, run_index=1)
+        # Promoted by pod 1's preStop hook as the rollout deletes pod 1.
         wait_until(lambda: c.try_psql(PRIMARY, "select pg_is_in_recovery()", timeout=5).stdout.strip() == "f",
-                   60, 0.1, "pod 0 promoted")  # fmt: skip
+                   120, 0.1, "pod 0 promoted")  # fmt: skip
         c.psql(PRIMARY, "insert into acked select generate_series(101, 150)")
         # Once pod 1 has rejoined as pod 0's standby (a crash before that, in the second or so while
         # pod 1's agent still waits for pod 0 as primary, leaves each waiting on the other: README).
@@ -423,3 +427,38 @@ def test_a_member_handed_the_role_and_restarted_before_the_rollout_reached_it_ke
         wait_until(lambda: streaming_from(c, PRIMARY) == [pod(1), pod(2)], 60, 0.2, "both streaming from pod 0")
         assert c.psql(PRIMARY, "select count(*) from acked") == "200"
         report("stale_template_keeps_role", kept=kept["decision"], restarts=c.restarts(PRIMARY))
+
+
+def test_a_prestop_hook_that_cannot_finish_leaves_the_handoff_to_the_next_start() -> None:
+    # The hook fences pod 0 and waits for pod 1 to receive its WAL, but pod 0's walsender is frozen
+    # while pod 0 alone acknowledged 50 rows: pod 1 never gets them, the grace period runs out, the hook
+    # and then postgres are killed. Nothing was promoted, so the handoff at pod 0's next start serves
+    # its WAL to pod 1 and promotes it then: all 150 rows on pod 1, the fence gone.
+    c = make_cluster(replicas=2, grace_period=6)
+    with c:
+        healthy(c)
+        acked_rows_on_both(c)
+        c.set_partition(1)  # pod 1 rolled, pod 0 held: a successor following the primary
+        c.update_template({"PGSFS_PRIMARY_ORDINAL": "1"})
+        wait_until(lambda: c.updated(pod(1)) and streaming_from(c, PRIMARY) == [pod(1)],
+                   120, 0.2, "pod 1 rolled and streaming from pod 0")  # fmt: skip
+        senders = titled_pids(c, PRIMARY, "postgres: walsender")
+        for pid in senders:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            c.psql(PRIMARY, "insert into acked select generate_series(101, 150)")
+            since = time.time()
+            c.set_partition(0)
+            wait_rolled_out(c, "rollout to primary ordinal 1", 180)
+        finally:
+            for pid in senders:  # gone with the pod; resumed if the test failed before
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+        wait_until(lambda: streaming_from(c, pod(1)) == [PRIMARY], 60, 0.2, "pod 0 streaming from pod 1")
+        assert c.psql(pod(1), "select count(*) from acked") == "150"
+        lines = _runs_of(c, PRIMARY)
+        assert [e.get("said") for e in named(lines, "prestop_hook")] == ["prestop_fenced"], named(lines, "prestop_hook")
+        assert named(lines, "prestop_fence_lifted")
+        [promoted] = named(lines, "switchover_promoted")
+        assert promoted["served_own_wal"] is True, promoted
+        report("prestop_killed", handoff_s=promoted.get("duration_s"), rollout_s=round(time.time() - since, 1))

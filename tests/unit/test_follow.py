@@ -69,6 +69,22 @@ def test_a_former_primary_rejoins_is_rewound_or_clones_when_its_slot_was_lost(
         assert decided == follow.REJOIN
 
 
+@pytest.mark.parametrize("seen", HISTORIES[1:])
+def test_a_former_primary_stopped_without_a_checkpoint_rejoins_when_its_wal_end_is_on_the_history(
+    seen: history.Verdict,
+) -> None:
+    # Stopped at once after a preStop handoff (or killed): the position is the end of its WAL, read with
+    # pg_waldump. On the history it rejoins as it is (its recovery replays that WAL); else it is rewound.
+    decided = decide_restart(OURS, OURS, seen, "reserved", "refuse", former_primary=True, clean=False, end_known=True)
+    if seen.outcome == history.NEWER_TIMELINE:
+        assert decided == follow.REFUSE_DIVERGED
+    else:
+        assert decided == (follow.REJOIN if seen.may_follow else follow.REWIND)
+    # Only pg_control's position: not proof of where its WAL ends, so rewound as before.
+    assert decide_restart(OURS, OURS, seen, "reserved", "refuse", former_primary=True, clean=False) in (
+        follow.REWIND, follow.REFUSE_DIVERGED)
+
+
 @given(
     former=st.booleans(), clean=st.booleans(), slot=st.sampled_from(SLOTS),
     on_divergence=st.sampled_from(["refuse", "reclone"]), local_timeline=st.integers(1, 6),

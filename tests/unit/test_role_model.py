@@ -5,7 +5,9 @@ end), data that is a primary's or a standby's, and a postgres that runs or not. 
 writes (each write an acknowledged commit), a standby streams, a postgres crashes, the primary
 ordinal moves, a member restarts and its agent decides with the real pure functions
 (`decide_primary_restart`, `decide_designated`, `decide_handoff`, `history.compare` +
-`decide_restart`), and an operator runs `promote` (`promote.decide`), naming some members down.
+`decide_restart`), a pod is deleted and its preStop hook decides (`prestop.decide`: fence, the
+successor catches up or not, promote, stop at once), and an operator runs `promote`
+(`promote.decide`), naming some members down.
 Its first run found that a handoff promoted the successor beside a member promoted by hand on a
 newer timeline; `decide_handoff` now refuses that (`refuse_newer_timeline`).
 After every event:
@@ -31,7 +33,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from agent import follow, history
+from agent import follow, history, prestop
 from agent import switchover as sw
 from agent.history import format_lsn
 from agent.promote import MemberView, decide
@@ -158,8 +160,30 @@ class RoleModel(RuleBasedStateMachine):
     def move_ordinal(self, o: int) -> None:
         self.ordinal = o
 
-    @rule(i=st.integers(0, MEMBERS - 1), clean=st.booleans(), reclone=st.booleans(), unreadable=st.booleans())
-    def restart(self, i: int, clean: bool, reclone: bool, unreadable: bool = False) -> None:
+    @rule(i=st.integers(0, MEMBERS - 1), caught_up=st.booleans())
+    def pod_deleted(self, i: int, caught_up: bool) -> None:
+        """The rollout deletes member i's pod: its preStop hook decides with the agent's `prestop.decide`
+        (every other member's template names the current ordinal, from a younger pod); for a handoff,
+        the fenced primary takes no write while the successor streams the rest of its WAL (or does not,
+        within the budget: nothing promoted); then its postgres stops, without a shutdown checkpoint."""
+        m = self.members[i]
+        if m.up and m.primary_data:
+            peers = [prestop.PeerView(o.name, k, o.up, "198.18.0.9", not o.primary_data, self.ordinal, 1.0, o.tl.num,
+                                      format_lsn(o.end)) if o.up else prestop.PeerView(o.name, k, False)
+                     for k, o in enumerate(self.members) if o is not m]  # fmt: skip
+            decided, successor = prestop.decide(i, i, True, 0.0, m.tl.num, peers)
+            if decided == prestop.HAND_OFF:
+                assert successor is not None and successor.ordinal is not None
+                s = self.members[successor.ordinal]
+                assert s.up and not s.primary_data and s.tl is m.tl and not self.writable(but=m)
+                if caught_up:
+                    s.end = max(s.end, m.end)
+                    self.promote_member(s)
+        m.up = m.announcing = False
+
+    @rule(i=st.integers(0, MEMBERS - 1), clean=st.booleans(), reclone=st.booleans(), unreadable=st.booleans(),
+          end_read=st.booleans())
+    def restart(self, i: int, clean: bool, reclone: bool, unreadable: bool = False, end_read: bool = False) -> None:
         m = self.members[i]
         m.up, m.announcing = False, True  # its agent runs before its postgres, and answers for it
         ordinal = self.members[self.ordinal]
@@ -172,7 +196,7 @@ class RoleModel(RuleBasedStateMachine):
             decided = sw.decide_designated([o.name for o in others])
             m.up = decided != sw.REFUSE_MANY_WRITABLE
         elif m.primary_data:
-            self.former_primary(m, ordinal, others, clean, reclone, unreadable)
+            self.former_primary(m, ordinal, others, clean, reclone, unreadable, end_read)
         elif ordinal.up:
             local = history.LocalPosition(m.tl.num, m.end, clean=True)
             seen = history.compare(local, ordinal.tl.num, ordinal.end, ordinal.tl.switches())
@@ -183,16 +207,17 @@ class RoleModel(RuleBasedStateMachine):
             m.up = decided != follow.REFUSE_DIVERGED
 
     def former_primary(self, m: Member, successor: Member, others: list[Member], clean: bool, reclone: bool,
-                       unreadable: bool = False) -> None:  # fmt: skip
+                       unreadable: bool = False, end_read: bool = False) -> None:  # fmt: skip
         """A former primary on a replica ordinal: hand off to a standby successor, or rejoin a primary.
-        `unreadable`: the successor's postgres runs but takes no connection until served (review M8)."""
+        `unreadable`: the successor's postgres runs but takes no connection until served (review M8).
+        `end_read`: pg_waldump read where its WAL ends (the model's `end` is that true end)."""
         if not successor.up:
             return  # it waits for its successor, then refuses (exit 15): its data untouched
         if successor.primary_data:
             local = history.LocalPosition(m.tl.num, m.end, clean=clean)
             seen = history.compare(local, successor.tl.num, successor.end, successor.tl.switches())
             decided = follow.decide_restart(1, 1, seen, "reserved", "reclone" if reclone else "refuse",
-                                            former_primary=True, clean=clean)  # fmt: skip
+                                            former_primary=True, clean=clean, end_known=end_read)  # fmt: skip
             self.judge_rewind(m, decided, successor)
             if decided == follow.REFUSE_DIVERGED:
                 return
