@@ -160,12 +160,13 @@ class RoleModel(RuleBasedStateMachine):
     def move_ordinal(self, o: int) -> None:
         self.ordinal = o
 
-    @rule(i=st.integers(0, MEMBERS - 1), caught_up=st.booleans())
-    def pod_deleted(self, i: int, caught_up: bool) -> None:
+    @rule(i=st.integers(0, MEMBERS - 1), caught_up=st.booleans(), at_once=st.booleans())
+    def pod_deleted(self, i: int, caught_up: bool, at_once: bool) -> None:
         """The rollout deletes member i's pod: its preStop hook decides with the agent's `prestop.decide`
         (every other member's template names the current ordinal, from a younger pod); for a handoff,
         the fenced primary takes no write while the successor streams the rest of its WAL (or does not,
-        within the budget: nothing promoted); then its postgres stops, without a shutdown checkpoint."""
+        within the budget: nothing promoted); then its postgres stops, without a shutdown checkpoint, or
+        (`at_once` False: the hook was killed before it stopped it) with one past the successor's fork."""
         m = self.members[i]
         if m.up and m.primary_data:
             peers = [prestop.PeerView(o.name, k, o.up, "198.18.0.9", not o.primary_data, self.ordinal, 1.0, o.tl.num,
@@ -179,6 +180,8 @@ class RoleModel(RuleBasedStateMachine):
                 if caught_up:
                     s.end = max(s.end, m.end)
                     self.promote_member(s)
+                    if not at_once:
+                        m.end += 1  # the kubelet's fast shutdown: a checkpoint only it has, no commit
         m.up = m.announcing = False
 
     @rule(i=st.integers(0, MEMBERS - 1), clean=st.booleans(), reclone=st.booleans(), unreadable=st.booleans(),
