@@ -11,12 +11,16 @@ VENV39 := .venv39
 VENV39MIN := .venv39-min
 APT_PACKAGES := postgresql-15 bind9 bind9-utils bind9-dnsutils unbound iproute2 util-linux procps time \
                 podman buildah runc netavark uidmap debootstrap libnss-wrapper pgbackrest stunnel4
-IMAGE ?= pg-sfs-agent:14.5
-# Without a Docker engine: podman (runc, host network, settings in docker/containers.conf) on a
-# local stand-in for postgres:14.5 built from docker/base/ (Docker Hub is never asked).
-BASE_IMAGE := localhost/postgres:14.5
-PODMAN_CONF := $(CURDIR)/docker/containers.conf
 PG_VERSION ?= 14.5
+# With a Docker engine: FROM the official postgres:$(PG_VERSION), tagged with that version.
+IMAGE ?= pg-sfs-agent:$(PG_VERSION)
+# Without one: podman (runc, host network, settings in docker/containers.conf) on a local stand-in
+# for postgres:14.5 built from docker/base/ (Docker Hub is never asked); the stand-in and the image
+# built on it are named so that neither can be taken for the official base or a production image.
+STANDIN_BASE := localhost/postgres-standin
+BASE_IMAGE := $(STANDIN_BASE):14.5
+STANDIN_IMAGE ?= pg-sfs-agent:$(PG_VERSION)-standin
+PODMAN_CONF := $(CURDIR)/docker/containers.conf
 NAMESPACE ?= pg
 PG_MAJORS_DIR ?= .pg-majors
 # Majors besides Debian's 15 that `make test-majors` runs the integration tests against.
@@ -117,7 +121,7 @@ demo: deps $(VENV)/.done ## bring up the 3-pod StatefulSet from k8s/ locally, sh
 	$(VENV)/bin/python -m emulator demo
 
 demo-image: deps $(VENV)/.done image ## the same demo, each pod a podman container of the built image
-	$(VENV)/bin/python -m emulator demo --image localhost/$(IMAGE)
+	$(VENV)/bin/python -m emulator demo --image localhost/$(STANDIN_IMAGE)
 
 cluster-up: deps $(VENV)/.done ## start the emulated cluster in the background
 	$(VENV)/bin/python -m emulator up
@@ -139,9 +143,10 @@ image: ## docker build if a Docker engine answers, else podman FROM the local ba
 	  echo "docker build -f docker/Dockerfile --build-arg PG_VERSION=$(PG_VERSION) -t $(IMAGE) ."; \
 	  docker build -f docker/Dockerfile --build-arg PG_VERSION=$(PG_VERSION) -t $(IMAGE) .; \
 	else \
-	  set -e; echo "no Docker engine: podman build FROM postgres:$(PG_VERSION) in local storage"; \
+	  set -e; echo "no Docker engine: podman build FROM the local stand-in $(STANDIN_BASE):$(PG_VERSION), tagged $(STANDIN_IMAGE)"; \
 	  if [ "$(PG_VERSION)" = 14.5 ]; then $(MAKE) --no-print-directory base-image; fi; \
-	  CONTAINERS_CONF=$(PODMAN_CONF) docker/podman-build.sh -f docker/Dockerfile --build-arg PG_VERSION=$(PG_VERSION) -t $(IMAGE) .; \
+	  CONTAINERS_CONF=$(PODMAN_CONF) docker/podman-build.sh -f docker/Dockerfile --build-arg PG_VERSION=$(PG_VERSION) \
+	    --build-arg BASE_IMAGE=$(STANDIN_BASE) -t $(STANDIN_IMAGE) .; \
 	fi
 
 deploy: ## kubectl apply -k k8s/ to the current cluster

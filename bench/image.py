@@ -1,7 +1,7 @@
 """8. The real images side by side: container start to ready on an empty volume, same flags for both.
 
-`localhost/postgres:14.5` (the stand-in base, whose entrypoint is the official docker-entrypoint.sh,
-unchanged) against `localhost/pg-sfs-agent:14.5` (built FROM it, `make image`): same PostgreSQL 14
+`localhost/postgres-standin:14.5` (the stand-in base, whose entrypoint is the official docker-entrypoint.sh,
+unchanged) against `localhost/pg-sfs-agent:14.5-standin` (built FROM it, `make image`): same PostgreSQL 14
 binaries, same podman, the manifest's securityContext, emptyDirs and fsGroup'd volume for both, each
 in a fresh pod namespace of the bench's network with cluster DNS. Rounds rotate the order.
 """
@@ -18,8 +18,8 @@ from bench.context import Ctx
 from bench.sandbox import Sandbox, replication_ready, superuser_ready
 from emulator.manifests import StatefulSetSpec
 
-OURS = os.environ.get("PGSFS_IMAGE", "localhost/pg-sfs-agent:14.5")
-BASE = os.environ.get("PGSFS_BASE_IMAGE", "localhost/postgres:14.5")
+OURS = os.environ.get("PGSFS_IMAGE", "localhost/pg-sfs-agent:14.5-standin")
+BASE = os.environ.get("PGSFS_BASE_IMAGE", "localhost/postgres-standin:14.5")
 KINDS = ("ours", "official")
 READY_TIMEOUT = 90.0
 POSTGRES_GID = 999

@@ -1,7 +1,8 @@
 #!/bin/bash
 # `make base-image`: the local stand-in for postgres:14.5 (see Dockerfile here), built with
-# podman and tagged IMAGE (localhost/postgres:14.5), so that docker/Dockerfile's
-# `FROM postgres:14.5` resolves to it without any registry.
+# podman and tagged IMAGE (localhost/postgres-standin:14.5), which `make image` passes to
+# docker/Dockerfile as its BASE_IMAGE: no registry is asked, and no image built on it carries the
+# official name.
 #
 # Skipped when IMAGE exists and was built from the current docker/base/* (a label on the
 # image holds their digest); the debootstrap rootfs is redone only when mkrootfs.sh changed.
@@ -9,7 +10,7 @@
 # usage: docker/base/build.sh [IMAGE]   (as root)
 set -euo pipefail
 
-image=${1:-localhost/postgres:14.5}
+image=${1:-localhost/postgres-standin:14.5}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$here/../containers.conf}
 rootfs=localhost/pg-sfs-rootfs:bullseye

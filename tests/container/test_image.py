@@ -1,6 +1,6 @@
 """The built image, run the way the StatefulSet runs it: podman containers in the emulator's pods.
 
-Each pod of the emulated StatefulSet is a container of pg-sfs-agent:14.5 (`make image`) in the pod's
+Each pod of the emulated StatefulSet is a container of pg-sfs-agent:14.5-standin (`make image`) in the pod's
 network namespace (198.18.0.0/15, BIND as cluster DNS), with the manifest's securityContext as
 podman flags, its volume and emptyDirs; probes and `kubectl exec` go through `podman exec`. Nothing
 of the securityContext is restated here: it comes from k8s/. Figures are printed as [measured].
@@ -35,7 +35,7 @@ from tests.e2e.cluster_support import (  # noqa: E402
     the_event,
 )
 
-IMAGE = os.environ.get("PGSFS_IMAGE", "localhost/pg-sfs-agent:14.5")
+IMAGE = os.environ.get("PGSFS_IMAGE", "localhost/pg-sfs-agent:14.5-standin")
 START = 120.0
 
 if not podman.image_exists(IMAGE):

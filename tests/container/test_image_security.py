@@ -1,6 +1,6 @@
 """tests/e2e/test_security.py's scenarios on the built image: the shipped manifest and both
 overlays (uid 999; an arbitrary uid with group 0 and no passwd entry), each pod a podman container
-of pg-sfs-agent:14.5 under the variant's securityContext."""
+of pg-sfs-agent:14.5-standin under the variant's securityContext."""
 
 from __future__ import annotations
 

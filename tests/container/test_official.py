@@ -34,7 +34,7 @@ from emulator import podman  # noqa: E402
 from emulator.network import Host, Network  # noqa: E402
 from emulator.waiting import wait_until  # noqa: E402
 
-IMAGE = os.environ.get("PGSFS_IMAGE", "localhost/pg-sfs-agent:14.5")
+IMAGE = os.environ.get("PGSFS_IMAGE", "localhost/pg-sfs-agent:14.5-standin")
 OFFICIAL = {
     "POSTGRES_USER": "my cool postgres user",
     "POSTGRES_PASSWORD": "my cool postgres password",

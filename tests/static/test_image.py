@@ -96,8 +96,10 @@ def test_from_uses_the_pg_version_arg() -> None:
     instr = instructions()
     # The ARG must come before FROM to be usable in it.
     assert instr[0] == ("ARG", "PG_VERSION=14.5")
+    # The official image unless told (the local stand-in passes its own, never the official, name).
+    assert instr[1] == ("ARG", "BASE_IMAGE=postgres")
     # pgBackRest is built in a stage on the same base, so it links against the same libraries.
-    assert only("FROM") == ["postgres:${PG_VERSION} AS pgbackrest", "postgres:${PG_VERSION}"]
+    assert only("FROM") == ["${BASE_IMAGE}:${PG_VERSION} AS pgbackrest", "${BASE_IMAGE}:${PG_VERSION}"]
 
 
 def test_entrypoint_cmd_stopsignal() -> None:
