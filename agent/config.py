@@ -24,6 +24,7 @@ from agent.secret import Secret
 DEFAULT_CONF_DIR = "/etc/postgresql/conf.d"
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 RESOLV_CONF = Path("/etc/resolv.conf")
+HOSTS_FILE = Path("/etc/hosts")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$")
 _DOMAIN = re.compile(r"^(?:[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$")
@@ -161,6 +162,18 @@ def _search_domains(resolv_conf: Path) -> list[str]:
         if parts and parts[0] in ("search", "domain"):
             domains = [d.rstrip(".").lower() for d in parts[1:]]
     return domains
+
+
+def governing_service(hosts_text: str, pod_name: str) -> str | None:
+    """The StatefulSet's Service from the pod's own FQDN, which the kubelet writes into /etc/hosts
+    (`<ip> <pod>.<service>.<namespace>.svc.<domain> <pod>`); None without one (`docker run`)."""
+    prefix = f"{pod_name}.".lower()
+    for line in hosts_text.splitlines():
+        for name in line.split("#", 1)[0].split()[1:]:
+            labels = name.lower().rstrip(".").split(".")
+            if name.lower().startswith(prefix) and len(labels) >= 4 and labels[3] == "svc":
+                return labels[1]
+    return None
 
 
 def namespace_and_domain_from_search(domains: list[str]) -> tuple[str | None, str | None]:
@@ -392,6 +405,7 @@ def load_config(
     hostname: Callable[[], str] = socket.gethostname,
     resolv_conf: Path = RESOLV_CONF,
     sa_namespace_file: Path = SA_NAMESPACE_FILE,
+    hosts_file: Path = HOSTS_FILE,
     server_args: Sequence[str] = (),
     which: Callable[[str], str | None] = shutil.which,
 ) -> Config:
@@ -428,9 +442,13 @@ def load_config(
     elif namespace and not _DNS_LABEL.fullmatch(namespace):
         problems.add("POD_NAMESPACE", namespace, "a DNS label (lower case letters, digits, '-')")
 
-    service = _matching(
-        env, "PGSFS_SERVICE_NAME", "postgresql-svc", _DNS_LABEL, "a DNS label, the headless Service's name", problems
-    )
+    try:
+        # A namePrefix or another StatefulSet renames the Service: the pod's own FQDN names it.
+        governing = governing_service(hosts_file.read_text(), pod_name)
+    except OSError:
+        governing = None
+    service = _matching(env, "PGSFS_SERVICE_NAME", governing or "postgresql-svc", _DNS_LABEL,
+                        "a DNS label, the headless Service's name", problems)  # fmt: skip
     domain = (env.get("PGSFS_CLUSTER_DOMAIN") or search_domain or "cluster.local").rstrip(".").lower()
     if not _DOMAIN.fullmatch(domain):
         problems.add("PGSFS_CLUSTER_DOMAIN", env.get("PGSFS_CLUSTER_DOMAIN"), "a DNS domain like cluster.local")

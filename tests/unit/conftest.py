@@ -101,6 +101,7 @@ def no_kube_files(tmp_path: Path) -> dict[str, Any]:
         "hostname": lambda: "not-a-statefulset-pod",
         "resolv_conf": tmp_path / "absent-resolv.conf",
         "sa_namespace_file": tmp_path / "absent-namespace",
+        "hosts_file": tmp_path / "absent-hosts",
     }
 
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from agent import render
-from agent.config import load_config, namespace_and_domain_from_search
+from agent.config import governing_service, load_config, namespace_and_domain_from_search
 from agent.errors import ConfigError
 from agent.identity import PRIMARY, REPLICA
 
@@ -686,3 +686,28 @@ def test_a_synchronous_policy_that_means_nothing_is_refused(raw: str, make_confi
     with pytest.raises(ConfigError) as caught:
         make_config(PGSFS_SYNCHRONOUS_STANDBYS=raw)
     assert caught.value.problems[0].startswith("PGSFS_SYNCHRONOUS_STANDBYS=")
+
+
+HOSTS = ("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"
+         "198.18.0.5\ta-postgresql-sfs-0.a-postgresql-svc.pg.svc.cluster.local\ta-postgresql-sfs-0\n")
+
+
+def test_the_governing_service_comes_from_the_pods_own_fqdn() -> None:
+    # A kustomize namePrefix renames the Service; the kubelet's /etc/hosts line names it.
+    assert governing_service(HOSTS, "a-postgresql-sfs-0") == "a-postgresql-svc"
+    assert governing_service(HOSTS, "a-postgresql-sfs-1") is None  # another pod's line only
+    assert governing_service("127.0.0.1 localhost\n172.17.0.2 3f2a1b\n", "3f2a1b") is None  # docker run
+    assert governing_service("10.0.0.9 db-0.db.ns.cluster.local db-0\n", "db-0") is None  # not .svc.
+
+
+def test_the_service_name_is_the_fqdns_unless_set(base_env: dict[str, str], no_kube_files: dict[str, Any],
+                                                  tmp_path: Path) -> None:  # fmt: skip
+    hosts = tmp_path / "hosts"
+    hosts.write_text(HOSTS)
+    env = {**base_env, "POD_NAME": "a-postgresql-sfs-0"}
+    cfg = load_config(env, **{**no_kube_files, "hosts_file": hosts})
+    assert cfg.service_name == "a-postgresql-svc"
+    assert cfg.pod_fqdn("a-postgresql-sfs-1") == "a-postgresql-sfs-1.a-postgresql-svc.pg.svc.cluster.local."
+    assert load_config({**env, "PGSFS_SERVICE_NAME": "other"}, **{**no_kube_files, "hosts_file": hosts}
+                       ).service_name == "other"  # fmt: skip
+    assert load_config(env, **no_kube_files).service_name == "postgresql-svc"  # no hosts file: the default
