@@ -63,6 +63,24 @@ class LocalPosition:
     record_start: bool = False
 
 
+# The states a backup taken from a server in recovery may have in its pg_control (PostgreSQL's own
+# check at the backup's first start: anything else is "backup_label contains data inconsistent with
+# control file", at every start).
+STANDBY_BACKUP_STATES = frozenset({"in archive recovery", "shut down in recovery"})
+
+
+def unusable_clone(backup_label: str, cluster_state: str) -> str | None:
+    """Why a fresh clone would never start, or None. A base backup taken from a server in recovery
+    whose recovery ended while it was copied (a restore reaching its target runs an end-of-recovery
+    checkpoint) carries a pg_control, copied last, that no longer says recovery."""
+    from_standby = any(line.strip() == "BACKUP FROM: standby" for line in backup_label.splitlines())
+    if from_standby and cluster_state not in STANDBY_BACKUP_STATES:
+        return (f"the clone was taken from the primary while it was still in recovery, and its control file "
+                f"says {cluster_state!r}: its recovery ended during the copy, and PostgreSQL refuses such a "
+                "backup at every start")  # fmt: skip
+    return None
+
+
 def controldata_values(text: str) -> dict[str, str]:
     """pg_controldata's report (run with LC_ALL=C) as label -> value."""
     values = {}

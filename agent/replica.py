@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from agent import announce, discovery, memberslots, replication
+from agent import announce, discovery, history, memberslots, replication
 from agent.buildarea import BuildArea
 from agent.context import Part
 from agent.errors import (
@@ -21,6 +22,7 @@ from agent.managed import ManagedFiles
 from agent.pgdata import inspect, newest_timeline
 from agent.postgres import (
     basebackup,
+    controldata,
 )
 
 
@@ -151,6 +153,7 @@ class Replica(Part):
                 )
         except CommandFailed as exc:
             raise self._clone_failed(exc) from exc
+        self._check_clone(datadir)
         synced = self.build.make_durable(datadir)
         self._phase("clone", started, **{k: v for k, v in result.items() if k != "elapsed_s"}, synced_s=synced)
         self.files.write_config(datadir, standby=True)
@@ -158,6 +161,20 @@ class Replica(Part):
         cloned = inspect(self.pgdata).system_identifier
         if self.ctx.announcer is not None and cloned is not None:
             self.ctx.announcer.say(announce.holds_message(cloned, "clone done, starting", newest_timeline(self.pgdata)))
+
+    def _check_clone(self, datadir: Path) -> None:
+        """Refuse, and discard, a clone PostgreSQL would refuse to start forever (history.unusable_clone)."""
+        try:
+            label = (datadir / "backup_label").read_text()
+        except OSError:
+            return  # no backup_label: nothing to check against
+        state = history.controldata_values(controldata(self.world.runner, datadir)).get("Database cluster state", "")
+        problem = history.unusable_clone(label, state)
+        if problem is not None:
+            raise self._clone_failed(CommandFailed(
+                problem, hint="nothing to do: the clone was discarded, and the pod restarts and clones again, from "
+                "the primary as it is now", reason="clone_unusable",
+            ))  # fmt: skip
 
     def _clone_failed(self, exc: CommandFailed) -> CommandFailed:
         """Discard the partial clone now (it is ours and never usable) and explain a full volume."""

@@ -115,3 +115,14 @@ def test_a_replica_may_follow_only_a_primary_that_contains_its_whole_past(
         local_tli < primary_tli and local_tli in switches and within(switches[local_tli])
     )
     assert verdict.may_follow == contained
+
+
+def test_a_clone_from_a_server_whose_recovery_ended_during_the_copy_is_unusable() -> None:
+    label = "START WAL LOCATION: 0/7000028 (file 000000010000000000000007)\nBACKUP FROM: standby\n"
+    # The end-of-recovery checkpoint of a restore reaching its target sets "shutting down" meanwhile.
+    assert history.unusable_clone(label, "shutting down") is not None
+    assert history.unusable_clone(label, "in production") is not None
+    for fine in history.STANDBY_BACKUP_STATES:
+        assert history.unusable_clone(label, fine) is None
+    # From a primary, any state is what PostgreSQL expects.
+    assert history.unusable_clone(label.replace("standby", "primary"), "in production") is None
