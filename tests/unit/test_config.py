@@ -697,7 +697,7 @@ def test_the_governing_service_comes_from_the_pods_own_fqdn() -> None:
     assert governing_service(HOSTS, "a-postgresql-sfs-0") == "a-postgresql-svc"
     assert governing_service(HOSTS, "a-postgresql-sfs-1") is None  # another pod's line only
     assert governing_service("127.0.0.1 localhost\n172.17.0.2 3f2a1b\n", "3f2a1b") is None  # docker run
-    assert governing_service("10.0.0.9 db-0.db.ns.cluster.local db-0\n", "db-0") is None  # not .svc.
+    assert governing_service("198.18.0.9 db-0.db.ns.cluster.local db-0\n", "db-0") is None  # not .svc.
 
 
 def test_the_service_name_is_the_fqdns_unless_set(base_env: dict[str, str], no_kube_files: dict[str, Any],
